@@ -1,0 +1,56 @@
+"""The ``crowdwatch`` entry point: one thin dispatcher over per-command modules.
+
+Each command lives in the module that owns the concept and exposes
+``main(argv: list[str] | None) -> int``. Modules are imported lazily so that
+``crowdwatch --help`` and the online stages do not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("streamer.supervisor", "everything on one machine, supervised"),
+    "ingest": ("streamer.ingest", "decode one camera and publish its frames"),
+    "infer": ("streamer.infer", "density inference stage with metrics"),
+    "web": ("streamer.web", "live overlay and JSON API"),
+    "synth": ("adapt.synth.cli", "render a labelled synthetic crowd dataset"),
+    "train": ("adapt.train", "train the density network on labelled data"),
+    "eval": ("adapt.evaluate", "MAE and RMSE on a labelled dataset"),
+    "export": ("adapt.export", "write the ONNX model"),
+    "adapt": ("adapt.adapt", "self-supervised adaptation of one camera's model"),
+    "models": ("adapt.registry", "list or roll back per-camera model versions"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: crowdwatch COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "Run 'crowdwatch COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"crowdwatch: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith(("adapt.", "streamer.")):
+            print(f"crowdwatch: command {name!r} is not available in this build ({exc.name} missing)", file=sys.stderr)
+            return 2
+        raise
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
