@@ -1,0 +1,127 @@
+"""ONNX export per the DESIGN model contract (``crowdwatch export``).
+
+The graph takes uint8 NHWC RGB (normalisation inside) and returns ``density``
+and ``uncertainty`` at stride 8. The flip head is not in the graph: it is a
+training-time auxiliary and costs nothing at inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adapt.checkpoint import CheckpointError, load_checkpoint, weights_hash
+from adapt.network import CrowdCounter
+
+OPSET = 17
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("density", "uncertainty")
+# Metadata keys every exported model carries (see DESIGN.md).
+METADATA_KEYS = ("version", "parent", "camera", "masks", "stride", "recipe", "weights_sha256", "arch", "density_scale")
+
+
+class InferenceGraph(nn.Module):
+    def __init__(self, model: CrowdCounter):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        return self.model(image)
+
+
+def model_metadata(model: CrowdCounter, meta: dict) -> dict[str, str]:
+    state = model.state_dict()
+    out = {
+        "version": str(meta.get("version", "unversioned")),
+        "parent": str(meta.get("parent") or ""),
+        "camera": str(meta.get("camera", "base")),
+        "masks": str(model.config.masks),
+        "stride": "8",
+        "recipe": json.dumps(meta.get("recipe", {}), sort_keys=True),
+        "weights_sha256": weights_hash(state),
+        "arch": model.config.arch,
+        "density_scale": str(model.config.density_scale),
+    }
+    return out
+
+
+def export_onnx(model: CrowdCounter, out: Path, meta: dict | None = None, sample_hw: tuple[int, int] = (256, 320)) -> Path:
+    """Write ``out`` atomically and return it."""
+    import onnx
+
+    if model.config.arch != "lite0":
+        # convDU/convLR unroll over rows/columns, so the trace would fix H and W
+        raise ValueError("ONNX export supports the lite0 arch; serve the vgg16_sfcn variant with the torch backend")
+    model = model.eval().cpu()
+    # export restores the wrapper's train/eval mode onto every submodule afterwards
+    graph = InferenceGraph(model).eval()
+    sample = torch.zeros((1, *sample_hw, 3), dtype=torch.uint8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                graph,
+                (sample,),
+                tmp,
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={
+                    INPUT_NAME: {0: "N", 1: "H", 2: "W"},
+                    "density": {0: "N", 2: "H8", 3: "W8"},
+                    "uncertainty": {0: "N", 2: "H8", 3: "W8"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        proto = onnx.load(tmp)
+        for key, value in model_metadata(model, meta or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "crowdwatch"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adapt.registry import default_base_checkpoint
+
+    p = argparse.ArgumentParser(prog="crowdwatch export", description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the shipped base model")
+    p.add_argument("--out", type=Path, default=None, help="ONNX path; default: model.onnx beside the checkpoint")
+    args = p.parse_args(argv)
+    ckpt_path = args.model or default_base_checkpoint()
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+        model = ckpt.build()
+        out = export_onnx(model, args.out or Path(ckpt_path).with_name("model.onnx"), ckpt.meta)
+    except (CheckpointError, ValueError) as exc:
+        print(f"crowdwatch export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
