@@ -122,8 +122,8 @@ class ConvDULR(nn.Module):
             slices[i] = conv(slices[i + 1]) + slices[i]
         return torch.cat(slices, dim=dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._sweep(x, self.du, dim=2)
+    def forward(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        x = self._sweep(feats[8], self.du, dim=2)
         return self._sweep(x, self.lr, dim=3)
 
 

@@ -1,0 +1,237 @@
+"""Per-camera model registry (``crowdwatch models list|rollback``).
+
+Layout::
+
+    models/<camera>/<version>/model.pt      checkpoint, masks included
+    models/<camera>/<version>/model.onnx    exported graph (rebuilt from model.pt if missing)
+    models/<camera>/<version>/card.json     parent, recipe, frames, statistics, validation
+    models/<camera>/current                 text file naming the serving version
+
+``base`` is the camera name of the shipped, synthetic-only model. A camera
+without its own ``current`` is served by ``base``. Versions appear atomically:
+they are assembled in a hidden staging directory and renamed into place, and
+``current`` is replaced with ``os.replace``, so a reader never sees half a
+version and a crash mid-publish leaves the serving model untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapt.names import InvalidCameraName, validate_camera_name
+
+BASE = "base"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ROOT = REPO_ROOT / "models"
+CHECKPOINT = "model.pt"
+ONNX = "model.onnx"
+CARD = "card.json"
+POINTER = "current"
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CROWDWATCH_MODELS", DEFAULT_ROOT))
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    camera: str
+    version: str
+    path: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def onnx(self) -> Path:
+        return self.path / ONNX
+
+    def card(self) -> dict:
+        try:
+            return json.loads((self.path / CARD).read_text())
+        except (OSError, ValueError):
+            return {}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_version_name(now: float | None = None) -> str:
+    """Sortable, unique enough for one adaptation at a time per camera."""
+    t = time.gmtime(now if now is not None else time.time())
+    return time.strftime("v%Y%m%dT%H%M%SZ", t)
+
+
+class Registry:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_root()
+
+    def camera_dir(self, camera: str) -> Path:
+        return self.root / validate_camera_name(camera)
+
+    def versions(self, camera: str) -> list[ModelVersion]:
+        d = self.camera_dir(camera)
+        if not d.is_dir():
+            return []
+        found = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / CHECKPOINT).is_file()]
+        return [ModelVersion(camera, p.name, p) for p in sorted(found, key=lambda p: p.name)]
+
+    def current(self, camera: str) -> ModelVersion | None:
+        """The camera's own serving version, or None if it has none."""
+        pointer = self.camera_dir(camera) / POINTER
+        try:
+            name = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        path = self.camera_dir(camera) / name
+        if not name or "/" in name or name.startswith(".") or not (path / CHECKPOINT).is_file():
+            raise RegistryError(f"{pointer} names {name!r}, which is not a version of {camera}")
+        return ModelVersion(camera, name, path)
+
+    def resolve(self, camera: str) -> ModelVersion:
+        """The version that should serve ``camera``: its own, else the base model."""
+        own = self.current(camera) if camera != BASE else None
+        if own is not None:
+            return own
+        base = self.current(BASE)
+        if base is None:
+            raise RegistryError(f"no base model in {self.root / BASE} (expected a '{POINTER}' file naming a version)")
+        return base
+
+    def pointer_mtime(self, camera: str) -> float | None:
+        """Cheap change detection for hot swap: the stage polls this."""
+        try:
+            return (self.camera_dir(camera) / POINTER).stat().st_mtime_ns / 1e9
+        except FileNotFoundError:
+            return None
+
+    def publish(self, camera: str, files: dict[str, Path], card: dict, version: str | None = None, make_current: bool = True) -> ModelVersion:
+        """Copy ``files`` (name -> source) into a new version, then switch ``current``."""
+        if CHECKPOINT not in files:
+            raise RegistryError(f"a version needs {CHECKPOINT}")
+        cam_dir = self.camera_dir(camera)
+        cam_dir.mkdir(parents=True, exist_ok=True)
+        version = version or new_version_name()
+        final = cam_dir / version
+        if final.exists():
+            raise RegistryError(f"version {camera}/{version} already exists")
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=cam_dir))
+        try:
+            for name, src in files.items():
+                shutil.copy2(src, staging / name)
+            (staging / CARD).write_text(json.dumps({**card, "camera": camera, "version": version}, indent=2, sort_keys=True))
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        if make_current:
+            self.set_current(camera, version)
+        return ModelVersion(camera, version, final)
+
+    def set_current(self, camera: str, version: str) -> None:
+        if not (self.camera_dir(camera) / version / CHECKPOINT).is_file():
+            raise RegistryError(f"{camera} has no version {version!r}")
+        _atomic_write_text(self.camera_dir(camera) / POINTER, version + "\n")
+
+    def rollback(self, camera: str, to: str | None = None) -> ModelVersion:
+        """Point ``current`` at ``to``, or at the parent of the current version."""
+        cur = self.current(camera)
+        if to is None:
+            if cur is None:
+                raise RegistryError(f"{camera} has no current version to roll back from")
+            parent = cur.card().get("parent")
+            own = {v.version for v in self.versions(camera)}
+            if parent in own:
+                to = parent
+            else:
+                older = [v.version for v in self.versions(camera) if v.version < cur.version]
+                if not older:
+                    raise RegistryError(f"{camera}/{cur.version} has no earlier version; remove {self.camera_dir(camera) / POINTER} to fall back to base")
+                to = older[-1]
+        self.set_current(camera, to)
+        return ModelVersion(camera, to, self.camera_dir(camera) / to)
+
+    def cameras(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for p in sorted(self.root.iterdir()):
+            try:
+                validate_camera_name(p.name)
+            except InvalidCameraName:
+                continue
+            if p.is_dir():
+                out.append(p.name)
+        return out
+
+
+def default_base_checkpoint() -> Path:
+    return Registry().resolve(BASE).checkpoint
+
+
+def ensure_onnx(version: ModelVersion) -> Path:
+    """Export ``model.onnx`` beside the checkpoint when it is missing (shipped models carry only the checkpoint)."""
+    if version.onnx.is_file():
+        return version.onnx
+    from adapt.checkpoint import load_checkpoint
+    from adapt.export import export_onnx
+
+    ckpt = load_checkpoint(version.checkpoint)
+    return export_onnx(ckpt.build(), version.onnx, ckpt.meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crowdwatch models", description="List or roll back per-camera model versions.")
+    p.add_argument("--root", type=Path, default=None, help="registry directory (default: models/ or $CROWDWATCH_MODELS)")
+    sub = p.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="versions per camera; * marks the serving one")
+    ls.add_argument("camera", nargs="?")
+    rb = sub.add_parser("rollback", help="point a camera back at its parent (or --to VERSION)")
+    rb.add_argument("camera")
+    rb.add_argument("--to", default=None)
+    args = p.parse_args(argv)
+    reg = Registry(args.root)
+    try:
+        if args.action == "list":
+            for cam in [args.camera] if args.camera else reg.cameras():
+                cur = reg.current(cam)
+                print(f"{cam}:" + ("" if cur else "  (no own version: served by base)"))
+                for v in reversed(reg.versions(cam)):
+                    card = v.card()
+                    verdict = card.get("validation", {}).get("verdict", "")
+                    mark = "*" if cur and cur.version == v.version else " "
+                    print(f"  {mark} {v.version}  parent={card.get('parent') or '-'}  {verdict}")
+        else:
+            v = reg.rollback(args.camera, args.to)
+            print(f"{args.camera}: current is now {v.version}")
+    except (RegistryError, InvalidCameraName) as exc:
+        print(f"crowdwatch models: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
