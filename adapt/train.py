@@ -54,8 +54,8 @@ class TrainConfig:
     resume: bool = True
     init: str | None = None                              # start from a checkpoint's weights
     model: dict = field(default_factory=dict)            # ModelConfig overrides
-    # synthetic dataset to render first if absent (used by recipes)
-    synth: dict = field(default_factory=dict)
+    # synthetic datasets to render first if absent (used by recipes)
+    synth: list[dict] = field(default_factory=list)
     publish: bool = False                                # register as the base model when done
 
     @classmethod
@@ -240,8 +240,8 @@ def train(cfg: TrainConfig) -> Path:
     """Run training; returns the path of the best checkpoint."""
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
-    if cfg.synth:
-        render_if_missing(cfg.synth)
+    for spec in cfg.synth:
+        render_if_missing(spec)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = ModelConfig(**cfg.model)

@@ -1,0 +1,268 @@
+"""Self-supervised adaptation of one camera's model (``crowdwatch adapt``).
+
+    frames (buffer, folder or video) ─▶ split train / held-out
+    parent (camera's current, else base) ─▶ flip stage ─▶ pseudo-label rounds
+    ─▶ validation gate on held-out frames ─▶ export ONNX ─▶ publish (atomic)
+
+Nothing is published unless the gate accepts; the serving model is never
+touched by a failed or refused run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from adapt.flip_stage import FlipStageConfig, loop_forever, run_flip_stage
+from adapt.names import InvalidCameraName, validate_camera_name
+from adapt.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
+from adapt.registry import Registry, RegistryError
+from adapt.validation import GateConfig, frame_stats, gate
+
+STAGES = ("flip", "pseudo")
+MIN_FRAMES = 8
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".h264", ".mpg"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class AdaptError(RuntimeError):
+    pass
+
+
+@dataclass
+class AdaptConfig:
+    camera: str
+    frames: Path | None = None           # folder or video; default: the camera's buffer
+    base: Path | None = None             # parent checkpoint; default: camera's current, else base
+    stages: tuple[str, ...] = STAGES
+    synthetic: Path = REPO_ROOT / "var" / "synth-source"
+    synthetic_n: int = 400
+    labels: Path | None = None           # optional JSON-points frames of this camera
+    registry_root: Path | None = None
+    buffer_root: Path = REPO_ROOT / "var" / "buffer"
+    holdout_every: int = 5               # every k-th frame is held out for the gate
+    max_frames: int = 400
+    max_side: int = 1024
+    device: str = "auto"
+    seed: int = 0
+    publish: bool = True
+    flip: FlipStageConfig = field(default_factory=FlipStageConfig)
+    pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+def collect_frames(cfg: AdaptConfig) -> list[Path]:
+    """Frame paths from a folder, a video (decoded into the camera's buffer) or the buffer."""
+    from adapt.buffer import FrameBuffer
+    from adapt.datasets import list_images
+
+    src = cfg.frames
+    if src is not None and not src.exists():
+        raise AdaptError(f"--frames {src} does not exist")
+    if src is not None and src.is_dir():
+        paths = list_images(src)
+    else:
+        buffer = FrameBuffer(cfg.buffer_root, cfg.camera)
+        if src is not None:
+            if src.suffix.lower() not in VIDEO_SUFFIXES:
+                raise AdaptError(f"--frames {src}: expected a folder of images or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
+            buffer.fill_from_video(src, max_frames=cfg.max_frames)
+        paths = buffer.frames()
+    if len(paths) > cfg.max_frames:
+        # spread the subset over the whole span, not the first N
+        step = len(paths) / cfg.max_frames
+        paths = [paths[int(i * step)] for i in range(cfg.max_frames)]
+    if len(paths) < MIN_FRAMES:
+        raise AdaptError(f"{cfg.camera}: only {len(paths)} frames available, need at least {MIN_FRAMES}")
+    return paths
+
+
+def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    held = paths[every - 1 :: every]
+    held_set = set(held)
+    return [p for p in paths if p not in held_set], held
+
+
+def ensure_synthetic(path: Path, n: int, seed: int) -> Path:
+    """The labelled synthetic source set that L_s trains on, rendered once."""
+    if (path / "meta.json").is_file():
+        return path
+    from adapt.synth.writers import write_dataset
+
+    print(f"rendering {n} labelled synthetic images into {path} (once) ...", flush=True)
+    write_dataset(path, n=n, seed=seed, width=640, height=480, styles=["day", "dusk", "fog", "indoor", "night_ir"], count_range=(0, 300), workers=2, overwrite=True)
+    return path
+
+
+def synthetic_batches(path: Path, batch: int, crop: int, seed: int):
+    from adapt.crowd_dataset import AugmentConfig, CrowdDataset, collate
+    from adapt.datasets import read_dataset
+
+    items = read_dataset(path, "shanghaitech").items
+    ds = CrowdDataset(items, AugmentConfig(crop=(crop, crop)), seed=seed)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=1, collate_fn=collate, persistent_workers=True, generator=torch.Generator().manual_seed(seed))
+    return loop_forever(loader)
+
+
+def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
+    """Largest crop (multiple of 32, at most ``want``) that fits every frame without padding.
+
+    Padding would let the flip head cheat: zero rows at the bottom move to the top.
+    """
+    from adapt.datasets import load_image
+    from adapt.crowd_dataset import fit_max_side
+
+    smallest = min(min(fit_max_side(load_image(p).shape[:2], max_side)) for p in paths[:: max(1, len(paths) // 16)])
+    return max(64, min(want, int(smallest * 0.8) // 32 * 32))
+
+
+def frame_loaders(train: list[Path], held: list[Path], cfg: AdaptConfig):
+    from adapt.crowd_dataset import AugmentConfig, FrameFolder, collate
+
+    crop = real_crop_size(train, cfg.max_side)
+    real = FrameFolder(train, AugmentConfig(crop=(crop, crop), scale_range=(0.8, 1.2), gray_prob=0.0), seed=cfg.seed)
+    real_loader = DataLoader(real, batch_size=cfg.flip.real_batch, shuffle=True, drop_last=True, num_workers=0, collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
+    held_loader = DataLoader(FrameFolder(held, None, max_side=cfg.max_side), batch_size=1, num_workers=0, collate_fn=collate)
+    return real_loader, held_loader
+
+
+def labelled_loader(path: Path, max_side: int):
+    from adapt.crowd_dataset import CrowdDataset, collate
+    from adapt.datasets import read_dataset
+
+    items = read_dataset(path, "json").items
+    return DataLoader(CrowdDataset(items, None, max_side=max_side), batch_size=1, num_workers=0, collate_fn=collate)
+
+
+def adapt_camera(cfg: AdaptConfig) -> dict:
+    """Run the whole adaptation; returns the report (also the ``--json`` output)."""
+    from adapt.train import seed_everything, select_device
+
+    t0 = time.time()
+    camera = validate_camera_name(cfg.camera)
+    unknown = set(cfg.stages) - set(STAGES)
+    if unknown:
+        raise AdaptError(f"unknown stages {sorted(unknown)}; choose from {STAGES}")
+    seed_everything(cfg.seed)
+    device = select_device(cfg.device)
+    registry = Registry(cfg.registry_root)
+    if cfg.base is not None:
+        parent_path, parent_version = cfg.base, load_checkpoint(cfg.base).meta.get("version")
+    else:
+        parent = registry.resolve(camera)
+        parent_path, parent_version = parent.checkpoint, parent.version
+    parent_ckpt = load_checkpoint(parent_path)
+    parent_model = parent_ckpt.build(device)
+    masks = parent_model.config.masks
+
+    paths = collect_frames(cfg)
+    train_paths, held_paths = split_holdout(paths, cfg.holdout_every)
+    flip_cfg = replace(cfg.flip, synth_batch=masks * max(1, cfg.flip.synth_batch // masks))
+    real_loader, held_loader = frame_loaders(train_paths, held_paths, cfg)
+    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), flip_cfg.synth_batch, 256, cfg.seed)
+
+    report: dict = {
+        "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
+        "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
+        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+    }
+    parent_stats = frame_stats(parent_model, held_loader, device)
+    report["parent_stats"] = asdict(parent_stats)
+    model = copy.deepcopy(parent_model)
+    if "flip" in cfg.stages:
+        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), flip_cfg, device)
+    if "pseudo" in cfg.stages:
+        report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
+    cand_stats = frame_stats(model, held_loader, device)
+    report["candidate_stats"] = asdict(cand_stats)
+
+    labelled = None
+    if cfg.labels is not None:
+        lab = labelled_loader(cfg.labels, cfg.max_side)
+        labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
+    verdict = gate(parent_stats, cand_stats, cfg.gate, labelled)
+    report["validation"] = verdict.to_dict()
+    report["published"] = None
+    if verdict.accepted and cfg.publish:
+        report["published"] = publish(registry, camera, model, parent_version, report)
+    report["seconds"] = round(time.time() - t0, 1)
+    return report
+
+
+def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:
+    from adapt.export import export_onnx
+    from adapt.registry import new_version_name
+
+    version = new_version_name()
+    meta = {"version": version, "parent": parent_version, "camera": camera, "recipe": report["config"]}
+    with tempfile.TemporaryDirectory(prefix="crowdwatch-publish-") as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        save_checkpoint(ckpt, model.cpu(), meta)
+        onnx = export_onnx(model, Path(tmp) / "model.onnx", meta)
+        card = {
+            "parent": parent_version, "recipe": report["config"], "frames": report["frames"],
+            "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds")},
+            "validation": report["validation"],
+        }
+        registry.publish(camera, {"model.pt": ckpt, "model.onnx": onnx}, card, version)
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
+    p.add_argument("--camera", required=True)
+    p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
+    p.add_argument("--base", type=Path, help="parent checkpoint (default: the camera's current model, else base)")
+    p.add_argument("--json", type=Path, help="write the report (stages, per-round statistics, verdict) here")
+    p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
+    p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
+    p.add_argument("--flip-steps", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
+    p.add_argument("--steps-per-round", type=int, default=None)
+    p.add_argument("--keep-fraction", type=float, default=None, help="pseudo labels: keep this lowest-uncertainty fraction of cells")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-side", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
+    p.add_argument("--no-publish", action="store_true", help="measure and validate only")
+    args = p.parse_args(argv)
+    try:
+        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish)
+        cfg.stages = tuple(s for s in args.stages.split(",") if s)
+        if args.flip_steps is not None:
+            cfg.flip = replace(cfg.flip, steps=args.flip_steps)
+        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction}.items() if v is not None}
+        if args.max_side is not None:
+            cfg.max_side = args.max_side
+            pl["max_side"] = args.max_side
+        cfg.pseudo = replace(cfg.pseudo, **pl)
+        if args.max_frames is not None:
+            cfg.max_frames = args.max_frames
+        report = adapt_camera(cfg)
+    except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
+        print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"camera": args.camera, "error": str(exc), "published": None}, indent=2))
+        return 1
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    v = report["validation"]
+    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
+    return 0 if v["verdict"] == "accept" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

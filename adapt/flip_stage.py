@@ -1,0 +1,121 @@
+"""Stage 1 of adaptation: learn perspective on real frames by telling upright from upside-down.
+
+Minimises ``L = L_s + λ·L_a`` over the encoder, the density decoder and the
+flip head (Liu, Durasov, Fua, CVPR 2022):
+
+- ``L_s``: L2 between predicted and true density on labelled synthetic crops;
+  each synthetic sample goes through one Masksembles mask.
+- ``L_a``: cross-entropy of the flip head on real, unlabeled crops and their
+  upside-down copies. The flip labels are free, so no one labels a frame.
+
+Densities are higher near the top of an upright frame (people are smaller far
+away), so solving ``L_a`` forces the encoder to model perspective on the
+target camera's own pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from adapt.network import CrowdCounter
+from adapt.train import density_loss
+
+
+@dataclass(frozen=True)
+class FlipStageConfig:
+    steps: int = 300
+    lam: float = 1.0                 # λ, weight of the flip loss
+    synth_batch: int = 4             # multiple of the number of masks
+    real_batch: int = 4              # each also goes in upside-down: 2x images
+    lr: float = 1e-4
+    encoder_lr_mult: float = 1.0
+    weight_decay: float = 1e-4
+
+
+def upside_down(images: torch.Tensor) -> torch.Tensor:
+    """Flip NHWC images vertically (rows reversed)."""
+    return images.flip(1)
+
+
+def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real crops and their upside-down copies, labelled 0 (upright) and 1 (flipped)."""
+    images = torch.cat([real, upside_down(real)])
+    labels = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(real), dtype=torch.long)])
+    return images, labels
+
+
+def loop_forever(loader) -> Iterator[dict]:
+    epoch = 0
+    while True:
+        if hasattr(loader.dataset, "set_epoch"):
+            loader.dataset.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weight_decay: float) -> torch.optim.Optimizer:
+    enc = list(model.encoder.parameters())
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in model.parameters() if id(p) not in enc_ids]
+    return torch.optim.AdamW([{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}], weight_decay=weight_decay)
+
+
+def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device) -> dict:
+    """Train in place; returns loss and flip-accuracy statistics."""
+    if cfg.synth_batch % model.config.masks:
+        raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
+    model.train().to(device)
+    opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
+    tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
+    tail_from = cfg.steps - max(1, cfg.steps // 4)
+    bar = tqdm(range(cfg.steps), desc="flip stage", dynamic_ncols=True, disable=None)
+    for step in bar:
+        synth = next(synth_batches)
+        real = next(real_batches)["image"]
+        images, labels = flip_batch(real)
+        density = model.forward_train(synth["image"].to(device))
+        loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
+        logits = model.flip_logits(images.to(device))
+        loss_a = F.cross_entropy(logits, labels.to(device))
+        loss = loss_s + cfg.lam * loss_a
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"flip stage diverged at step {step} (loss {loss.item()})")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        acc = (logits.argmax(1).cpu() == labels).float().mean().item()
+        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
+            sums[k] += v
+            if step >= tail_from:
+                tail[k] += v
+        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_a=f"{loss_a.item():.3f}", acc=f"{acc:.2f}")
+    n_tail = cfg.steps - tail_from
+    return {
+        "steps": cfg.steps,
+        **{f"mean_{k}": v / max(cfg.steps, 1) for k, v in sums.items()},
+        **{f"final_{k}": v / max(n_tail, 1) for k, v in tail.items()},
+    }
+
+
+@torch.inference_mode()
+def flip_accuracy(model: CrowdCounter, frames, device: torch.device) -> float:
+    """Accuracy of the flip head on whole frames and their upside-down copies."""
+    model.eval()
+    right = total = 0
+    for batch in frames:
+        # drop the zero padding: flipped, it would sit on top and give the answer away
+        h, w = (int(v) // 32 * 32 for v in batch["valid_hw"].min(0).values) if "valid_hw" in batch else batch["image"].shape[1:3]
+        if h == 0 or w == 0:
+            continue
+        images, labels = flip_batch(batch["image"][:, :h, :w])
+        pred = model.flip_logits(images.to(device)).argmax(1).cpu()
+        right += int((pred == labels).sum())
+        total += len(labels)
+    return right / total if total else float("nan")

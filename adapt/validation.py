@@ -1,0 +1,114 @@
+"""The label-free validation gate: a candidate model must earn its publication.
+
+On held-out buffered frames (never trained on), a candidate is refused if:
+- its counts collapse or explode against the parent's (mean count ratio
+  outside ``[min_count_ratio, max_count_ratio]``);
+- its mean uncertainty (count std across masks) does not drop;
+- its flip head is at chance on held-out frames (the flip stage taught the
+  encoder nothing about this camera).
+
+When a camera has a few labelled frames, count MAE on them decides instead:
+the candidate must not be worse than the parent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from adapt.flip_stage import flip_accuracy
+from adapt.network import CrowdCounter
+from adapt.train import predict_counts
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_count_ratio: float = 0.5
+    max_count_ratio: float = 2.0
+    min_uncertainty_drop: float = 0.0     # relative; 0 means "any drop"
+    min_flip_accuracy: float = 0.6        # also at least 2 binomial std above chance
+
+
+@dataclass
+class FrameStats:
+    frames: int
+    mean_count: float
+    mean_count_std: float                 # mean over frames of the count std across masks
+    flip_accuracy: float | None = None
+    mae: float | None = None              # only with labelled frames
+    rmse: float | None = None
+
+
+@dataclass
+class GateReport:
+    verdict: str                          # "accept" or "reject"
+    reasons: list[str] = field(default_factory=list)
+    decided_by: str = "label-free"        # or "labelled-mae"
+    parent: dict = field(default_factory=dict)
+    candidate: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict == "accept"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def frame_stats(model: CrowdCounter, frames, device: torch.device, with_flip: bool = True) -> FrameStats:
+    """Count and uncertainty over a loader of whole frames (batch size 1), plus flip accuracy."""
+    model.eval()
+    counts, stds, errors = [], [], []
+    for batch in frames:
+        count, std, _ = predict_counts(model, batch["image"].to(device))
+        counts += count.cpu().tolist()
+        stds += std.cpu().tolist()
+        if "count" in batch:
+            errors += (count.cpu() - batch["count"]).tolist()
+    stats = FrameStats(len(counts), float(np.mean(counts)) if counts else float("nan"), float(np.mean(stds)) if stds else float("nan"))
+    if errors:
+        e = np.asarray(errors)
+        stats.mae, stats.rmse = float(np.abs(e).mean()), float(np.sqrt((e**2).mean()))
+    if with_flip:
+        stats.flip_accuracy = flip_accuracy(model, frames, device)
+    return stats
+
+
+def chance_bound(n_frames: int, floor: float) -> float:
+    """Flip accuracy needed to be 2 std above chance on 2·n binary trials."""
+    n = max(2 * n_frames, 1)
+    return max(floor, 0.5 + 2 * math.sqrt(0.25 / n))
+
+
+def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig(), labelled: tuple[FrameStats, FrameStats] | None = None) -> GateReport:
+    """Pure decision from the measured statistics."""
+    reasons: list[str] = []
+    if labelled is not None:
+        lp, lc = labelled
+        if lc.mae is None or lp.mae is None or not math.isfinite(lc.mae):
+            reasons.append("labelled frames gave no MAE")
+        elif lc.mae > lp.mae:
+            reasons.append(f"MAE on labelled frames rose from {lp.mae:.2f} to {lc.mae:.2f}")
+        report = GateReport("reject" if reasons else "accept", reasons, "labelled-mae", {"label_free": asdict(parent), "labelled": asdict(lp)}, {"label_free": asdict(candidate), "labelled": asdict(lc)})
+        return report
+    if not all(math.isfinite(v) for v in (candidate.mean_count, candidate.mean_count_std)):
+        reasons.append("candidate produced non-finite counts")
+    else:
+        # +1 keeps empty scenes (counts near 0) from making the ratio meaningless
+        ratio = (candidate.mean_count + 1.0) / (parent.mean_count + 1.0)
+        if ratio < cfg.min_count_ratio:
+            reasons.append(f"counts collapsed: mean {candidate.mean_count:.1f} vs parent {parent.mean_count:.1f} (ratio {ratio:.2f} < {cfg.min_count_ratio})")
+        if ratio > cfg.max_count_ratio:
+            reasons.append(f"counts exploded: mean {candidate.mean_count:.1f} vs parent {parent.mean_count:.1f} (ratio {ratio:.2f} > {cfg.max_count_ratio})")
+        needed = parent.mean_count_std * (1.0 - cfg.min_uncertainty_drop)
+        if not candidate.mean_count_std < needed:
+            reasons.append(f"uncertainty did not drop: {candidate.mean_count_std:.3f} vs parent {parent.mean_count_std:.3f}")
+    if candidate.flip_accuracy is not None:
+        bound = chance_bound(candidate.frames, cfg.min_flip_accuracy)
+        if not candidate.flip_accuracy >= bound:
+            reasons.append(f"flip accuracy {candidate.flip_accuracy:.2f} on held-out frames is at chance (needs >= {bound:.2f})")
+    return GateReport("reject" if reasons else "accept", reasons, "label-free", asdict(parent), asdict(candidate))
