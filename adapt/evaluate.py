@@ -51,14 +51,22 @@ def count_errors(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return float(np.abs(e).mean()), float(np.sqrt((e**2).mean()))
 
 
-def run_eval(model, dataset, device, limit: int | None = None) -> tuple[list[ImageResult], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Per-image results, plus (image, predicted density, true density) for visualisation."""
+def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[str] | None = None) -> tuple[list[ImageResult], list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """Per-image results, plus (image, predicted density, true density) for visualisation.
+
+    Reasons for unreadable images are appended to ``unreadable``.
+    """
+    unreadable = [] if unreadable is None else unreadable
     from adapt.crowd_dataset import collate
     from adapt.train import predict_counts
 
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1, collate_fn=collate)
     results, views = [], []
     for batch in tqdm(loader, desc="eval", total=len(dataset), dynamic_ncols=True, disable=None):
+        if bool(batch["replaced"][0]):
+            # stand-in for an unreadable image: that image is counted as skipped, not scored twice
+            unreadable.append(batch["skipped"][0] if batch["skipped"] else "unreadable")
+            continue
         image = batch["image"].to(device)
         count, count_std, per_mask = predict_counts(model, image)
         idx = int(batch["index"][0]) if "index" in batch else len(results)
@@ -136,12 +144,13 @@ def evaluate_dataset(model_path: Path, dataset_dir: Path, fmt: str, out_dir: Pat
     model, _ = load_model(model_path, device)
     index = read_dataset(dataset_dir, fmt, limit=limit)
     dataset = CrowdDataset(index.items, None, max_side=max_side)
-    results, views = run_eval(model, dataset, device, limit)
+    unreadable: list[str] = []
+    results, views = run_eval(model, dataset, device, limit, unreadable)
     mae, rmse = count_errors(np.array([r.true_count for r in results]), np.array([r.pred_count for r in results]))
     summary = EvalSummary(
         mae=mae, rmse=rmse, n=len(results),
         mean_uncertainty=float(np.mean([r.count_std for r in results])) if results else float("nan"),
-        skipped=len(index.skipped) + sum(dataset.skipped.values()), model=str(model_path), dataset=str(dataset_dir),
+        skipped=len(index.skipped) + len(unreadable), model=str(model_path), dataset=str(dataset_dir),
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
