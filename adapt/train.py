@@ -77,6 +77,13 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def worker_init(_: int) -> None:
+    # cv2's own thread pool inside each DataLoader worker oversubscribes the cores
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -225,7 +232,7 @@ def make_loaders(cfg: TrainConfig, masks: int):
     g = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers, collate_fn=collate,
-        generator=g, persistent_workers=cfg.workers > 0,
+        generator=g, persistent_workers=cfg.workers > 0, worker_init_fn=worker_init,
     )
     val_loader = None
     if cfg.val:

@@ -1,0 +1,46 @@
+from adapt.validation import FrameStats, GateConfig, chance_bound, gate
+
+PARENT = FrameStats(frames=40, mean_count=50.0, mean_count_std=4.0, flip_accuracy=0.5)
+
+
+def candidate(**kw):
+    base = dict(frames=40, mean_count=55.0, mean_count_std=3.0, flip_accuracy=0.9)
+    base.update(kw)
+    return FrameStats(**base)
+
+
+def test_a_sound_candidate_is_accepted():
+    r = gate(PARENT, candidate())
+    assert r.accepted and r.reasons == [] and r.decided_by == "label-free"
+
+
+def test_collapse_and_explosion_are_refused():
+    assert "collapsed" in gate(PARENT, candidate(mean_count=5.0)).reasons[0]
+    assert "exploded" in gate(PARENT, candidate(mean_count=500.0)).reasons[0]
+
+
+def test_uncertainty_must_drop():
+    r = gate(PARENT, candidate(mean_count_std=4.0))
+    assert not r.accepted and "uncertainty did not drop" in r.reasons[0]
+    assert not gate(PARENT, candidate(mean_count_std=3.9), GateConfig(min_uncertainty_drop=0.1)).accepted
+
+
+def test_flip_head_at_chance_is_refused():
+    r = gate(PARENT, candidate(flip_accuracy=0.55))
+    assert not r.accepted and "chance" in r.reasons[0]
+    # with few frames, chance is harder to beat
+    assert chance_bound(4, 0.6) > chance_bound(400, 0.6) >= 0.6
+
+
+def test_non_finite_counts_are_refused():
+    assert not gate(PARENT, candidate(mean_count=float("nan"))).accepted
+
+
+def test_labelled_frames_decide_by_mae():
+    lp = FrameStats(frames=5, mean_count=50, mean_count_std=4, mae=10.0)
+    better = FrameStats(frames=5, mean_count=50, mean_count_std=5, mae=8.0)
+    worse = FrameStats(frames=5, mean_count=50, mean_count_std=1, mae=12.0)
+    # label-free figures would refuse "better" (uncertainty rose) and accept "worse"
+    r = gate(PARENT, candidate(mean_count_std=5.0), labelled=(lp, better))
+    assert r.accepted and r.decided_by == "labelled-mae"
+    assert not gate(PARENT, candidate(), labelled=(lp, worse)).accepted
