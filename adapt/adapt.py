@@ -47,6 +47,7 @@ class AdaptConfig:
     stages: tuple[str, ...] = STAGES
     synthetic: Path = REPO_ROOT / "var" / "synth-source"
     synthetic_n: int = 400
+    synth_crop: int = 256
     labels: Path | None = None           # optional JSON-points frames of this camera
     registry_root: Path | None = None
     buffer_root: Path = REPO_ROOT / "var" / "buffer"
@@ -63,7 +64,6 @@ class AdaptConfig:
 
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
     """Frame paths from a folder, a video (decoded into the camera's buffer) or the buffer."""
-    from adapt.buffer import FrameBuffer
     from adapt.datasets import list_images
 
     src = cfg.frames
@@ -72,6 +72,8 @@ def collect_frames(cfg: AdaptConfig) -> list[Path]:
     if src is not None and src.is_dir():
         paths = list_images(src)
     else:
+        from adapt.buffer import FrameBuffer
+
         buffer = FrameBuffer(cfg.buffer_root, cfg.camera)
         if src is not None:
             if src.suffix.lower() not in VIDEO_SUFFIXES:
@@ -169,7 +171,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     train_paths, held_paths = split_holdout(paths, cfg.holdout_every)
     flip_cfg = replace(cfg.flip, synth_batch=masks * max(1, cfg.flip.synth_batch // masks))
     real_loader, held_loader = frame_loaders(train_paths, held_paths, cfg)
-    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), flip_cfg.synth_batch, 256, cfg.seed)
+    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), flip_cfg.synth_batch, cfg.synth_crop, cfg.seed)
 
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
@@ -190,7 +192,8 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     if cfg.labels is not None:
         lab = labelled_loader(cfg.labels, cfg.max_side)
         labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
-    verdict = gate(parent_stats, cand_stats, cfg.gate, labelled)
+    gate_cfg = cfg.gate if "flip" in cfg.stages else replace(cfg.gate, require_flip=False)
+    verdict = gate(parent_stats, cand_stats, gate_cfg, labelled)
     report["validation"] = verdict.to_dict()
     report["published"] = None
     if verdict.accepted and cfg.publish:

@@ -30,6 +30,7 @@ class GateConfig:
     max_count_ratio: float = 2.0
     min_uncertainty_drop: float = 0.0     # relative; 0 means "any drop"
     min_flip_accuracy: float = 0.6        # also at least 2 binomial std above chance
+    require_flip: bool = True             # False when the flip stage was not run
 
 
 @dataclass
@@ -107,7 +108,7 @@ def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig
         needed = parent.mean_count_std * (1.0 - cfg.min_uncertainty_drop)
         if not candidate.mean_count_std < needed:
             reasons.append(f"uncertainty did not drop: {candidate.mean_count_std:.3f} vs parent {parent.mean_count_std:.3f}")
-    if candidate.flip_accuracy is not None:
+    if cfg.require_flip and candidate.flip_accuracy is not None:
         bound = chance_bound(candidate.frames, cfg.min_flip_accuracy)
         if not candidate.flip_accuracy >= bound:
             reasons.append(f"flip accuracy {candidate.flip_accuracy:.2f} on held-out frames is at chance (needs >= {bound:.2f})")

@@ -1,0 +1,116 @@
+"""End-to-end adaptation on tiny frames: the orchestration, the gate and publishing."""
+
+import json
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from adapt.adapt import AdaptConfig, AdaptError, adapt_camera, main
+from adapt.checkpoint import save_checkpoint
+from adapt.flip_stage import FlipStageConfig, flip_batch
+from adapt.pseudo_label import PseudoLabelConfig, select_confident
+from adapt.registry import BASE, Registry
+from adapt.validation import GateConfig
+from tests.test_network import perturbed_model
+
+
+def write_shanghaitech(root, n, rng, hw=(96, 128)):
+    (root / "images").mkdir(parents=True)
+    (root / "ground-truth").mkdir()
+    for i in range(1, n + 1):
+        img = rng.integers(0, 255, (*hw, 3), dtype=np.uint8)
+        pts = rng.uniform([0, 0], [hw[1], hw[0]], size=(int(rng.integers(0, 20)), 2))
+        cv2.imwrite(str(root / "images" / f"IMG_{i}.jpg"), img)
+        info = np.empty((1, 1), dtype=object)
+        info[0, 0] = np.array([[(pts, np.array([[len(pts)]]))]], dtype=[("location", "O"), ("number", "O")])
+        scipy.io.savemat(root / "ground-truth" / f"GT_IMG_{i}.mat", {"image_info": info})
+    (root / "meta.json").write_text("{}")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapt")
+    rng = np.random.default_rng(0)
+    write_shanghaitech(root / "synth", 8, rng)
+    frames = root / "frames"
+    frames.mkdir()
+    for i in range(12):
+        # a vertical gradient gives upright and upside-down frames something to tell apart
+        img = np.tile(np.linspace(0, 255, 96, dtype=np.uint8)[:, None, None], (1, 128, 3))
+        img = np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(frames / f"{i:03d}.jpg"), img)
+    reg = Registry(root / "models")
+    save_checkpoint(root / "base.pt", perturbed_model(), {"version": "v0"})
+    reg.publish(BASE, {"model.pt": root / "base.pt"}, {}, "v0")
+    return root
+
+
+def tiny_config(root, **kw):
+    cfg = AdaptConfig(
+        camera="lobby", frames=root / "frames", synthetic=root / "synth", registry_root=root / "models",
+        buffer_root=root / "buffer", max_side=128, device="cpu", synth_crop=64,
+        flip=FlipStageConfig(steps=3), pseudo=PseudoLabelConfig(rounds=2, steps_per_round=2, crop=64, max_side=128),
+    )
+    return replace(cfg, **kw)
+
+
+def test_flip_batch_labels_upside_down_copies():
+    x = torch.arange(2 * 4 * 3 * 3, dtype=torch.uint8).reshape(2, 4, 3, 3)
+    images, labels = flip_batch(x)
+    assert labels.tolist() == [0, 0, 1, 1]
+    assert torch.equal(images[2], x[0].flip(0))
+
+
+def test_select_confident_keeps_the_lowest_fraction_and_never_padding():
+    std = [np.array([[0.1, 0.2], [0.3, 9.0]]), np.array([[0.05, 0.4], [0.5, 0.6]])]
+    valid = [np.array([[True, True], [True, False]]), np.ones((2, 2), bool)]
+    keep = select_confident(std, valid, PseudoLabelConfig(keep_fraction=0.5))
+    assert not keep[0][1, 1]
+    assert keep[0].sum() + keep[1].sum() == 4  # 7 valid cells, lowest half (quantile inclusive)
+    assert keep[1][0, 0] and not keep[1][1, 1]
+
+
+def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
+    reg = Registry(setup / "models")
+    # a gate that cannot be passed: nothing may be published
+    report = adapt_camera(tiny_config(setup, gate=GateConfig(min_flip_accuracy=1.01)))
+    assert report["validation"]["verdict"] == "reject" and report["published"] is None
+    assert reg.current("lobby") is None and reg.versions("lobby") == []
+    assert report["frames"] == {"train": 10, "held_out": 2}
+    assert 1 <= len(report["pseudo_label_rounds"]) <= 2
+    assert report["flip_stage"]["steps"] == 3
+    # a permissive gate: the candidate is exported and becomes current
+    report = adapt_camera(tiny_config(setup, gate=GateConfig(require_flip=False, min_count_ratio=0.0, max_count_ratio=1e9, min_uncertainty_drop=-1e9)))
+    assert report["validation"]["verdict"] == "accept", report["validation"]["reasons"]
+    current = reg.current("lobby")
+    assert current is not None and current.version == report["published"]
+    assert current.onnx.is_file()
+    card = current.card()
+    assert card["parent"] == "v0" and card["validation"]["verdict"] == "accept"
+
+
+def test_bad_inputs_publish_nothing(setup, tmp_path):
+    with pytest.raises(AdaptError, match="only 3 frames"):
+        few = tmp_path / "few"
+        few.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(few / f"{i}.jpg"), np.zeros((96, 128, 3), np.uint8))
+        adapt_camera(tiny_config(setup, frames=few))
+    with pytest.raises(AdaptError, match="does not exist"):
+        adapt_camera(tiny_config(setup, frames=tmp_path / "nope"))
+    out = tmp_path / "r.json"
+    assert main(["--camera", "lobby", "--base", str(tmp_path / "missing.pt"), "--frames", str(setup / "frames"), "--json", str(out)]) == 1
+    assert json.loads(out.read_text())["published"] is None
+    assert main(["--camera", "../etc", "--frames", str(setup / "frames")]) == 1
+
+
+def test_divergence_publishes_nothing(setup):
+    reg = Registry(setup / "models")
+    before = reg.current("lobby")
+    with pytest.raises(FloatingPointError):
+        adapt_camera(tiny_config(setup, flip=FlipStageConfig(steps=3, lam=float("nan"))))
+    assert reg.current("lobby") == before
