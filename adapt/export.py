@@ -22,7 +22,10 @@ from adapt.network import CrowdCounter
 
 OPSET = 17
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("density", "uncertainty")
+# density and uncertainty are the DESIGN contract; mask_counts (N, M), the
+# count under each mask, gives crowd_count_uncertainty exactly (the std of the
+# count across masks is not derivable from the per-cell std).
+OUTPUT_NAMES = ("density", "uncertainty", "mask_counts")
 # Metadata keys every exported model carries (see DESIGN.md).
 METADATA_KEYS = ("version", "parent", "camera", "masks", "stride", "recipe", "weights_sha256", "arch", "density_scale")
 
@@ -33,7 +36,10 @@ class InferenceGraph(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor):
-        return self.model(image)
+        per_mask = self.model.ensemble(image)
+        density = per_mask.mean(dim=0)
+        uncertainty = per_mask.std(dim=0, unbiased=False)
+        return density, uncertainty, per_mask.sum(dim=(2, 3, 4)).transpose(0, 1)
 
 
 def model_metadata(model: CrowdCounter, meta: dict) -> dict[str, str]:
@@ -79,6 +85,7 @@ def export_onnx(model: CrowdCounter, out: Path, meta: dict | None = None, sample
                     INPUT_NAME: {0: "N", 1: "H", 2: "W"},
                     "density": {0: "N", 2: "H8", 3: "W8"},
                     "uncertainty": {0: "N", 2: "H8", 3: "W8"},
+                    "mask_counts": {0: "N"},
                 },
                 opset_version=OPSET,
                 dynamo=False,

@@ -22,15 +22,19 @@ def test_onnx_runtime_matches_torch_at_dynamic_shapes(exported):
     model, path = exported
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
-    assert [o.name for o in session.get_outputs()] == ["density", "uncertainty"]
+    assert [o.name for o in session.get_outputs()] == ["density", "uncertainty", "mask_counts"]
     rng = np.random.default_rng(0)
     for shape in [(1, 64, 96, 3), (3, 128, 64, 3)]:
         x = rng.integers(0, 256, shape, dtype=np.uint8)
-        density, uncertainty = session.run(None, {"image": x})
+        density, uncertainty, mask_counts = session.run(None, {"image": x})
         with torch.no_grad():
             td, tu = model(torch.from_numpy(x))
+            tm = model.ensemble(torch.from_numpy(x)).sum(dim=(2, 3, 4)).T
         np.testing.assert_allclose(density, td.numpy(), rtol=RTOL, atol=ATOL)
         np.testing.assert_allclose(uncertainty, tu.numpy(), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(mask_counts, tm.numpy(), rtol=RTOL, atol=1e-5)
+        assert mask_counts.shape == (shape[0], 4)
+        np.testing.assert_allclose(mask_counts.mean(1), density.sum(axis=(1, 2, 3)), rtol=1e-4, atol=1e-5)
         assert density.shape == (shape[0], 1, shape[1] // 8, shape[2] // 8)
 
 
