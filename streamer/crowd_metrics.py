@@ -1,0 +1,490 @@
+"""Crowd and social-distancing figures from a density map (pure numpy).
+
+The model outputs a density map at stride 8: ``density[i, j]`` is the expected
+number of people in the 8x8 pixel cell ``(i, j)`` of the model input. Everything
+here is derived from that map and from per-camera geometry that is computed once
+(:class:`CameraGeometry`), so the per-frame work (:func:`compute_metrics`) is a
+handful of vectorised sums.
+
+Coordinates:
+
+* *source* pixels: the camera's own frame; zones and calibration points in the
+  config are written in these.
+* *input* pixels: the model input. The source frame is scaled by one factor
+  (aspect kept) and placed at the top-left corner; the rest is zero padding.
+  :func:`letterbox` is that contract, shared with the ingest stage.
+* *ground*: metres on the ground plane, through the calibration homography.
+  Without calibration the ground is the input image itself (unit: one input
+  pixel), see docs/METRICS.md.
+
+The derivations (cell areas, local density, close pairs) are in docs/METRICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Protocol
+
+import numpy as np
+
+STRIDE = 8
+# Sub-samples per cell side, used for fractional zone coverage and for the
+# fraction of a neighbouring cell that lies within the distancing radius.
+SUBSAMPLES = 4
+# A cell covering more ground than this is "too far": a person there is a couple
+# of pixels wide, the model cannot resolve them and the cell's area is dominated
+# by the projective blow-up near the horizon.
+DEFAULT_MAX_CELL_AREA_M2 = 4.0
+# Without calibration, distances are in input pixels (four cells by default).
+DEFAULT_DISTANCE_PX = 32.0
+# Calibrations with more than four points must fit this well (RMS, metres).
+MAX_CALIBRATION_RMSE_M = 0.5
+
+Point = tuple[float, float]
+
+
+class DensityThresholds(Protocol):
+    """What compute_metrics needs from a camera's thresholds (config.Thresholds)."""
+
+    @property
+    def density_per_m2(self) -> float: ...
+
+
+# --------------------------------------------------------------------------- letterbox
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Source frame -> model input: uniform scale, content at the top-left."""
+
+    source_size: tuple[int, int]  # (w, h)
+    input_size: tuple[int, int]  # (w, h)
+    scale: float
+    content_size: tuple[int, int]  # (w, h) of the scaled source inside the input
+
+    def to_input(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) * self.scale
+
+    def to_source(self, points: np.ndarray) -> np.ndarray:
+        return np.asarray(points, dtype=np.float64) / self.scale
+
+
+def letterbox(source_size: tuple[int, int], input_size: tuple[int, int]) -> Letterbox:
+    """The resize every stage agrees on: the largest uniform scale that fits.
+
+    The scaled frame, ``content_size``, is rounded to whole pixels and placed at
+    (0, 0); the right/bottom remainder of the input is zero padding. This is
+    what ``streamer.sources.fit.Fit`` does when a box is configured: one side of
+    its output equals the box side that limits the scale, so the scale is
+    recovered exactly from the source and output sizes alone.
+    """
+    sw, sh = (int(v) for v in source_size)
+    iw, ih = (int(v) for v in input_size)
+    if min(sw, sh, iw, ih) <= 0:
+        raise ValueError(f"sizes must be positive, found source {source_size} and input {input_size}")
+    scale = min(iw / sw, ih / sh)
+    content = (min(iw, max(1, round(sw * scale))), min(ih, max(1, round(sh * scale))))
+    return Letterbox((sw, sh), (iw, ih), scale, content)
+
+
+# --------------------------------------------------------------------------- homography
+
+
+def _as_points(points: object, what: str, minimum: int) -> np.ndarray:
+    arr = np.asarray(points, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"{what} must be a list of [x, y] pairs, found shape {arr.shape}")
+    if arr.shape[0] < minimum:
+        raise ValueError(f"{what} needs at least {minimum} points, found {arr.shape[0]}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} has non-finite coordinates")
+    return arr
+
+
+def _normaliser(pts: np.ndarray) -> np.ndarray:
+    # Hartley normalisation: centroid at 0, mean distance sqrt(2); keeps the DLT
+    # well conditioned when pixels (~1000) and metres (~10) are mixed.
+    centre = pts.mean(axis=0)
+    spread = np.sqrt(((pts - centre) ** 2).sum(axis=1)).mean()
+    if spread <= 0:
+        raise ValueError("points are all identical")
+    s = math.sqrt(2.0) / spread
+    return np.array([[s, 0, -s * centre[0]], [0, s, -s * centre[1]], [0, 0, 1.0]])
+
+
+def apply_homography(h: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map (N, 2) points; returns (xy, w) where w > 0 means below the horizon."""
+    pts = np.asarray(points, dtype=np.float64)
+    flat = pts.reshape(-1, 2)
+    hom = flat @ h[:, :2].T + h[:, 2]
+    w = hom[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xy = hom[:, :2] / w[:, None]
+    return xy.reshape(pts.shape), w.reshape(pts.shape[:-1])
+
+
+def fit_homography(image_points: object, ground_points: object) -> np.ndarray:
+    """Homography from image pixels to ground metres (DLT, least squares for > 4 points).
+
+    The sign is fixed so that ``w > 0`` at the calibration points: image points
+    that map with ``w <= 0`` are above the horizon. Raises ValueError with a
+    readable reason for degenerate or inconsistent calibrations.
+    """
+    src = _as_points(image_points, "image points", 4)
+    dst = _as_points(ground_points, "ground points", 4)
+    if src.shape != dst.shape:
+        raise ValueError(f"{src.shape[0]} image points but {dst.shape[0]} ground points")
+    ts, td = _normaliser(src), _normaliser(dst)
+    s = src @ ts[:2, :2].T + ts[:2, 2]
+    d = dst @ td[:2, :2].T + td[:2, 2]
+    rows = []
+    for (x, y), (u, v) in zip(s, d):
+        rows.append([-x, -y, -1, 0, 0, 0, u * x, u * y, u])
+        rows.append([0, 0, 0, -x, -y, -1, v * x, v * y, v])
+    a = np.asarray(rows)
+    _, sv, vt = np.linalg.svd(a)
+    # A unique solution needs rank 8; three collinear points (of four) or
+    # repeated points leave a second null direction.
+    if sv[7] <= 1e-9 * sv[0]:
+        raise ValueError("points are degenerate (three or more collinear, or repeated)")
+    hn = vt[-1].reshape(3, 3)
+    h = np.linalg.inv(td) @ hn @ ts
+    h = h / np.abs(h).max()
+    if abs(np.linalg.det(h)) < 1e-12:
+        raise ValueError("homography is singular: three or more points are collinear in one of the two sets")
+    _, w = apply_homography(h, src.mean(axis=0, keepdims=True))
+    if w[0] < 0:
+        h = -h
+    _, w = apply_homography(h, src)
+    if np.any(w <= 0):
+        raise ValueError("calibration points lie on both sides of the horizon; check the point order")
+    if src.shape[0] > 4:
+        mapped, _ = apply_homography(h, src)
+        rmse = float(np.sqrt(((mapped - dst) ** 2).sum(axis=1).mean()))
+        if rmse > MAX_CALIBRATION_RMSE_M:
+            raise ValueError(
+                f"points do not fit one ground plane: RMS error {rmse:.2f} m "
+                f"(at most {MAX_CALIBRATION_RMSE_M} m); check for a typo"
+            )
+    return h
+
+
+def polygon_area(points: np.ndarray) -> np.ndarray:
+    """Shoelace area of polygons, ``points`` of shape (..., K, 2); always >= 0."""
+    x, y = points[..., 0], points[..., 1]
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y).sum(axis=-1))
+
+
+def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Even-odd rule, vectorised over points; (N, 2) x (K, 2) -> (N,) bool."""
+    px, py = points[:, 0], points[:, 1]
+    inside = np.zeros(len(points), dtype=bool)
+    x1, y1 = polygon[:, 0], polygon[:, 1]
+    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
+    for a, b, c, e in zip(x1, y1, x2, y2):
+        if b == e:
+            continue  # horizontal edges never cross a horizontal ray
+        crosses = (b > py) != (e > py)
+        x_at = a + (py - b) * (c - a) / (e - b)
+        inside ^= crosses & (px < x_at)
+    return inside
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass(frozen=True, eq=False)
+class CameraGeometry:
+    """Per-camera, per-input-size constants; build once, reuse for every frame.
+
+    ``cell_area`` is the ground area of each density cell (m², or input px²
+    without calibration), 0 where ``valid`` is False (padding, above the
+    horizon, degenerate or farther than ``max_cell_area``). The neighbourhood
+    arrays are a sparse matrix W over valid cells: ``W[r, c]`` is the fraction of
+    cell c lying within ``distance`` of the centre of cell r, on the ground.
+    """
+
+    grid_shape: tuple[int, int]  # (h, w) of the density map
+    input_size: tuple[int, int]  # (w, h) of the model input
+    stride: int
+    calibrated: bool
+    distance: float  # metres (px without calibration)
+    cell_area: np.ndarray  # (h, w) float64
+    valid: np.ndarray  # (h, w) bool
+    zone_names: tuple[str, ...]
+    zone_weights: np.ndarray  # (Z, h, w) fraction of each cell inside each zone
+    valid_index: np.ndarray  # flat indices of valid cells, (V,)
+    nb_rows: np.ndarray  # (nnz,) index into valid cells
+    nb_cols: np.ndarray  # (nnz,)
+    nb_weights: np.ndarray  # (nnz,)
+    self_weight: np.ndarray  # (V,) W[r, r]
+    disc_area: np.ndarray  # (V,) ground area within `distance` of each valid cell
+    total_area: float  # sum of valid cell areas
+
+    @classmethod
+    def build(
+        cls,
+        input_size: tuple[int, int],
+        *,
+        source_size: tuple[int, int] | None = None,
+        zones: Mapping[str, Sequence[Point]] | None = None,
+        calibration: tuple[Sequence[Point], Sequence[Point]] | None = None,
+        distance: float,
+        max_cell_area: float = DEFAULT_MAX_CELL_AREA_M2,
+        stride: int = STRIDE,
+        subsamples: int = SUBSAMPLES,
+    ) -> CameraGeometry:
+        """Geometry for frames of ``input_size`` letterboxed from ``source_size``.
+
+        ``zones`` and ``calibration`` image points are in source pixels;
+        ``calibration`` is (image points, ground points in metres) or None, in
+        which case areas and ``distance`` are in input pixels.
+        """
+        iw, ih = (int(v) for v in input_size)
+        if iw % stride or ih % stride:
+            raise ValueError(f"input size {input_size} is not a multiple of the stride {stride}")
+        if not (distance > 0 and math.isfinite(distance)):
+            raise ValueError(f"distance must be positive, found {distance}")
+        lb = letterbox(source_size or (iw, ih), (iw, ih))
+        gh, gw = ih // stride, iw // stride
+        cw, ch = lb.content_size
+
+        # Cell rectangles clipped to the content (padding is not part of the scene).
+        x0 = np.arange(gw, dtype=np.float64)[None, :].repeat(gh, 0) * stride
+        y0 = np.arange(gh, dtype=np.float64)[:, None].repeat(gw, 1) * stride
+        x1, y1 = np.minimum(x0 + stride, cw), np.minimum(y0 + stride, ch)
+        inside = (x1 > x0) & (y1 > y0)
+
+        if calibration is not None:
+            h_src = fit_homography(*calibration)
+            # input pixels -> source pixels -> ground
+            h_in = h_src @ np.diag([1 / lb.scale, 1 / lb.scale, 1.0])
+        else:
+            h_in = np.eye(3)
+            max_cell_area = math.inf
+
+        corners = np.stack([np.stack(c, -1) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], axis=-2)
+        ground_corners, w = apply_homography(h_in, corners)  # (gh, gw, 4, 2), (gh, gw, 4)
+        with np.errstate(invalid="ignore", over="ignore"):
+            area = polygon_area(ground_corners)
+            valid = inside & np.all(w > 0, axis=-1) & np.isfinite(area) & (area > 0) & (area <= max_cell_area)
+        cell_area = np.where(valid, area, 0.0)
+
+        # Sub-sample points of each cell (clipped rectangle), in input pixels.
+        frac = (np.arange(subsamples) + 0.5) / subsamples
+        sx = x0[..., None, None] + (x1 - x0)[..., None, None] * frac[None, :]  # (gh, gw, 1, k)
+        sy = y0[..., None, None] + (y1 - y0)[..., None, None] * frac[:, None]  # (gh, gw, k, 1)
+        sub = np.stack(np.broadcast_arrays(sx, sy), axis=-1).reshape(gh, gw, subsamples**2, 2)
+
+        names: list[str] = []
+        weights = []
+        for name, polygon in (zones or {}).items():
+            poly = lb.to_input(_as_points(polygon, f"zone {name!r}", 3))
+            hit = points_in_polygon(sub.reshape(-1, 2), poly).reshape(gh, gw, -1)
+            names.append(name)
+            weights.append(np.where(inside, hit.mean(axis=-1), 0.0))
+        zone_weights = np.stack(weights) if weights else np.zeros((0, gh, gw))
+
+        valid_index = np.flatnonzero(valid)
+        centres, _ = apply_homography(h_in, np.stack([(x0 + x1) / 2, (y0 + y1) / 2], -1).reshape(-1, 2)[valid_index])
+        sub_ground, _ = apply_homography(h_in, sub.reshape(-1, subsamples**2, 2)[valid_index])
+        rows, cols, nbw = _neighbours(centres, sub_ground, float(distance))
+        v = len(valid_index)
+        area_v = cell_area.ravel()[valid_index]
+        self_weight = np.zeros(v)
+        diag = rows == cols
+        self_weight[rows[diag]] = nbw[diag]
+        disc_area = np.bincount(rows, weights=nbw * area_v[cols], minlength=v)
+
+        for arr in (cell_area, valid, zone_weights, valid_index, rows, cols, nbw, self_weight, disc_area):
+            arr.setflags(write=False)
+        return cls(
+            grid_shape=(gh, gw),
+            input_size=(iw, ih),
+            stride=stride,
+            calibrated=calibration is not None,
+            distance=float(distance),
+            cell_area=cell_area,
+            valid=valid,
+            zone_names=tuple(names),
+            zone_weights=zone_weights,
+            valid_index=valid_index,
+            nb_rows=rows,
+            nb_cols=cols,
+            nb_weights=nbw,
+            self_weight=self_weight,
+            disc_area=disc_area,
+            total_area=float(area_v.sum()),
+        )
+
+    @classmethod
+    def for_camera(
+        cls,
+        camera: object,
+        source_size: tuple[int, int] | None = None,
+        input_size: tuple[int, int] | None = None,
+    ) -> CameraGeometry:
+        """Build from a ``config.CameraConfig`` (duck-typed to keep this module config-free).
+
+        ``input_size`` is the frame's actual (w, h): the source pads only up to the
+        next multiple of 32, so it can be smaller than the configured box.
+        """
+        cal = getattr(camera, "calibration")
+        return cls.build(
+            input_size or (camera.width, camera.height),  # type: ignore[attr-defined]
+            source_size=source_size,
+            zones=camera.zones,  # type: ignore[attr-defined]
+            calibration=None if cal is None else (cal.image, cal.ground),
+            distance=camera.distance_m if cal is not None else camera.distance_px,  # type: ignore[attr-defined]
+            max_cell_area=DEFAULT_MAX_CELL_AREA_M2 if cal is None else cal.max_cell_area_m2,
+        )
+
+
+def _neighbours(
+    centres: np.ndarray, sub: np.ndarray, radius: float, block: int = 2_000_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse W[r, c] = fraction of cell c's sub-points within ``radius`` of centre r.
+
+    Ground points are bucketed into square tiles of side ``radius``, so each
+    query tile only looks at its 3x3 tile neighbourhood; cost ~ V x (points
+    within 1.5 radius), not V x all points.
+    """
+    v = len(centres)
+    if v == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    k2 = sub.shape[1]
+    pts = sub.reshape(-1, 2)
+    owner = np.repeat(np.arange(v), k2)
+    origin = np.minimum(pts.min(axis=0), centres.min(axis=0))
+    ptile = np.floor((pts - origin) / radius).astype(np.int64)
+    ctile = np.floor((centres - origin) / radius).astype(np.int64)
+    ny = int(max(ptile[:, 1].max(), ctile[:, 1].max())) + 3
+    pkey = ptile[:, 0] * ny + ptile[:, 1]
+    order = np.argsort(pkey, kind="stable")
+    pkey_sorted, pts_sorted, owner_sorted = pkey[order], pts[order], owner[order]
+    ckey = ctile[:, 0] * ny + ctile[:, 1]
+    r2 = radius * radius
+    out_r, out_c, out_n = [], [], []
+    for key in np.unique(ckey):
+        queries = np.flatnonzero(ckey == key)
+        tx, ty = divmod(int(key), ny)
+        slices = []
+        for dx in (-1, 0, 1):
+            lo_key = (tx + dx) * ny + max(ty - 1, 0)
+            hi_key = (tx + dx) * ny + ty + 1
+            lo, hi = np.searchsorted(pkey_sorted, [lo_key, hi_key + 1])
+            if hi > lo:
+                slices.append(np.arange(lo, hi))
+        if not slices:
+            continue
+        cand = np.concatenate(slices)
+        step = max(1, block // len(queries))
+        for start in range(0, len(cand), step):
+            part = cand[start : start + step]
+            d = centres[queries, None, :] - pts_sorted[None, part, :]
+            qi, pj = np.nonzero((d * d).sum(axis=-1) < r2)
+            if len(qi):
+                pair = queries[qi] * v + owner_sorted[part[pj]]
+                uniq, counts = np.unique(pair, return_counts=True)
+                out_r.append(uniq // v)
+                out_c.append(uniq % v)
+                out_n.append(counts)
+    if not out_r:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
+    # A (row, col) pair can come from several candidate blocks: merge them.
+    pair = np.concatenate(out_r) * v + np.concatenate(out_c)
+    uniq, inverse = np.unique(pair, return_inverse=True)
+    counts = np.bincount(inverse, weights=np.concatenate(out_n))
+    return uniq // v, uniq % v, counts / k2
+
+
+# --------------------------------------------------------------------------- per frame
+
+
+@dataclass(frozen=True, eq=False)
+class FrameMetrics:
+    """Figures for one frame. Units are metres unless ``calibrated`` is False,
+    in which case areas and densities are per input pixel (see docs/METRICS.md)."""
+
+    count: float
+    zones: Mapping[str, float]
+    uncertainty: float | None  # std of the count across masks (people)
+    density_peak_per_m2: float
+    close_pairs: float
+    area_over_density_ratio: float
+    calibrated: bool
+    local_density: np.ndarray  # (h, w) people per m² averaged over the distancing disc, 0 off-ground
+
+
+def compute_metrics(
+    density: np.ndarray,
+    uncertainty: np.ndarray | None,
+    geometry: CameraGeometry,
+    thresholds: DensityThresholds,
+    *,
+    mask_counts: np.ndarray | None = None,
+) -> FrameMetrics:
+    """All per-frame figures from one density map (people per cell, shape ``grid_shape``).
+
+    ``uncertainty`` is the model's per-cell std across masks; the count std is
+    then bounded by its sum (masks act on the whole map, so cells are strongly
+    correlated). If the per-mask counts are known, pass ``mask_counts`` and the
+    exact std (ddof=0) is used instead.
+    """
+    dens = np.asarray(density, dtype=np.float64)
+    if dens.ndim == 4 and dens.shape[:2] == (1, 1):
+        dens = dens[0, 0]
+    if dens.shape != geometry.grid_shape:
+        raise ValueError(f"density shape {dens.shape} does not match the geometry grid {geometry.grid_shape}")
+    if not np.all(np.isfinite(dens)):
+        raise ValueError("density map has non-finite values")
+
+    count = max(float(dens.sum()), 0.0)
+    zones = {name: float((dens * w).sum()) for name, w in zip(geometry.zone_names, geometry.zone_weights)}
+
+    if mask_counts is not None:
+        mc = np.asarray(mask_counts, dtype=np.float64).ravel()
+        if mc.size < 2 or not np.all(np.isfinite(mc)):
+            raise ValueError("mask_counts needs at least two finite values")
+        unc: float | None = float(mc.std())
+    elif uncertainty is not None:
+        u = np.asarray(uncertainty, dtype=np.float64).reshape(dens.shape)
+        if not np.all(np.isfinite(u)):
+            raise ValueError("uncertainty map has non-finite values")
+        unc = float(np.abs(u).sum())
+    else:
+        unc = None
+
+    # Small negative densities are model noise; people cannot be negative.
+    n = np.maximum(dens.ravel()[geometry.valid_index], 0.0)
+    v = len(n)
+    local = np.zeros(dens.shape)
+    if v:
+        near = np.bincount(geometry.nb_rows, weights=geometry.nb_weights * n[geometry.nb_cols], minlength=v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(geometry.disc_area > 0, near / geometry.disc_area, 0.0)
+        local.ravel()[geometry.valid_index] = rho
+        others = np.maximum(near - geometry.self_weight, 0.0)
+        close_pairs = 0.5 * float((n * others).sum())
+        area_v = geometry.cell_area.ravel()[geometry.valid_index]
+        over = float(area_v[rho > thresholds.density_per_m2].sum())
+        ratio = over / geometry.total_area if geometry.total_area > 0 else 0.0
+        peak = float(rho.max())
+    else:
+        close_pairs, ratio, peak = 0.0, 0.0, 0.0
+    local.setflags(write=False)
+    return FrameMetrics(
+        count=count,
+        zones=MappingProxyType(zones),
+        uncertainty=unc,
+        density_peak_per_m2=peak,
+        close_pairs=close_pairs,
+        area_over_density_ratio=ratio,
+        calibrated=geometry.calibrated,
+        local_density=local,
+    )

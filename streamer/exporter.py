@@ -1,0 +1,349 @@
+"""Prometheus exporter: the ``crowd_*`` metrics of DESIGN.md and a tiny HTTP server.
+
+Stages never touch metric objects: they call the :class:`Metrics` facade
+(``observe_frame``, ``drop``, ``camera_up``, ...). Each facade owns a dedicated
+CollectorRegistry, so tests and several stages in one process do not collide.
+:class:`MetricsServer` serves ``/metrics``, ``/healthz`` (the process is alive)
+and ``/readyz`` (200 once the stage calls ``set_ready(True)``, else 503), bound
+to 127.0.0.1 unless told otherwise.
+
+Names, units and alert usage are documented in docs/METRICS.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from adapt.names import validate_camera_name
+
+from .crowd_metrics import FrameMetrics
+
+_LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+ADAPTATION_RESULTS = ("succeeded", "failed", "rejected", "skipped")
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class _ThresholdSettings(Protocol):
+    people: float
+    density_per_m2: float
+    close_pairs: float
+    area_over_density_ratio: float
+    uncertainty: float
+    latency_p95_s: float
+    stall_s: float
+
+
+class _AdaptSettings(Protocol):
+    enabled: bool
+    max_age_s: float
+    max_failures_per_day: int
+
+
+class _CameraSettings(Protocol):
+    name: str
+    thresholds: _ThresholdSettings
+    adapt: _AdaptSettings
+
+
+def _label(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _LABEL_RE.fullmatch(value):
+        raise ValueError(f"{what} label must match {_LABEL_RE.pattern}, found {value!r}")
+    return value
+
+
+def _num(value: float | None) -> float:
+    # None ("not available") is exported as NaN: alert comparisons with NaN are false
+    # and no stale value lingers.
+    return math.nan if value is None else float(value)
+
+
+class Metrics:
+    """Typed facade over every crowdwatch metric, in its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process_metrics: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        if process_metrics:
+            ProcessCollector(registry=r)
+        cam = ["camera"]
+
+        # Crowd figures, per camera.
+        self.people = Gauge("crowd_people", "Estimated number of people in view", cam, registry=r)
+        self.people_truth = Gauge("crowd_people_truth", "True number of people (synthetic cameras only)", cam, registry=r)
+        self.zone_people = Gauge("crowd_zone_people", "Estimated number of people in a zone", cam + ["zone"], registry=r)
+        self.uncertainty = Gauge("crowd_count_uncertainty", "Std of the count across the ensemble masks (people)", cam, registry=r)
+        self.density_peak = Gauge(
+            "crowd_density_peak_per_m2", "Peak local density, people per m^2 (per px^2 when uncalibrated)", cam, registry=r
+        )
+        self.close_pairs = Gauge(
+            "crowd_close_pairs", "Expected pairs of people closer than the distancing distance", cam, registry=r
+        )
+        self.area_ratio = Gauge(
+            "crowd_area_over_density_ratio", "Fraction of the ground area above the density threshold", cam, registry=r
+        )
+        self.calibrated = Gauge("crowd_calibrated", "1 if the camera has a ground-plane calibration", cam, registry=r)
+        self.last_frame = Gauge(
+            "crowd_last_frame_timestamp_seconds", "Unix time of the last frame with metrics", cam, registry=r
+        )
+
+        # Thresholds as gauges, so alert rules join on(camera) instead of hard-coding numbers.
+        self.th_people = Gauge("crowd_people_threshold", "Configured people threshold", cam, registry=r)
+        self.th_density = Gauge("crowd_density_threshold_per_m2", "Configured density threshold", cam, registry=r)
+        self.th_pairs = Gauge("crowd_close_pairs_threshold", "Configured close-pairs threshold", cam, registry=r)
+        self.th_area = Gauge(
+            "crowd_area_over_density_ratio_threshold", "Configured area-over-density ratio threshold", cam, registry=r
+        )
+        self.th_uncertainty = Gauge("crowd_uncertainty_threshold", "Configured count-uncertainty threshold", cam, registry=r)
+        self.th_latency = Gauge(
+            "crowd_frame_latency_threshold_seconds", "Configured p95 frame latency threshold", cam, registry=r
+        )
+        self.th_stall = Gauge(
+            "crowd_camera_stall_threshold_seconds", "Seconds without a frame before a camera counts as stalled", cam, registry=r
+        )
+        self.th_adapt_age = Gauge(
+            "crowd_adaptation_max_age_seconds", "Maximum age of the last successful adaptation", cam, registry=r
+        )
+        self.th_adapt_failures = Gauge(
+            "crowd_adaptation_failures_threshold", "Failed adaptation runs per day tolerated before alerting", cam, registry=r
+        )
+
+        # Pipeline.
+        self.frames = Counter("crowd_frames", "Frames handled", cam + ["stage"], registry=r)
+        self.dropped = Counter("crowd_frames_dropped", "Frames dropped", cam + ["stage", "reason"], registry=r)
+        self.up = Gauge("crowd_camera_up", "1 while the camera source delivers frames", cam, registry=r)
+        self.reconnects = Counter("crowd_camera_reconnects", "Camera source reconnects", cam, registry=r)
+        self.inference = Histogram(
+            "crowd_inference_seconds", "Model run time per batch", registry=r, buckets=INFERENCE_BUCKETS
+        )
+        self.batch = Histogram("crowd_batch_size", "Frames per inference batch", registry=r, buckets=BATCH_BUCKETS)
+        self.latency = Histogram(
+            "crowd_frame_latency_seconds", "Capture to metrics latency", cam, registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.model = Gauge("crowd_model_info", "Model version serving the camera (value 1)", cam + ["version"], registry=r)
+        self._versions: dict[str, str] = {}
+
+        # Adaptation.
+        self.adapt_runs = Counter("crowd_adaptation_runs", "Adaptation runs by result", cam + ["result"], registry=r)
+        self.adapt_success = Gauge(
+            "crowd_adaptation_last_success_timestamp_seconds", "Unix time of the last successful adaptation", cam, registry=r
+        )
+        self.buffer = Gauge("crowd_buffer_frames", "Frames in the adaptation buffer", cam, registry=r)
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- per camera setup
+
+    def configure_camera(self, camera: _CameraSettings, *, stages: Iterable[str] = ()) -> None:
+        """Export a camera's thresholds and create its counters at 0.
+
+        Counters must exist before their first increment, or ``increase()`` in
+        the alert rules misses it. Call from one stage only (the infer stage):
+        the rules tolerate duplicates, but one source of truth is clearer.
+        """
+        name = validate_camera_name(camera.name)
+        th = camera.thresholds
+        self.th_people.labels(name).set(th.people)
+        self.th_density.labels(name).set(th.density_per_m2)
+        self.th_pairs.labels(name).set(th.close_pairs)
+        self.th_area.labels(name).set(th.area_over_density_ratio)
+        self.th_uncertainty.labels(name).set(th.uncertainty)
+        self.th_latency.labels(name).set(th.latency_p95_s)
+        self.th_stall.labels(name).set(th.stall_s)
+        if camera.adapt.enabled:
+            self.th_adapt_age.labels(name).set(camera.adapt.max_age_s)
+            self.th_adapt_failures.labels(name).set(camera.adapt.max_failures_per_day)
+            for result in ADAPTATION_RESULTS:
+                self.adapt_runs.labels(name, result)
+        else:
+            # No schedule, no staleness or failure alerts for this camera.
+            for gauge in (self.th_adapt_age, self.th_adapt_failures):
+                try:
+                    gauge.remove(name)
+                except KeyError:
+                    pass
+        self.reconnects.labels(name)
+        for stage in stages:
+            self.frames.labels(name, _label(stage, "stage"))
+
+    # ----------------------------------------------------------------- crowd figures
+
+    def observe_frame(
+        self,
+        camera: str,
+        m: FrameMetrics,
+        *,
+        capture_ns: int | None = None,
+        truth: float | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Publish one frame's figures; with ``capture_ns`` also its latency."""
+        name = validate_camera_name(camera)
+        now = time.time() if now is None else now
+        self.people.labels(name).set(m.count)
+        for zone, value in m.zones.items():
+            self.zone_people.labels(name, zone).set(value)
+        self.uncertainty.labels(name).set(_num(m.uncertainty))
+        self.density_peak.labels(name).set(m.density_peak_per_m2)
+        self.close_pairs.labels(name).set(m.close_pairs)
+        self.area_ratio.labels(name).set(m.area_over_density_ratio)
+        self.calibrated.labels(name).set(1 if m.calibrated else 0)
+        if truth is not None:
+            self.people_truth.labels(name).set(truth)
+        if capture_ns is not None:
+            self.latency.labels(name).observe(max(0.0, now - capture_ns / 1e9))
+        self.last_frame.labels(name).set(now)
+
+    # ----------------------------------------------------------------- pipeline
+
+    def frame(self, stage: str, camera: str, n: int = 1) -> None:
+        self.frames.labels(validate_camera_name(camera), _label(stage, "stage")).inc(n)
+
+    def drop(self, stage: str, reason: str, camera: str | None = None, n: int = 1) -> None:
+        """Count a dropped frame; ``camera`` None (unknown or invalid) exports an empty label."""
+        cam = "" if camera is None else validate_camera_name(camera)
+        self.dropped.labels(cam, _label(stage, "stage"), _label(reason, "reason")).inc(n)
+
+    def camera_up(self, camera: str, up: bool) -> None:
+        self.up.labels(validate_camera_name(camera)).set(1 if up else 0)
+
+    def camera_reconnect(self, camera: str) -> None:
+        self.reconnects.labels(validate_camera_name(camera)).inc()
+
+    def observe_inference(self, seconds: float, batch_size: int) -> None:
+        self.inference.observe(seconds)
+        self.batch.observe(batch_size)
+
+    def observe_latency(self, camera: str, seconds: float) -> None:
+        self.latency.labels(validate_camera_name(camera)).observe(max(0.0, seconds))
+
+    def model_version(self, camera: str, version: str) -> None:
+        """The camera is now served by ``version`` (the previous version's series goes)."""
+        name = validate_camera_name(camera)
+        if not isinstance(version, str) or not version or len(version) > 128:
+            raise ValueError(f"bad model version {version!r}")
+        with self._lock:
+            old = self._versions.get(name)
+            if old is not None and old != version:
+                self.model.remove(name, old)
+            self._versions[name] = version
+            self.model.labels(name, version).set(1)
+
+    # ----------------------------------------------------------------- adaptation
+
+    def adaptation_run(self, camera: str, result: str, *, timestamp: float | None = None) -> None:
+        """Count a finished adaptation run; ``succeeded`` also stamps the last success."""
+        name = validate_camera_name(camera)
+        if result not in ADAPTATION_RESULTS:
+            raise ValueError(f"adaptation result must be one of {ADAPTATION_RESULTS}, found {result!r}")
+        self.adapt_runs.labels(name, result).inc()
+        if result == "succeeded":
+            self.adapt_success.labels(name).set(time.time() if timestamp is None else timestamp)
+
+    def adaptation_last_success(self, camera: str, timestamp: float) -> None:
+        """Restore the last success time at startup (e.g. from the model registry)."""
+        self.adapt_success.labels(validate_camera_name(camera)).set(timestamp)
+
+    def buffer_frames(self, camera: str, n: int) -> None:
+        self.buffer.labels(validate_camera_name(camera)).set(n)
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on one small threaded HTTP server.
+
+    Port 0 picks a free port (see ``.port``). Use as a context manager or call
+    ``start()``/``stop()``.
+    """
+
+    def __init__(self, registry: Metrics | CollectorRegistry, host: str = "127.0.0.1", port: int = 9108) -> None:
+        self.registry = registry.registry if isinstance(registry, Metrics) else registry
+        self.host, self._port = host, port
+        self._ready = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def set_ready(self, ready: bool = True) -> None:
+        (self._ready.set if ready else self._ready.clear)()
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1] if self._httpd else self._port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> MetricsServer:
+        if self._httpd is not None:
+            return self
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server naming
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                    self._reply(200, encoder(server.registry), content_type)
+                elif path == "/healthz":
+                    self._reply(200, b"ok\n")
+                elif path == "/readyz":
+                    ok = server.ready
+                    self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                else:
+                    self._reply(404, b"not found\n")
+
+            def _reply(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass  # scrapes every 15 s would flood the logs
+
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        httpd = server_class((self.host, self._port), Handler)
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        # A short poll interval keeps stop() quick.
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="metrics-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._httpd = self._thread = None
+
+    def __enter__(self) -> MetricsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

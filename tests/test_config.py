@@ -1,0 +1,267 @@
+"""Config: defaults and overrides, every kind of bad value names its key, env, repo file."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamer.config import (
+    Config,
+    ConfigError,
+    deep_merge,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+CAL = {"image": [[0, 470], [640, 470], [420, 180], [220, 180]], "ground": [[-5, 0], [5, 0], [5, 20], [-5, 20]]}
+
+
+def base() -> dict[str, Any]:
+    return {
+        "defaults": {"fps": 2, "thresholds": {"people": 100, "close_pairs": 5}, "adapt": {"interval": "12h"}},
+        "cameras": {
+            "lobby": {"url": "rtsp://cam.local:554/s1", "thresholds": {"people": 40}, "calibration": copy.deepcopy(CAL)},
+            "yard": {"url": "synthetic://?people=10", "fps": 0.5, "adapt": {"daily": "03:30"}},
+        },
+    }
+
+
+def parse(data: dict[str, Any], tmp_path: Path, environ: dict[str, str] | None = None) -> Config:
+    return parse_config(data, "test.toml", base_dir=tmp_path, environ=environ or {})
+
+
+def test_repo_config_loads_out_of_the_box() -> None:
+    cfg = load_config(REPO / "config.toml", environ={})
+    assert set(cfg.cameras) >= {"plaza", "concourse"}
+    assert all(c.source_kind == "synthetic" for c in cfg.cameras.values())
+    assert cfg.server.metrics_host == cfg.server.web_host == "127.0.0.1"
+    assert cfg.model.backend == "onnxruntime" and cfg.model.providers == ("CPUExecutionProvider",)
+    assert cfg.transport.frames.startswith("ipc://") and cfg.transport.frame_encoding == "rgb24"
+    plaza, concourse = cfg.cameras["plaza"], cfg.cameras["concourse"]
+    assert plaza.calibration is not None and len(plaza.zones) == 2
+    assert plaza.synthetic_options == {"people": "60", "style": "day"}
+    assert "ramp" in concourse.synthetic_options
+    assert concourse.thresholds.people < plaza.thresholds.people
+    assert concourse.adapt.daily == (3, 0) and concourse.adapt.interval_s is None
+    for cam in cfg.cameras.values():
+        assert cam.width % 32 == 0 and cam.height % 32 == 0 and 1 <= cam.fps <= 2
+
+
+def test_defaults_and_overrides_merge(tmp_path: Path) -> None:
+    cfg = parse(base(), tmp_path)
+    lobby, yard = cfg.cameras["lobby"], cfg.cameras["yard"]
+    assert lobby.fps == 2.0 and yard.fps == 0.5
+    # Nested tables merge key by key: people overridden, close_pairs inherited.
+    assert lobby.thresholds.people == 40 and lobby.thresholds.close_pairs == 5
+    assert yard.thresholds.people == 100
+    # Built-in defaults fill the rest.
+    assert lobby.thresholds.density_per_m2 == 4.0 and lobby.distance_m == 1.5
+    assert lobby.adapt.interval_s == 12 * 3600 and lobby.adapt.daily is None
+    # Setting `daily` replaces the inherited `interval`.
+    assert yard.adapt.daily == (3, 30) and yard.adapt.interval_s is None
+    assert lobby.calibration is not None and yard.calibration is None
+    assert lobby.source_kind == "rtsp" and yard.source_kind == "synthetic"
+
+
+def test_deep_merge_does_not_mutate_inputs() -> None:
+    a = {"t": {"x": 1, "y": 2}, "l": [1]}
+    b = {"t": {"y": 3}, "z": 4}
+    assert deep_merge(a, b) == {"t": {"x": 1, "y": 3}, "l": [1], "z": 4}
+    assert a == {"t": {"x": 1, "y": 2}, "l": [1]}
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[last] = value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "path", "expected"),
+    [
+        ("cameras.lobby.fps", "fast", "cameras.lobby.fps", "a number"),
+        ("cameras.lobby.fps", 0, "cameras.lobby.fps", "in (0, 60]"),
+        ("cameras.lobby.fps", True, "cameras.lobby.fps", "a number"),
+        ("cameras.lobby.width", 650, "cameras.lobby.width", "multiple of 32"),
+        ("cameras.lobby.height", 480.0, "cameras.lobby.height", "an integer"),
+        ("cameras.lobby.url", "ftp://x/y", "cameras.lobby.url", "source URL"),
+        ("cameras.lobby.url", "rtsp://:554/x", "cameras.lobby.url", "missing host"),
+        ("cameras.lobby.url", "synthetic://?people=1&people=2", "cameras.lobby.url", "distinct"),
+        ("cameras.lobby.loop", "yes", "cameras.lobby.loop", "true or false"),
+        ("cameras.lobby.distance_m", -1, "cameras.lobby.distance_m", "in (0, 100]"),
+        ("cameras.lobby.zones.door", [[0, 0], [1, 1]], "cameras.lobby.zones.door", "at least 3"),
+        ("cameras.lobby.zones.door", [[0, 0], [1, 1], [2, 2]], "cameras.lobby.zones.door", "non-zero area"),
+        ("cameras.lobby.zones.door", [[0, 0], [1, "a"], [2, 0]], "cameras.lobby.zones.door[1]", "[x, y] pair"),
+        ("cameras.lobby.zones.Door", [[0, 0], [1, 0], [1, 1]], "cameras.lobby.zones.Door", "zone name"),
+        ("cameras.lobby.calibration.ground", [[0, 0], [1, 0], [1, 1]], "cameras.lobby.calibration.ground", "at least 4"),
+        ("cameras.lobby.calibration.image", [[0, 0], [1, 0], [2, 0], [3, 0]], "cameras.lobby.calibration", "collinear"),
+        ("cameras.lobby.calibration.max_cell_area_m2", 0, "cameras.lobby.calibration.max_cell_area_m2", "(0, inf]"),
+        ("cameras.lobby.thresholds.area_over_density_ratio", 1.5, "cameras.lobby.thresholds.area_over_density_ratio", "[0, 1]"),
+        ("cameras.lobby.thresholds.latency_p95", 2, "cameras.lobby.thresholds.latency_p95", "duration string"),
+        ("cameras.lobby.thresholds.stall", "soon", "cameras.lobby.thresholds.stall", "duration string"),
+        ("cameras.lobby.adapt.daily", "25:00", "cameras.lobby.adapt.daily", "HH:MM"),
+        ("cameras.lobby.adapt.interval", "10s", "cameras.lobby.adapt.interval", "at least 60s"),
+        ("cameras.lobby.adapt.uncertainty_trigger.for", "1x", "cameras.lobby.adapt.uncertainty_trigger.for", "duration"),
+        ("cameras.lobby.buffer.max_bytes", "lots", "cameras.lobby.buffer.max_bytes", "size"),
+        ("cameras.lobby.buffer.max_frames", 0, "cameras.lobby.buffer.max_frames", "an integer in [1,"),
+        ("cameras.lobby.buffer.dedup_threshold", 2, "cameras.lobby.buffer.dedup_threshold", "[0, 1]"),
+        ("cameras.lobby.thresholds", 5, "cameras.lobby.thresholds", "a table"),
+        ("defaults.fps", 100, "defaults.fps", "in (0, 60]"),
+        ("defaults.url", "rtsp://x/y", "defaults.url", "no url in [defaults]"),
+        ("server.metrics_port", 70000, "server.metrics_port", "[0, 65535]"),
+        ("server.web_host", "", "server.web_host", "host"),
+        ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
+        ("transport.frames", "inproc://x", "transport.frames", "ipc://PATH"),
+        ("transport.frames", "ipc:///" + "x" * 120, "transport.frames", "at most 107 bytes"),
+        ("transport.results", "tcp://a:1", "transport.results", "different endpoint"),
+        ("transport.jpeg_quality", 101, "transport.jpeg_quality", "[0, 100]"),
+        ("transport.hwm", 0, "transport.hwm", "[1, 10000]"),
+        ("transport.max_frame_age", "0s", "transport.max_frame_age", "a duration above 0"),
+        ("transport.curve.enabled", True, "transport.curve.enabled", "only with tcp://"),
+        ("transport.curve.server_secret_env", "not a name", "transport.curve.server_secret_env", "variable name"),
+        ("model.backend", "tensorrt", "model.backend", "onnxruntime, torch"),
+        ("model.providers", [], "model.providers", "non-empty list"),
+        ("model.max_batch", 0, "model.max_batch", "[1, 256]"),
+        ("model.torch_device", "gpu", "model.torch_device", '"cuda:N"'),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, key: str, value: Any, path: str, expected: str) -> None:
+    data = base()
+    if key == "transport.results":
+        data["transport"] = {"frames": "tcp://a:1"}
+    _set(data, key, value)
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    err = info.value
+    assert err.path == path, str(err)
+    assert expected in str(err)
+    assert str(err).startswith(f"test.toml: {path}: expected ")
+    assert "found" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "hint"),
+    [
+        ("cameras.lobby.fsp", "cameras.lobby.fsp", "did you mean 'fps'"),
+        ("cameras.lobby.thresholds.peple", "cameras.lobby.thresholds.peple", "did you mean 'people'"),
+        ("server.metric_port", "server.metric_port", "did you mean 'metrics_port'"),
+        ("defaults.adapt.intervall", "defaults.adapt.intervall", "did you mean 'interval'"),
+        ("camera", "camera", "did you mean 'cameras'"),
+    ],
+)
+def test_unknown_keys_are_errors(tmp_path: Path, key: str, path: str, hint: str) -> None:
+    data = base()
+    _set(data, key, 1)
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    assert info.value.path == path
+    assert hint in str(info.value) and "unknown key" in str(info.value)
+
+
+def test_structural_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cameras: expected at least one"):
+        parse({"cameras": {}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"cameras\.Lobby: expected a camera name"):
+        parse({"cameras": {"Lobby": {"url": "synthetic://"}}}, tmp_path)
+    with pytest.raises(ConfigError, match=r"cameras\.x\.url: expected this key to be set"):
+        parse({"cameras": {"x": {}}}, tmp_path)
+    data = base()
+    data["cameras"]["yard"]["adapt"] = {"daily": "03:00", "interval": "1h"}
+    with pytest.raises(ConfigError, match=r"cameras\.yard\.adapt\.daily: expected either"):
+        parse(data, tmp_path)
+
+
+def test_env_expansion_and_secrets_stay_out_of_errors(tmp_path: Path) -> None:
+    data = base()
+    data["cameras"]["lobby"]["url"] = "rtsp://viewer:${CAM_PASS}@cam.local:554/s1"
+    data["paths"] = {"var": "${DATA}/var"}
+    cfg = parse(data, tmp_path, {"CAM_PASS": "s3cret", "DATA": "/srv/cw"})
+    lobby = cfg.cameras["lobby"]
+    assert lobby.url == "rtsp://viewer:s3cret@cam.local:554/s1"
+    assert lobby.redacted_url() == "rtsp://viewer:***@cam.local:554/s1"
+    assert cfg.paths.var == Path("/srv/cw/var") and cfg.paths.run == Path("/srv/cw/var/run")
+
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path, {"DATA": "/srv"})
+    assert info.value.path == "cameras.lobby.url"
+    assert "CAM_PASS" in str(info.value)
+
+    # A bad expanded value is reported with the unexpanded text, never the secret.
+    data["cameras"]["lobby"]["url"] = "${CAM_URL}"
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path, {"CAM_URL": "ftp://viewer:s3cret@x/y", "DATA": "/srv"})
+    assert "s3cret" not in str(info.value) and "${CAM_URL}" in str(info.value)
+
+    data["cameras"]["lobby"]["url"] = "rtsp://cam.local/a$$b"
+    assert parse(data, tmp_path, {"DATA": "/srv"}).cameras["lobby"].url == "rtsp://cam.local/a$b"
+
+
+def test_durations_and_sizes() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("5m") == 300 and parse_duration("24h") == 86400
+    assert parse_duration("500ms") == 0.5 and parse_duration("1.5h") == 5400 and parse_duration("7d") == 7 * 86400
+    assert parse_size("2GiB") == 2 * 1024**3 and parse_size("500MB") == 500 * 10**6 and parse_size(1234) == 1234
+    for bad in ("90", "5 minutes", "", "-1s", "1y"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    for bad in ("2 GiBs", "x", True):
+        with pytest.raises(ValueError):
+            parse_size(bad)  # type: ignore[arg-type]
+
+
+def test_paths_and_endpoints_are_anchored_to_the_config_file(tmp_path: Path) -> None:
+    data = base()
+    data["cameras"]["clip"] = {"url": "videos/clip.mp4"}
+    data["cameras"]["abs"] = {"url": "file:///data/a.mkv"}
+    data["transport"] = {"frames": "ipc://sock/frames", "frames_bind": "ipc://sock/frames"}
+    cfg = parse(data, tmp_path)
+    assert cfg.cameras["clip"].file_path == tmp_path / "videos/clip.mp4"
+    assert cfg.cameras["clip"].source_kind == "file"
+    assert cfg.cameras["abs"].file_path == Path("/data/a.mkv")
+    assert cfg.transport.frames == f"ipc://{tmp_path}/sock/frames"
+    assert cfg.transport.results == f"ipc://{tmp_path}/var/run/results.ipc"
+    assert cfg.model.registry == tmp_path / "models"
+    assert cfg.paths.buffer_dir("lobby") == tmp_path / "var/buffer/lobby"
+
+
+def test_tcp_transport_uses_jpeg_and_separate_bind(tmp_path: Path) -> None:
+    data = base()
+    data["transport"] = {
+        "frames": "tcp://infer-host:5555",
+        "frames_bind": "tcp://0.0.0.0:5555",
+        "results": "tcp://infer-host:5556",
+        "curve": {"enabled": True, "authorized_clients": "clients"},
+    }
+    t = parse(data, tmp_path).transport
+    assert t.frame_encoding == "jpeg" and t.frames_bind == "tcp://0.0.0.0:5555"
+    assert t.results_bind == t.results
+    assert t.curve.enabled and t.curve.authorized_clients == tmp_path / "clients"
+
+
+def test_load_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no file at"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cameras.x\nurl = 1\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_config(bad)
+    good = tmp_path / "good.toml"
+    good.write_text('[cameras.x]\nurl = "synthetic://"\nfps = "1"\n')
+    with pytest.raises(ConfigError, match=r"good\.toml: cameras\.x\.fps: expected a number, found '1'"):
+        load_config(good)
+
+
+def test_config_is_immutable(tmp_path: Path) -> None:
+    cfg = parse(base(), tmp_path)
+    with pytest.raises(AttributeError):
+        cfg.cameras["lobby"].fps = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.cameras["new"] = cfg.cameras["lobby"]  # type: ignore[index]

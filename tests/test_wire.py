@@ -1,0 +1,416 @@
+"""Wire format: round trips over real sockets, every malformed variant dropped with its reason."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+import zmq.auth
+
+import streamer.wire as wire
+from streamer.wire import (
+    REASONS,
+    FrameMessage,
+    LatestReceiver,
+    ResultMessage,
+    WireError,
+    curve_keys,
+    decode_frame,
+    decode_result,
+    encode_frame,
+    encode_result,
+    open_socket,
+    send_parts,
+    start_authenticator,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def smooth_image(h: int = 96, w: int = 128) -> np.ndarray:
+    # A smooth image JPEG can reproduce closely (noise would not survive compression).
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 // w, y * 255 // h, (x + y) * 255 // (w + h)], axis=-1)
+    return img.astype(np.uint8)
+
+
+def frame_msg(camera: str = "plaza", seq: int = 1, capture_ns: int = 1_000, **kw: object) -> FrameMessage:
+    return FrameMessage(camera=camera, seq=seq, capture_ns=capture_ns, image=smooth_image(), **kw)  # type: ignore[arg-type]
+
+
+def result_msg(**kw: object) -> ResultMessage:
+    fields: dict[str, object] = dict(
+        camera="plaza", seq=9, capture_ns=123456789, count=57.25,
+        density=RNG.random((12, 16)).astype(np.float32), model_version="plaza-0003",
+        zones={"fountain": 12.5}, uncertainty=2.0, close_pairs=3.5, density_peak_per_m2=1.75,
+        area_over_density_ratio=0.125, calibrated=True, timings={"infer_s": 0.05, "queue_s": 0.01},
+        truth=60.0,
+    )  # fmt: skip
+    fields.update(kw)
+    return ResultMessage(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
+def ipc_dir() -> Iterator[Path]:
+    # Short path: unix socket paths are limited to 107 bytes.
+    d = Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def pair(ctx: zmq.Context, endpoint: str, kind: tuple[str, str] = ("pull", "push"), **kw: object) -> tuple[zmq.Socket, zmq.Socket]:
+    server = open_socket(ctx, kind[0], endpoint, bind=True, **kw)  # type: ignore[arg-type]
+    client = open_socket(ctx, kind[1], endpoint, bind=False, **kw)  # type: ignore[arg-type]
+    return server, client
+
+
+def recv(sock: zmq.Socket, timeout_ms: int = 3000) -> list[zmq.Frame] | None:
+    if not sock.poll(timeout_ms):
+        return None
+    return sock.recv_multipart(copy=False)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_rgb24_frame_round_trip_over_ipc_zero_copy(ctx: zmq.Context, ipc_dir: Path) -> None:
+    pull, push = pair(ctx, f"ipc://{ipc_dir}/run/frames.ipc")
+    msg = frame_msg(source_size=(1920, 1080), truth=42.0)
+    parts = encode_frame(msg)
+    assert isinstance(parts[1], memoryview)  # sent straight from the numpy buffer
+    assert send_parts(push, parts)
+    got = decode_frame(recv(pull))  # type: ignore[arg-type]
+    assert (got.camera, got.seq, got.capture_ns, got.source_size, got.truth) == ("plaza", 1, 1_000, (1920, 1080), 42.0)
+    assert got.image.dtype == np.uint8 and np.array_equal(got.image, msg.image)
+    assert not got.image.flags.writeable  # a view over the received message
+    assert (ipc_dir / "run").stat().st_mode & 0o777 == 0o700
+    pull.close(), push.close()
+
+
+def test_jpeg_frame_round_trip(ctx: zmq.Context, ipc_dir: Path) -> None:
+    pull, push = pair(ctx, f"ipc://{ipc_dir}/f.ipc")
+    msg = frame_msg()
+    parts = encode_frame(msg, jpeg_quality=90)
+    assert json.loads(bytes(parts[0]))["parts"][0]["encoding"] == "jpeg"
+    assert len(parts[1]) < msg.image.nbytes
+    send_parts(push, parts)
+    got = decode_frame(recv(pull))  # type: ignore[arg-type]
+    assert got.image.shape == msg.image.shape
+    # Colours survive (RGB order kept through cv2's BGR).
+    assert np.abs(got.image.astype(int) - msg.image).mean() < 2.0
+    pull.close(), push.close()
+
+
+def test_result_round_trip_over_pub_sub(ctx: zmq.Context, ipc_dir: Path) -> None:
+    sub_sock = open_socket(ctx, "sub", f"ipc://{ipc_dir}/r.ipc", bind=False)
+    pub = open_socket(ctx, "pub", f"ipc://{ipc_dir}/r.ipc", bind=True)
+    msg = result_msg(uncertainty_map=np.full((12, 16), 0.25), image=smooth_image())
+    parts = encode_result(msg, jpeg_quality=85)
+    got = None
+    for _ in range(50):  # PUB drops until the subscription has propagated
+        pub.send_multipart(parts, copy=False)
+        raw = recv(sub_sock, 100)
+        if raw is not None:
+            got = decode_result(raw)
+            break
+    assert got is not None
+    assert (got.count, got.model_version, got.calibrated, got.truth) == (57.25, "plaza-0003", True, 60.0)
+    assert dict(got.zones) == {"fountain": 12.5} and dict(got.timings) == {"infer_s": 0.05, "queue_s": 0.01}
+    assert (got.uncertainty, got.close_pairs, got.density_peak_per_m2, got.area_over_density_ratio) == (2.0, 3.5, 1.75, 0.125)
+    assert got.density.dtype == np.float16
+    assert np.allclose(got.density, msg.density, atol=1e-3)
+    assert got.uncertainty_map is not None and np.all(got.uncertainty_map == 0.25)
+    assert got.image is not None and got.image.shape == (96, 128, 3)
+    pub.close(), sub_sock.close()
+
+
+def test_result_optional_figures_may_be_missing() -> None:
+    msg = result_msg(uncertainty=None, close_pairs=float("nan"), zones={}, truth=None)
+    got = decode_result(encode_result(msg))
+    assert got.uncertainty is None and got.close_pairs is None and got.truth is None and got.image is None
+
+
+# --------------------------------------------------------------------------- malformed
+
+
+def header_of(parts: list) -> dict:
+    return json.loads(bytes(parts[0]))
+
+
+def with_header(msg_parts: list, /, **changes: object) -> list:
+    h = header_of(msg_parts)
+    for k, v in changes.items():
+        if v is _DELETE:
+            del h[k]
+        else:
+            h[k] = v
+    return [json.dumps(h).encode(), *msg_parts[1:]]
+
+
+_DELETE = object()
+GOOD = encode_frame(frame_msg())
+GOOD_RAW = bytes(GOOD[1])
+
+
+def part_desc(**changes: object) -> list:
+    d = {"name": "image", "shape": [96, 128, 3], "encoding": "rgb24"}
+    d.update(changes)
+    return [d]
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        ([b"{not json", GOOD_RAW], "bad_json"),
+        ([b"\xff\xfe", GOOD_RAW], "bad_json"),
+        ([b"[1, 2]", GOOD_RAW], "bad_json"),
+        ([GOOD[0].replace(b'"seq":1', b'"seq":NaN'), GOOD_RAW], "bad_json"),
+        (with_header(GOOD, v=2), "schema"),
+        (with_header(GOOD, v=_DELETE), "schema"),
+        (with_header(GOOD, kind="result"), "bad_kind"),
+        (with_header(GOOD, kind="pickle"), "bad_kind"),
+        (with_header(GOOD, seq=_DELETE), "missing_field"),
+        (with_header(GOOD, parts=_DELETE), "missing_field"),
+        (with_header(GOOD, extra=1), "unknown_field"),
+        (with_header(GOOD, seq=-1), "bad_field"),
+        (with_header(GOOD, seq="1"), "bad_field"),
+        (with_header(GOOD, seq=True), "bad_field"),
+        (with_header(GOOD, capture_ns=1.5), "bad_field"),
+        (with_header(GOOD, capture_ns=2**63), "bad_field"),
+        (with_header(GOOD, source_size=[0, 10]), "bad_field"),
+        (with_header(GOOD, truth=-3), "bad_field"),
+        (with_header(GOOD, camera="../etc"), "bad_camera"),
+        (with_header(GOOD, camera="Plaza"), "bad_camera"),
+        (with_header(GOOD, camera=7), "bad_camera"),
+        (with_header(GOOD, parts=part_desc(encoding="float16")), "bad_dtype"),
+        (with_header(GOOD, parts=part_desc(encoding="pyobj")), "bad_dtype"),
+        (with_header(GOOD, parts=part_desc(shape=[96, 128, 4])), "bad_shape"),
+        (with_header(GOOD, parts=part_desc(shape=[0, 128, 3])), "bad_shape"),
+        (with_header(GOOD, parts=part_desc(shape=[5000, 5000, 3])), "bad_shape"),
+        (with_header(GOOD, parts=part_desc(shape="96x128")), "bad_shape"),
+        (with_header(GOOD, parts=part_desc(name="density")), "bad_parts"),
+        (with_header(GOOD, parts=[{"name": "image", "shape": [96, 128, 3]}]), "bad_parts"),
+        (with_header(GOOD, parts=part_desc() * 2), "bad_parts"),
+        ([GOOD[0], GOOD_RAW[:-1]], "truncated"),
+        ([GOOD[0], b""], "truncated"),
+        ([GOOD[0], GOOD_RAW + b"\0"], "bad_length"),
+        ([GOOD[0], GOOD_RAW, b"extra"], "bad_parts"),
+        ([GOOD[0]], "bad_parts"),
+        ([b"{" + b" " * wire.MAX_HEADER_BYTES + b"}", GOOD_RAW], "oversized"),
+        (with_header([GOOD[0], bytes(70_000)], parts=part_desc(shape=[8, 8, 3], encoding="jpeg")), "oversized"),
+        (with_header([GOOD[0], b"\xff\xd8 not a jpeg"], parts=part_desc(encoding="jpeg")), "bad_jpeg"),
+    ],
+)
+def test_malformed_frames_are_rejected_with_their_reason(parts: list, reason: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode_frame(parts)
+    assert info.value.reason == reason, str(info.value)
+    assert info.value.reason in REASONS
+
+
+def test_jpeg_that_decodes_to_another_shape_is_rejected() -> None:
+    parts = encode_frame(frame_msg(), jpeg_quality=80)
+    bad = with_header(parts, parts=part_desc(shape=[64, 128, 3], encoding="jpeg"))
+    with pytest.raises(WireError) as info:
+        decode_frame(bad)
+    assert info.value.reason == "bad_jpeg"
+
+
+GOOD_RESULT = encode_result(result_msg())
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"count": -1}, "bad_field"),
+        ({"count": "57"}, "bad_field"),
+        ({"zones": {"Bad Zone": 1.0}}, "bad_field"),
+        ({"zones": [1]}, "bad_field"),
+        ({"area_over_density_ratio": 1.5}, "bad_field"),
+        ({"calibrated": 1}, "bad_field"),
+        ({"model_version": "v1; rm -rf"}, "bad_field"),
+        ({"timings": {"infer_s": -1}}, "bad_field"),
+        ({"timings": {f"t{i}": 0 for i in range(20)}}, "bad_field"),
+        ({"model_version": _DELETE}, "missing_field"),
+        ({"parts": [{"name": "density", "shape": [12, 16], "encoding": "rgb24"}]}, "bad_dtype"),
+        ({"parts": [{"name": "density", "shape": [12, 16, 1], "encoding": "float16"}]}, "bad_shape"),
+        ({"parts": [{"name": "image", "shape": [12, 16, 3], "encoding": "rgb24"}]}, "bad_parts"),
+        ({"kind": "frame"}, "bad_kind"),
+    ],
+)
+def test_malformed_results_are_rejected(changes: dict, reason: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode_result(with_header(GOOD_RESULT, **changes))
+    assert info.value.reason == reason, str(info.value)
+
+
+def test_non_finite_density_is_rejected() -> None:
+    nan = np.full((12, 16), np.nan, dtype="<f2")
+    with pytest.raises(WireError) as info:
+        decode_result([GOOD_RESULT[0], nan.tobytes()])
+    assert info.value.reason == "bad_value"
+    with pytest.raises(ValueError, match="non-finite"):
+        encode_result(result_msg(density=np.full((12, 16), 1e6)))  # beyond float16
+
+
+def test_encoders_refuse_bad_messages() -> None:
+    with pytest.raises(ValueError, match="camera"):
+        encode_frame(frame_msg(camera="a/b"))
+    with pytest.raises(ValueError, match="uint8"):
+        encode_frame(FrameMessage("plaza", 1, 1, np.zeros((4, 4, 3), np.float32)))
+    with pytest.raises(ValueError, match="seq"):
+        encode_frame(frame_msg(seq=-1))
+
+
+def test_nothing_is_pickled() -> None:
+    tree = ast.parse(Path(wire.__file__).read_text())
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    attrs = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    imports |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    forbidden = {"pickle", "cPickle", "dill", "send_pyobj", "recv_pyobj", "marshal"}
+    assert not forbidden & (names | attrs | imports)
+
+
+# --------------------------------------------------------------------------- receiver
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_receiver_keeps_newest_per_camera_and_counts_drops(ctx: zmq.Context, ipc_dir: Path) -> None:
+    pull, push = pair(ctx, f"ipc://{ipc_dir}/f.ipc", hwm=100)
+    drops: list[tuple[str, str | None]] = []
+    clock = Clock(10_000_000_000)
+    rx = LatestReceiver(
+        pull, decode_frame, cameras={"plaza", "hall"}, max_age_s=5.0,
+        on_drop=lambda reason, cam: drops.append((reason, cam)), clock=clock,
+    )  # fmt: skip
+    sent = [
+        frame_msg("plaza", 1, 6_000_000_000),
+        frame_msg("plaza", 2, 7_000_000_000),
+        frame_msg("hall", 1, 6_500_000_000),
+        frame_msg("plaza", 3, 8_000_000_000),
+        frame_msg("hall", 0, 6_400_000_000),  # arrives late, older than the pending one
+        frame_msg("plaza", 4, 1_000_000_000),  # 9 s old
+        frame_msg("lobby", 1, 9_000_000_000),  # not configured
+    ]
+    for m in sent:
+        assert send_parts(push, encode_frame(m))
+    assert send_parts(push, with_header(encode_frame(frame_msg("hall", 5, 9_000_000_000)), seq=-5))
+    n = 0
+    while n < len(sent) + 1:
+        got = rx.drain(timeout_ms=2000)
+        assert got, "messages did not arrive"
+        n += got
+    assert len(rx) == 2
+    taken = rx.take()
+    assert [(m.camera, m.seq) for m in taken] == [("hall", 1), ("plaza", 3)]  # oldest capture first
+    assert sorted(drops, key=str) == sorted(
+        [("overflow", "plaza"), ("overflow", "plaza"), ("overflow", "hall"), ("stale", "plaza"),
+         ("unknown_camera", None), ("bad_field", "hall")], key=str,
+    )  # fmt: skip
+    # A frame that ages in the queue is dropped when taken.
+    send_parts(push, encode_frame(frame_msg("plaza", 5, 9_000_000_000)))
+    rx.drain(timeout_ms=2000)
+    clock.now = 20_000_000_000
+    assert rx.poll() == [] and drops[-1] == ("stale", "plaza")
+    pull.close(), push.close()
+
+
+def test_send_without_a_receiver_does_not_block(ctx: zmq.Context, ipc_dir: Path) -> None:
+    push = open_socket(ctx, "push", f"ipc://{ipc_dir}/none.ipc", bind=True, hwm=1)
+    assert send_parts(push, encode_frame(frame_msg())) is False
+    push.close()
+
+
+# --------------------------------------------------------------------------- CURVE
+
+
+def make_keys(tmp: Path) -> tuple[dict[str, str], Path, Path]:
+    server_pub, server_sec = zmq.curve_keypair()
+    client_pub, client_sec = zmq.curve_keypair()
+    env = {
+        "SRV_PUB": server_pub.decode(), "SRV_SEC": server_sec.decode(),
+        "CLI_PUB": client_pub.decode(), "CLI_SEC": client_sec.decode(),
+    }  # fmt: skip
+    allowed = tmp / "allowed"
+    allowed.mkdir()
+    (allowed / "client.key").write_text(
+        f'metadata\ncurve\n    public-key = "{client_pub.decode()}"\n'
+    )
+    others = tmp / "others"
+    others.mkdir()
+    zmq.auth.create_certificates(others, "someone")
+    return env, allowed, others
+
+
+def curve_pair(ctx: zmq.Context, env: dict[str, str], *, server_public_env: str = "SRV_PUB") -> tuple[zmq.Socket, zmq.Socket]:
+    srv = curve_keys("server", public_env="SRV_PUB", secret_env="SRV_SEC", environ=env)
+    cli = curve_keys("client", public_env="CLI_PUB", secret_env="CLI_SEC", server_public_env=server_public_env, environ=env)
+    pull = open_socket(ctx, "pull", "tcp://127.0.0.1:0", bind=True, curve=srv)
+    endpoint = pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+    push = open_socket(ctx, "push", endpoint, bind=False, curve=cli)
+    return pull, push
+
+
+def test_curve_round_trip_with_allow_list(ctx: zmq.Context, tmp_path: Path) -> None:
+    env, allowed, _ = make_keys(tmp_path)
+    auth = start_authenticator(ctx, allowed)
+    try:
+        pull, push = curve_pair(ctx, env)
+        push.send_multipart(encode_frame(frame_msg()), copy=False)
+        got = decode_frame(recv(pull))  # type: ignore[arg-type]
+        assert got.camera == "plaza" and np.array_equal(got.image, smooth_image())
+        pull.close(), push.close()
+    finally:
+        auth.stop()
+
+
+def test_curve_rejects_unlisted_client_and_wrong_server_key(ctx: zmq.Context, tmp_path: Path) -> None:
+    env, _, others = make_keys(tmp_path)
+    auth = start_authenticator(ctx, others)  # our client is not in this allow-list
+    try:
+        pull, push = curve_pair(ctx, env)
+        push.send_multipart(encode_frame(frame_msg()), copy=False)
+        assert recv(pull, 500) is None
+        pull.close(), push.close()
+    finally:
+        auth.stop()
+    env["WRONG"] = zmq.curve_keypair()[0].decode()
+    pull, push = curve_pair(ctx, env, server_public_env="WRONG")
+    push.send_multipart(encode_frame(frame_msg()), copy=False)
+    assert recv(pull, 500) is None
+    pull.close(), push.close()
+
+
+def test_curve_key_loading_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NOPE is not set"):
+        curve_keys("server", public_env="NOPE", secret_env="NOPE2", environ={})
+    with pytest.raises(ValueError, match="40-character"):
+        curve_keys("server", public_env="A", secret_env="B", environ={"A": "short", "B": "short"})
+    pub, sec = zmq.auth.create_certificates(tmp_path, "srv")
+    keys = curve_keys("client", public_env="", secret_env="", cert_file=sec, server_cert_file=pub, environ={})
+    assert len(keys.public) == 40 and keys.server_public == keys.public
+    assert "secret=***" in repr(keys)
+    with pytest.raises(ValueError, match="no secret key"):
+        curve_keys("server", public_env="", secret_env="", cert_file=pub, environ={})
