@@ -110,6 +110,13 @@ class FrameMessage:
     image: np.ndarray
     source_size: tuple[int, int] | None = None  # (w, h) before the letterbox
     truth: float | None = None  # the synthetic camera's true count
+    # cumulative source counters (reconnects, drops by reason), so one /metrics
+    # endpoint at the inference stage covers every ingest process
+    stats: Mapping[str, int] | None = None
+
+
+MAX_STATS = 32
+_STAT_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,6 +209,8 @@ def encode_frame(msg: FrameMessage, jpeg_quality: int | None = None) -> list[Buf
         header["source_size"] = [int(w), int(h)]
     if msg.truth is not None:
         header["truth"] = float(msg.truth)
+    if msg.stats is not None:
+        header["stats"] = {str(k): int(v) for k, v in msg.stats.items()}
     return [_header_bytes(header), buf]
 
 
@@ -254,7 +263,7 @@ def _buffer(part: object) -> memoryview:
         raise WireError("bad_parts", f"part of type {type(part).__name__} is not a buffer") from None
 
 
-_FRAME_FIELDS = {"v", "kind", "camera", "seq", "capture_ns", "parts", "source_size", "truth"}
+_FRAME_FIELDS = {"v", "kind", "camera", "seq", "capture_ns", "parts", "source_size", "truth", "stats"}
 _RESULT_FIELDS = {
     "v", "kind", "camera", "seq", "capture_ns", "parts", "count", "zones", "uncertainty", "close_pairs",
     "density_peak_per_m2", "area_over_density_ratio", "calibrated", "model_version", "timings", "truth",
@@ -411,6 +420,10 @@ def decode_frame(parts: Sequence[Buffer | zmq.Frame]) -> FrameMessage:
         if not (isinstance(source_size, list) and len(source_size) == 2 and all(_is_int(v, 1, 65535) for v in source_size)):
             raise WireError("bad_field", "source_size")
         source_size = (source_size[0], source_size[1])
+    stats = header.get("stats")
+    if stats is not None:
+        if not (isinstance(stats, dict) and len(stats) <= MAX_STATS and all(isinstance(k, str) and _STAT_RE.fullmatch(k) and _is_int(v, 0, MAX_NS) for k, v in stats.items())):
+            raise WireError("bad_field", "stats")
     arrays = _decode_parts(header, buffers)
     return FrameMessage(
         camera=header["camera"],
@@ -419,6 +432,7 @@ def decode_frame(parts: Sequence[Buffer | zmq.Frame]) -> FrameMessage:
         image=arrays["image"],
         source_size=source_size,
         truth=_opt_num(header, "truth"),
+        stats=stats,
     )
 
 

@@ -414,3 +414,19 @@ def test_curve_key_loading_errors(tmp_path: Path) -> None:
     assert "secret=***" in repr(keys)
     with pytest.raises(ValueError, match="no secret key"):
         curve_keys("server", public_env="", secret_env="", cert_file=pub, environ={})
+
+
+def test_frame_source_stats_round_trip_and_validation():
+    import json as _json
+
+    from streamer.wire import FrameMessage, WireError, decode_frame, encode_frame
+
+    img = np.zeros((32, 64, 3), np.uint8)
+    parts = encode_frame(FrameMessage("cam", 1, 5, img, stats={"reconnects": 2, "dropped_sampling": 7}))
+    assert decode_frame([bytes(p) for p in parts]).stats == {"reconnects": 2, "dropped_sampling": 7}
+    header = _json.loads(bytes(parts[0]))
+    for bad in ({"reconnects": -1}, {"Bad-Key": 1}, {"x": 1.5}, [1, 2]):
+        header["stats"] = bad
+        with pytest.raises(WireError) as e:
+            decode_frame([_json.dumps(header).encode(), bytes(parts[1])])
+        assert e.value.reason == "bad_field"
