@@ -60,10 +60,10 @@ def check_batch(images: np.ndarray) -> None:
 
 
 def resolve_providers(wanted: tuple[str, ...] | list[str], available: list[str]) -> list[str]:
-    """Map short names to ORT provider names, keep the available ones, in order."""
+    """Map short ("cuda") or full ("CUDAExecutionProvider") names to ORT's, keep the available ones, in order."""
     out = []
     for name in wanted:
-        full = PROVIDER_NAMES.get(name.lower())
+        full = name if name in PROVIDER_NAMES.values() else PROVIDER_NAMES.get(name.lower())
         if full is None:
             raise BackendError(f"unknown ONNX Runtime provider {name!r}; choose from {sorted(PROVIDER_NAMES)}")
         if full in available:

@@ -171,7 +171,7 @@ class BufferConfig:
     max_bytes: int = 2 * 1024**3
     min_interval_s: float = 10.0
     retention_days: float = 14.0
-    dedup_threshold: float = 0.02  # mean abs difference in [0, 1] below which a frame is a duplicate
+    dedup_threshold: float = 2.0  # mean abs diff of 64x36 grey thumbnails (0..255) below which a frame is a duplicate (adapt/buffer.py)
 
 
 @dataclass(frozen=True)
@@ -666,7 +666,7 @@ def _buffer(t: _Table) -> BufferConfig:
         max_bytes=t.size("max_bytes", d.max_bytes, minimum=1024**2),
         min_interval_s=t.number("min_interval_s", d.min_interval_s, lo=0),
         retention_days=t.number("retention_days", d.retention_days, lo=0, lo_open=True),
-        dedup_threshold=t.number("dedup_threshold", d.dedup_threshold, lo=0, hi=1),
+        dedup_threshold=t.number("dedup_threshold", d.dedup_threshold, lo=0, hi=255),
     )
     t.done()
     return cfg

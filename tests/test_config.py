@@ -113,7 +113,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.adapt.uncertainty_trigger.for", "1x", "cameras.lobby.adapt.uncertainty_trigger.for", "duration"),
         ("cameras.lobby.buffer.max_bytes", "lots", "cameras.lobby.buffer.max_bytes", "size"),
         ("cameras.lobby.buffer.max_frames", 0, "cameras.lobby.buffer.max_frames", "an integer in [1,"),
-        ("cameras.lobby.buffer.dedup_threshold", 2, "cameras.lobby.buffer.dedup_threshold", "[0, 1]"),
+        ("cameras.lobby.buffer.dedup_threshold", 300, "cameras.lobby.buffer.dedup_threshold", "[0, 255]"),
         ("cameras.lobby.thresholds", 5, "cameras.lobby.thresholds", "a table"),
         ("defaults.fps", 100, "defaults.fps", "in (0, 60]"),
         ("defaults.url", "rtsp://x/y", "defaults.url", "no url in [defaults]"),
