@@ -1,0 +1,323 @@
+"""The inference stage (``crowdwatch infer``).
+
+    frames PULL ─▶ newest per camera ─▶ dynamic batches ─▶ backend (per-camera model)
+      ─▶ crowd metrics ─▶ Prometheus ─▶ results PUB (web overlay) ─▶ frame tap (adapter buffer)
+
+Batching follows Triton's ``max_queue_delay``: once a frame is pending, wait at
+most ``max_wait_ms`` for more (up to ``max_batch``), then run. Frames of one
+model and one size share a batch. Models come from the registry and are
+hot-swapped when a camera's ``current`` pointer changes: the new model loads
+beside the old one, which keeps serving until the switch, so no frame is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from streamer.backends import Backend, BackendError, load_backend
+from streamer.config import Config, ConfigError, load_config
+from streamer.crowd_metrics import CameraGeometry, compute_metrics
+from streamer.exporter import Metrics, MetricsServer
+from streamer.wire import FrameMessage, LatestReceiver, ResultMessage, curve_keys_from_config, decode_frame, encode_result, open_socket, send_parts
+
+log = logging.getLogger("crowdwatch.infer")
+STAGE = "infer"
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class _Loaded:
+    key: str                 # registry path of the version: cameras on the same version share it
+    backend: Backend
+
+
+class ModelPool:
+    """Per-camera models from the registry, hot-swapped on pointer changes."""
+
+    def __init__(self, registry_root: Path, cameras: list[str], backend: str, providers, torch_device: str, poll_s: float = 2.0):
+        from adapt.registry import Registry
+
+        self.registry = Registry(registry_root)
+        self.kind, self.providers, self.torch_device, self.poll_s = backend, providers, torch_device, poll_s
+        self.cameras = cameras
+        self._by_key: dict[str, Backend] = {}
+        self._camera_key: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._last_poll = 0.0
+        self.swaps = 0
+        for cam in cameras:
+            self._assign(cam, self._load(self.registry.resolve(cam).path))
+
+    def _load(self, version_dir: Path) -> _Loaded:
+        key = str(version_dir)
+        with self._lock:
+            if key in self._by_key:
+                return _Loaded(key, self._by_key[key])
+        backend = load_backend(self.kind, version_dir, self.providers, self.torch_device)
+        with self._lock:
+            self._by_key.setdefault(key, backend)
+        return _Loaded(key, self._by_key[key])
+
+    def _assign(self, camera: str, loaded: _Loaded) -> None:
+        with self._lock:
+            old = self._camera_key.get(camera)
+            self._camera_key[camera] = loaded.key
+            if old is not None and old != loaded.key:
+                self.swaps += 1
+                log.info("%s: now served by %s (was %s)", camera, loaded.key, old)
+            # drop backends nobody uses any more
+            used = set(self._camera_key.values())
+            for k in [k for k in self._by_key if k not in used]:
+                del self._by_key[k]
+
+    def backend(self, camera: str) -> tuple[str, Backend]:
+        with self._lock:
+            key = self._camera_key[camera]
+            return key, self._by_key[key]
+
+    def refresh(self, now: float | None = None) -> list[str]:
+        """Re-resolve every camera (cheap: a few stat/read calls); load what changed.
+
+        A model that fails to load is logged and skipped: the camera keeps its
+        working model. Returns the cameras that switched.
+        """
+        now = time.monotonic() if now is None else now
+        if now - self._last_poll < self.poll_s:
+            return []
+        self._last_poll = now
+        switched = []
+        for cam in self.cameras:
+            try:
+                target = str(self.registry.resolve(cam).path)
+                if target == self._camera_key.get(cam):
+                    continue
+                self._assign(cam, self._load(Path(target)))
+                switched.append(cam)
+            except Exception as exc:  # a bad new version must never take the stage down
+                log.error("%s: keeping the current model; the new one failed to load: %s", cam, exc)
+        return switched
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def group_batches(frames: list[FrameMessage], model_key, max_batch: int) -> list[list[FrameMessage]]:
+    """Split frames into batches of one model and one image size, at most ``max_batch`` each."""
+    groups: dict[tuple, list[FrameMessage]] = {}
+    for f in frames:
+        groups.setdefault((model_key(f.camera), f.image.shape), []).append(f)
+    out = []
+    for g in groups.values():
+        out += [g[i : i + max_batch] for i in range(0, len(g), max_batch)]
+    return out
+
+
+def collect(receiver: LatestReceiver, max_batch: int, max_wait_s: float, idle_timeout_ms: int = 200) -> list[FrameMessage]:
+    """Wait for a first frame, then up to ``max_wait_s`` more to fill a batch."""
+    receiver.drain(timeout_ms=idle_timeout_ms)
+    if not len(receiver):
+        return []
+    deadline = time.monotonic() + max_wait_s
+    while len(receiver) < max_batch:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        receiver.drain(timeout_ms=max(1, int(left * 1000)))
+    return receiver.take()
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@dataclass
+class CameraState:
+    geometry: dict[tuple, CameraGeometry] = field(default_factory=dict)
+    last_frame: float = 0.0
+    stats: dict[str, int] = field(default_factory=dict)   # last cumulative source counters seen
+    up: bool = False
+
+
+class InferStage:
+    def __init__(self, config: Config, metrics: Metrics, ctx: zmq.Context | None = None):
+        self.config, self.metrics = config, metrics
+        self.ctx = ctx or zmq.Context.instance()
+        self.cameras = list(config.cameras)
+        m = config.model
+        self.pool = ModelPool(Path(m.registry), self.cameras, m.backend, m.providers, m.torch_device)
+        self.state = {c: CameraState() for c in self.cameras}
+        t = config.transport
+        curve = curve_keys_from_config(t.curve, "server") if t.curve.enabled else None
+        self.frames = open_socket(self.ctx, "pull", t.frames_bind, bind=True, hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
+        self.results = open_socket(self.ctx, "pub", t.results_bind, bind=True, hwm=t.hwm * 4, curve=curve)
+        self.receiver = LatestReceiver(self.frames, decode_frame, cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped)
+        self.buffers = self._open_buffers()
+        for cam in self.cameras:
+            metrics.configure_camera(config.cameras[cam], stages=(STAGE,))
+            metrics.camera_up(cam, False)
+            metrics.model_version(cam, self.pool.backend(cam)[1].version)
+        self.stop_event = threading.Event()
+
+    def _open_buffers(self) -> dict:
+        from adapt.buffer import BufferConfig, FrameBuffer
+
+        out = {}
+        for name, cam in self.config.cameras.items():
+            b = cam.buffer
+            cfg = BufferConfig(max_frames=b.max_frames, max_bytes=b.max_bytes, min_interval_s=b.min_interval_s, retention_days=b.retention_days, dedup_threshold=b.dedup_threshold)
+            out[name] = FrameBuffer(self.config.paths.var / "buffer", name, cfg)
+        return out
+
+    def _dropped(self, reason: str, camera: str | None) -> None:
+        self.metrics.drop(STAGE, reason, camera)
+
+    def _geometry(self, msg: FrameMessage) -> CameraGeometry:
+        h, w = msg.image.shape[:2]
+        key = (msg.source_size, (w, h))
+        st = self.state[msg.camera]
+        if key not in st.geometry:
+            st.geometry[key] = CameraGeometry.for_camera(self.config.cameras[msg.camera], source_size=msg.source_size, input_size=(w, h))
+        return st.geometry[key]
+
+    def _source_stats(self, msg: FrameMessage) -> None:
+        st = self.state[msg.camera]
+        if not st.up:
+            st.up = True
+            self.metrics.camera_up(msg.camera, True)
+        for key, value in (msg.stats or {}).items():
+            delta = value - st.stats.get(key, 0)
+            if delta < 0:  # ingest restarted: counters start again from zero
+                delta = value
+            if delta:
+                if key == "reconnects":
+                    for _ in range(delta):
+                        self.metrics.camera_reconnect(msg.camera)
+                elif key.startswith("dropped_"):
+                    self.metrics.drop("ingest", key[len("dropped_"):], msg.camera, n=delta)
+            st.stats[key] = value
+
+    def _mark_stalled(self, now: float) -> None:
+        for cam, st in self.state.items():
+            stall = self.config.cameras[cam].thresholds.stall_s
+            if st.up and now - st.last_frame > min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps)):
+                st.up = False
+                self.metrics.camera_up(cam, False)
+
+    def process(self, batch: list[FrameMessage]) -> None:
+        key, backend = self.pool.backend(batch[0].camera)
+        images = np.stack([f.image for f in batch])
+        t0 = time.perf_counter()
+        try:
+            pred = backend.infer(images)
+        except (BackendError, Exception) as exc:  # one bad batch must not stop the stage
+            log.error("inference failed on a batch of %d from %s: %s", len(batch), sorted({f.camera for f in batch}), exc)
+            for f in batch:
+                self.metrics.drop(STAGE, "inference_error", f.camera)
+            return
+        infer_s = time.perf_counter() - t0
+        self.metrics.observe_inference(infer_s, len(batch))
+        quality = self.config.transport.jpeg_quality if self.config.transport.frame_encoding == "jpeg" else None
+        now = time.time()
+        for i, f in enumerate(batch):
+            cam = self.config.cameras[f.camera]
+            try:
+                fm = compute_metrics(pred.density[i, 0], pred.uncertainty[i, 0], self._geometry(f), cam.thresholds, mask_counts=pred.mask_counts[i] if pred.mask_counts.shape[1] > 1 else None)
+            except ValueError as exc:
+                log.warning("%s: metrics failed: %s", f.camera, exc)
+                self.metrics.drop(STAGE, "bad_output", f.camera)
+                continue
+            self.metrics.observe_frame(f.camera, fm, capture_ns=f.capture_ns, truth=f.truth, now=now)
+            self.metrics.frame(STAGE, f.camera)
+            self.state[f.camera].last_frame = time.monotonic()
+            result = ResultMessage(
+                camera=f.camera, seq=f.seq, capture_ns=f.capture_ns, count=fm.count, density=pred.density[i, 0],
+                model_version=backend.version, zones=dict(fm.zones), uncertainty=fm.uncertainty, close_pairs=fm.close_pairs,
+                density_peak_per_m2=fm.density_peak_per_m2, area_over_density_ratio=fm.area_over_density_ratio,
+                calibrated=fm.calibrated, timings={"infer": infer_s / len(batch), "latency": max(0.0, now - f.capture_ns / 1e9)},
+                uncertainty_map=pred.uncertainty[i, 0], image=f.image, truth=f.truth,
+            )
+            if not send_parts(self.results, encode_result(result, quality)):
+                self.metrics.drop(STAGE, "results_hwm", f.camera)
+            self._tap(f)
+
+    def _tap(self, f: FrameMessage) -> None:
+        buf = self.buffers[f.camera]
+        buf.offer(f.image, f.capture_ns)  # never raises: disk trouble is counted inside
+        self.metrics.buffer_frames(f.camera, buf.stats().frames)
+
+    def step(self) -> int:
+        """One collect-and-infer cycle; returns frames processed."""
+        for cam in self.pool.refresh():
+            self.metrics.model_version(cam, self.pool.backend(cam)[1].version)
+        m = self.config.model
+        frames = collect(self.receiver, m.max_batch, m.max_wait_ms / 1000.0)
+        for f in frames:
+            self._source_stats(f)
+        for batch in group_batches(frames, lambda cam: self.pool.backend(cam)[0], m.max_batch):
+            self.process(batch)
+        self._mark_stalled(time.monotonic())
+        return len(frames)
+
+    def run(self, ready=lambda: None) -> None:
+        ready()
+        while not self.stop_event.is_set():
+            self.step()
+
+    def close(self) -> None:
+        self.frames.close(linger=0)
+        self.results.close(linger=0)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum, _frame):
+        log.info("signal %s: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
+    p.add_argument("--config", type=Path, default=Path("config.toml"))
+    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch infer: {exc}", file=sys.stderr)
+        return 2
+    metrics = Metrics()
+    port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port
+    server = MetricsServer(metrics, config.server.metrics_host, port).start()
+    try:
+        stage = InferStage(config, metrics)
+    except Exception as exc:
+        server.stop()
+        print(f"crowdwatch infer: cannot start: {exc}", file=sys.stderr)
+        return 1
+    install_signal_handlers(stage.stop_event)
+    log.info("infer: metrics on %s, %d cameras, backend %s", server.url, len(stage.cameras), config.model.backend)
+    try:
+        stage.run(ready=server.set_ready)
+    finally:
+        stage.close()
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

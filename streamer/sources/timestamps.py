@@ -1,0 +1,81 @@
+"""Repairing stream timestamps: the ones a stream has are often wrong or missing.
+
+Sampling and pacing run on stream time, so a bad clock would make a camera emit
+too much, too little or nothing at all.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+class BestEffortPts:
+    """FFmpeg's guess_correct_pts: per frame, the pts, unless the pts have been less
+    monotonic than the dts so far; then the dts.
+
+    Containers without B-frame reordering (AVI) attach decode-order timestamps to
+    frames that come out in presentation order: their pts jump back and forth while
+    the dts advance evenly. PyAV does not expose the decoder's best_effort_timestamp.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._faulty_pts = self._faulty_dts = 0
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
+
+    def __call__(self, pts: int | None, dts: int | None) -> int | None:
+        if dts is not None:
+            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
+            self._last_dts = dts
+        if pts is not None:
+            self._faulty_pts += self._last_pts is not None and pts <= self._last_pts
+            self._last_pts = pts
+        if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
+            return pts
+        return dts
+
+
+class StreamTime:
+    """Stream time for every frame of one connection, repairing missing or stuck timestamps.
+
+    Frames without a timestamp (MJPEG over http has none; an RTSP stream's first
+    frame often has none) are placed by the wall clock: after the last timed frame,
+    or, before any, at the time elapsed since the connection opened. A stream whose
+    timestamps stop advancing while frames keep coming (cameras and servers that send
+    constant RTP timestamps exist) would let sampling emit nothing ever again, so after
+    `STUCK_S` of that the connection is timed by the wall clock from then on.
+    """
+
+    STUCK_S = 2.0
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._monotonic = monotonic
+        self.reset()
+
+    def reset(self) -> None:
+        self._opened = self._monotonic()
+        self._last_t: float | None = None  # the last value handed out
+        self._last_wall = self._opened
+        self._last_raw: float | None = None
+        self._stuck_since: float | None = None
+        self.distrusted = False  # timestamps of this connection are being ignored
+        self.distrusted_at_frame = False
+
+    def __call__(self, t: float | None) -> float:
+        now = self._monotonic()
+        self.distrusted_at_frame = False  # True only for the frame that turned distrust on
+        if t is not None and not self.distrusted:
+            if self._last_raw is None or t > self._last_raw:
+                self._stuck_since = None
+            elif self._stuck_since is None:
+                self._stuck_since = now
+            elif now - self._stuck_since > self.STUCK_S:
+                self.distrusted = self.distrusted_at_frame = True
+            self._last_raw = t
+        if t is None or self.distrusted:
+            t = self._last_t + (now - self._last_wall) if self._last_t is not None else now - self._opened
+        self._last_t, self._last_wall = t, now
+        return t

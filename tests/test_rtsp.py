@@ -1,0 +1,146 @@
+"""A Source against a real RTSP server (GstRtspServer) that is killed and restarted on the same port.
+
+Needs the system python3 with gi and GStreamer's RTSP server (see tests/rtsp_server.py
+for the Debian packages); skipped with the reason when they are missing.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from streamer.sources import Frame, Source, SourceConfig, SourceStats
+from streamer.sources.testclip import write_clip
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
+from rtsp_server import RtspServer, unavailable_reason  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rtsp_ready() -> None:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no GStreamer RTSP server: {reason}")
+
+
+@pytest.fixture(scope="module")
+def generated_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Long enough that the server never reaches its end during a test (an end is a
+    # reconnect of its own, which would blur what is counted).
+    return write_clip(tmp_path_factory.mktemp("rtsp") / "clip.mp4", width=320, height=240, fps=10, seconds=40, gop=10).path
+
+
+@pytest.fixture(params=["generated", "pets2009"])
+def media(request: pytest.FixtureRequest, generated_clip: Path) -> Path:
+    if request.param == "generated":
+        return generated_clip
+    path = request.getfixturevalue("shared_data") / "pets2009_s2l1" / "vtest.avi"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    return path
+
+
+class Consumer:
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.frames: queue.Queue[Frame] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for frame in self.source.frames():
+                self.frames.put(frame)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+
+    def next_frame(self, timeout_s: float, what: str) -> Frame:
+        try:
+            return self.frames.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no frame within {timeout_s} s ({what}); stats: {self.source.stats}") from None
+
+    def drain(self) -> list[Frame]:
+        out = []
+        while True:
+            try:
+                out.append(self.frames.get_nowait())
+            except queue.Empty:
+                return out
+
+    def stop(self) -> None:
+        self.source.close()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "frames() did not end after close()"
+        assert self.error is None, f"frames() raised {self.error!r}"
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, stats: SourceStats) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; stats: {stats}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def server(rtsp_ready: None, media: Path) -> Iterator[RtspServer]:
+    with RtspServer(media) as srv:
+        yield srv
+
+
+def test_source_reconnects_by_itself_after_the_server_restarts(server: RtspServer):
+    port = server.start()
+    stats = SourceStats()
+    source = Source(
+        SourceConfig(
+            camera="rtsp-test",
+            url=server.url,
+            fps=5,
+            width=320,
+            height=320,
+            open_timeout_s=5,
+            read_timeout_s=5,
+            stall_timeout_s=5,
+            backoff_initial_s=0.2,
+            backoff_max_s=1.0,
+        ),
+        stats,
+    )
+    consumer = Consumer(source)
+    try:
+        first = [consumer.next_frame(15, "first connection") for _ in range(3)]
+        assert stats.up and stats.reconnects == 0
+        for frame in first:
+            assert frame.image.shape[0] % 32 == 0 and frame.image.shape[1] == 320
+            assert frame.image.mean() > 5  # a picture, not the black padding
+        assert [f.seq for f in first] == [0, 1, 2]
+
+        server.kill()  # like a crashed camera: no TEARDOWN, the TCP connection just dies
+        wait_until(lambda: not stats.up, 10, "the source to notice the server is gone", stats)
+        wait_until(lambda: stats.failures["open"] >= 1, 10, "a failed reconnect while it is down", stats)
+        assert stats.reconnects == 0
+        consumer.drain()
+
+        assert server.start(port) == port
+        after = consumer.next_frame(20, "the reconnect")
+        wait_until(lambda: stats.reconnects == 1, 5, "the reconnect to be counted", stats)
+        assert stats.up
+        assert after.seq > first[-1].seq  # one sequence across connections
+        assert after.source_pts is None or after.source_pts < 2.0  # a new session: the server started over
+        more = [consumer.next_frame(10, "frames after the reconnect") for _ in range(3)]
+        assert [f.seq for f in more] == [after.seq + 1, after.seq + 2, after.seq + 3]
+        assert stats.reconnects == 1
+        assert stats.failures["stall"] == 0
+    finally:
+        consumer.stop()
+    assert not stats.up
