@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
+    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
     p.add_argument("--no-publish", action="store_true", help="measure and validate only")
     args = p.parse_args(argv)
     try:
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.pseudo = replace(cfg.pseudo, **pl)
         if args.max_frames is not None:
             cfg.max_frames = args.max_frames
+        if args.buffer is not None:
+            cfg.buffer_root = args.buffer
         report = adapt_camera(cfg)
     except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
         print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)

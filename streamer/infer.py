@@ -167,7 +167,30 @@ class InferStage:
             metrics.configure_camera(config.cameras[cam], stages=(STAGE,))
             metrics.camera_up(cam, False)
             metrics.model_version(cam, self.pool.backend(cam)[1].version)
+        self._adapt_seen: dict[str, tuple[int, int]] = {}  # camera -> (file size, runs exported)
+        self._last_adapt_poll = 0.0
         self.stop_event = threading.Event()
+
+    def _poll_adaptation_runs(self, now: float) -> None:
+        """Export runs the scheduler appended to var/adapt/<camera>/runs.jsonl."""
+        from streamer.scheduler import read_runs, run_log_path
+
+        if now - self._last_adapt_poll < 5.0:
+            return
+        self._last_adapt_poll = now
+        for cam in self.cameras:
+            try:
+                size = run_log_path(self.config.paths.var, cam).stat().st_size
+            except FileNotFoundError:
+                continue
+            old_size, seen = self._adapt_seen.get(cam, (-1, 0))
+            if size == old_size:
+                continue
+            runs = read_runs(self.config.paths.var, cam)
+            for rec in runs[seen:]:
+                if rec["result"] in ("succeeded", "failed", "rejected", "skipped"):
+                    self.metrics.adaptation_run(cam, rec["result"], timestamp=rec["time"])
+            self._adapt_seen[cam] = (size, len(runs))
 
     def _open_buffers(self) -> dict:
         from adapt.buffer import BufferConfig, FrameBuffer
@@ -267,6 +290,7 @@ class InferStage:
         for batch in group_batches(frames, lambda cam: self.pool.backend(cam)[0], m.max_batch):
             self.process(batch)
         self._mark_stalled(time.monotonic())
+        self._poll_adaptation_runs(time.monotonic())
         return len(frames)
 
     def run(self, ready=lambda: None) -> None:

@@ -1,0 +1,104 @@
+"""The ingest stage (``crowdwatch ingest --camera NAME``): one camera's frames onto the wire.
+
+    Source (PyAV or synthetic://) ─▶ FrameMessage (letterboxed, + source size, truth, counters) ─▶ PUSH
+
+One process per camera, so a camera that hangs or crashes its decoder never
+touches the others. Frames are pushed without blocking: when the inference
+stage is behind, the newest frame replaces what cannot be queued, and the drop
+is counted (``hwm``) and reported in-band with the source's other counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import zmq
+
+from streamer.config import CameraConfig, ConfigError, load_config
+from streamer.sources import Source, SourceConfig, SourceError, SourceStats
+from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, open_socket, send_parts
+
+log = logging.getLogger("crowdwatch.ingest")
+
+
+def source_config(cam: CameraConfig) -> SourceConfig:
+    url = str(cam.file_path) if cam.source_kind == "file" and cam.file_path else cam.url
+    # synthetic frames are rendered on their own clock and must be paced like a live camera
+    realtime = cam.realtime or cam.source_kind == "synthetic"
+    stall = max(15.0, 3.0 / cam.fps)
+    return SourceConfig(camera=cam.name, url=url, fps=cam.fps, width=cam.width, height=cam.height, loop=cam.loop, realtime=realtime, stall_timeout_s=stall)
+
+
+def counters(stats: SourceStats, hwm_drops: int) -> dict[str, int]:
+    """Cumulative counters for the frame header (the infer stage turns them into metrics)."""
+    out = {"reconnects": stats.reconnects, "dropped_hwm": hwm_drops}
+    out.update({f"dropped_{k}": v for k, v in stats.dropped.items()})
+    return out
+
+
+def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | None, stop: threading.Event, curve=None, ctx: zmq.Context | None = None) -> None:
+    from streamer.synthetic_camera import register
+
+    register()
+    ctx = ctx or zmq.Context.instance()
+    sock = open_socket(ctx, "push", endpoint, bind=False, hwm=hwm, curve=curve)
+    stats = SourceStats()
+    source = Source(source_config(cam), stats)
+    stop_watcher = threading.Thread(target=lambda: (stop.wait(), source.close()), daemon=True)
+    stop_watcher.start()
+    hwm_drops = 0
+    try:
+        for frame in source.frames():
+            fit = frame.fit
+            msg = FrameMessage(
+                camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image,
+                source_size=(fit.src_w, fit.src_h) if fit else None, truth=frame.meta.get("truth"),
+                stats=counters(stats, hwm_drops),
+            )
+            if not send_parts(sock, encode_frame(msg, jpeg_quality)):
+                hwm_drops += 1
+            if stop.is_set():
+                break
+    finally:
+        source.close()
+        sock.close(linger=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crowdwatch ingest", description="Decode one camera and publish its frames.")
+    p.add_argument("--camera", required=True)
+    p.add_argument("--config", type=Path, default=Path("config.toml"))
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch ingest: {exc}", file=sys.stderr)
+        return 2
+    cam = config.cameras.get(args.camera)
+    if cam is None:
+        print(f"crowdwatch ingest: no camera {args.camera!r} in {args.config} (have {sorted(config.cameras)})", file=sys.stderr)
+        return 2
+    t = config.transport
+    quality = t.jpeg_quality if t.frame_encoding == "jpeg" else None
+    curve = curve_keys_from_config(t.curve, "client") if t.curve.enabled else None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("ingest %s from %s -> %s", cam.name, cam.redacted_url(), t.frames)
+    try:
+        run_ingest(cam, t.frames, t.hwm, quality, stop, curve)
+    except SourceError as exc:
+        print(f"crowdwatch ingest: {cam.name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

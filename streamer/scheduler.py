@@ -1,0 +1,196 @@
+"""Adaptation scheduling: when each camera adapts, one job at a time.
+
+A camera is due when its interval has passed since its last run, at its daily
+local time, or early when ``crowd_count_uncertainty`` has stayed above its
+trigger threshold for the configured duration. Jobs run one at a time (one
+device), as ``crowdwatch adapt`` subprocesses, so a crash or a leak in
+training never reaches the online stages.
+
+Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``; the
+inference stage reads these files to export the adaptation metrics from the
+same /metrics endpoint as everything else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from adapt.names import validate_camera_name
+
+log = logging.getLogger("crowdwatch.scheduler")
+
+# `crowdwatch adapt` exit codes -> crowd_adaptation_runs_total{result}
+RESULTS = {0: "succeeded", 3: "rejected", 4: "skipped"}
+MIN_BUFFER_FRAMES = 8
+
+
+def next_daily(after: float, hour: int, minute: int, tz: dt.tzinfo | None = None) -> float:
+    """The first local ``hour:minute`` strictly after the timestamp ``after``."""
+    base = dt.datetime.fromtimestamp(after, tz)
+    cand = base.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if cand.timestamp() <= after:
+        cand = (cand + dt.timedelta(days=1)).replace(hour=hour, minute=minute)
+    return cand.timestamp()
+
+
+def next_due(last_run: float | None, started: float, interval_s: float | None, daily: tuple[int, int] | None, tz: dt.tzinfo | None = None) -> float:
+    """When the scheduled (not triggered) run is due; a camera that never ran counts from ``started``."""
+    ref = last_run if last_run is not None else started
+    if daily is not None:
+        return next_daily(ref, *daily, tz=tz)
+    return ref + float(interval_s or 86400.0)
+
+
+@dataclass
+class UncertaintyWatch:
+    """Tracks how long the count uncertainty has stayed above a threshold."""
+
+    threshold: float
+    for_s: float
+    above_since: float | None = None
+
+    def update(self, value: float | None, now: float) -> bool:
+        """Feed the latest value; True when it has been above for ``for_s``."""
+        if value is None or not value > self.threshold:
+            self.above_since = None
+            return False
+        if self.above_since is None:
+            self.above_since = now
+        return now - self.above_since >= self.for_s
+
+    def reset(self, now: float) -> None:
+        self.above_since = None
+
+
+@dataclass
+class CameraSchedule:
+    camera: str
+    interval_s: float | None
+    daily: tuple[int, int] | None
+    watch: UncertaintyWatch | None
+    last_run: float | None = None
+    due_reason: str | None = None
+
+
+def run_log_path(var: Path, camera: str) -> Path:
+    return Path(var) / "adapt" / validate_camera_name(camera) / "runs.jsonl"
+
+
+def append_run(var: Path, camera: str, record: dict) -> None:
+    path = run_log_path(var, camera)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_runs(var: Path, camera: str) -> list[dict]:
+    """All recorded runs; a torn last line (crash mid-write) is ignored."""
+    path = run_log_path(var, camera)
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("time"), (int, float)) and isinstance(rec.get("result"), str):
+            out.append(rec)
+    return out
+
+
+@dataclass
+class Scheduler:
+    """Decides what is due and runs adaptation jobs one at a time on a worker thread."""
+
+    cameras: dict[str, CameraSchedule]
+    var: Path
+    command: Callable[[str, Path], list[str]]          # camera, report path -> argv
+    buffer_frames: Callable[[str], int]
+    uncertainty: Callable[[str], float | None] = lambda cam: None
+    started: float = field(default_factory=time.time)
+    clock: Callable[[], float] = time.time
+    running: str | None = None
+    _proc: subprocess.Popen | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        for cam, sched in self.cameras.items():
+            runs = read_runs(self.var, cam)
+            if runs:
+                sched.last_run = max(r["time"] for r in runs)
+
+    def due(self, now: float | None = None) -> list[tuple[str, str]]:
+        """(camera, reason) for every camera that should adapt now, most overdue first."""
+        now = self.clock() if now is None else now
+        out = []
+        for cam, s in self.cameras.items():
+            at = next_due(s.last_run, self.started, s.interval_s, s.daily)
+            if s.watch is not None and s.watch.update(self.uncertainty(cam), now):
+                out.append((at - 1e12, cam, "uncertainty"))
+            elif now >= at:
+                out.append((at, cam, "schedule"))
+        return [(cam, why) for _, cam, why in sorted(out)]
+
+    def run_one(self, camera: str, reason: str) -> str:
+        """Run one job to completion; returns the result label."""
+        now = self.clock()
+        sched = self.cameras[camera]
+        if self.buffer_frames(camera) < MIN_BUFFER_FRAMES:
+            result, detail = "skipped", f"buffer has fewer than {MIN_BUFFER_FRAMES} frames"
+        else:
+            report = Path(self.var) / "adapt" / camera / f"{int(now)}.json"
+            report.parent.mkdir(parents=True, exist_ok=True)
+            argv = self.command(camera, report)
+            log.info("%s: adapting (%s): %s", camera, reason, " ".join(argv))
+            with self._lock:
+                self.running = camera
+                # lowest CPU priority: the online stages come first
+                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.nice(10))
+            _, err = self._proc.communicate()
+            code = self._proc.returncode
+            with self._lock:
+                self.running, self._proc = None, None
+            result = RESULTS.get(code, "failed")
+            detail = err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {code}"
+        append_run(self.var, camera, {"time": now, "result": result, "reason": reason, "detail": detail[:500]})
+        sched.last_run = now
+        if sched.watch is not None:
+            sched.watch.reset(now)
+        log.info("%s: adaptation %s (%s)", camera, result, detail)
+        return result
+
+    def loop(self, stop: threading.Event, tick_s: float = 30.0) -> None:
+        while not stop.is_set():
+            for camera, reason in self.due():
+                if stop.is_set():
+                    break
+                self.run_one(camera, reason)
+            stop.wait(tick_s)
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.terminate()
+
+
+def adapt_command(registry: Path, buffer_root: Path) -> Callable[[str, Path], list[str]]:
+    def argv(camera: str, report: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "streamer.cli", "adapt", "--camera", camera, "--json", str(report),
+            "--models", str(registry), "--buffer", str(buffer_root),
+        ]
+
+    return argv

@@ -1,0 +1,197 @@
+"""``crowdwatch run``: every stage on one machine, supervised.
+
+Children (separate processes, so one crash stays one crash):
+- ``infer`` (binds the frame and result sockets, serves /metrics),
+- ``web`` (live overlay),
+- one ``ingest`` per camera.
+The adaptation scheduler runs on a thread here and launches ``crowdwatch
+adapt`` jobs one at a time.
+
+A child that exits is restarted after an exponential backoff (1 s doubling to
+60 s, reset once it has run for a minute). SIGINT/SIGTERM stop the scheduler,
+then the children (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamer.config import Config, ConfigError, load_config
+
+log = logging.getLogger("crowdwatch.run")
+
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+HEALTHY_AFTER_S = 60.0
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    backoff: float = BACKOFF_INITIAL_S
+    next_start: float = 0.0
+    log_path: Path | None = None
+
+    def start(self, now: float) -> None:
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        self.started = now
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def check(self, now: float) -> None:
+        """Restart with backoff if it has exited."""
+        if self.proc is None:
+            if now >= self.next_start:
+                self.start(now)
+            return
+        code = self.proc.poll()
+        if code is None:
+            if now - self.started >= HEALTHY_AFTER_S:
+                self.backoff = BACKOFF_INITIAL_S
+            return
+        self.restarts += 1
+        self.next_start = now + self.backoff
+        log.warning("%s exited with %s; restart %d in %.0f s", self.name, code, self.restarts, self.backoff)
+        self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def wait_or_kill(self, deadline: float) -> None:
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in time; killing it", self.name)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stage_argv(stage: str, config_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "streamer.cli", stage, "--config", str(config_path), *extra]
+
+
+def build_children(config: Config, config_path: Path, log_dir: Path) -> list[Child]:
+    children = [Child("infer", stage_argv("infer", config_path)), Child("web", stage_argv("web", config_path))]
+    children += [Child(f"ingest:{cam}", stage_argv("ingest", config_path, "--camera", cam)) for cam in config.cameras]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for c in children:
+        c.log_path = log_dir / f"{c.name.replace(':', '-')}.log"
+    return children
+
+
+def scrape_uncertainty(url: str) -> dict[str, float]:
+    """Latest crowd_count_uncertainty per camera from the infer stage's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == "crowd_count_uncertainty":
+            for s in fam.samples:
+                out[s.labels.get("camera", "")] = s.value
+    return out
+
+
+def build_scheduler(config: Config):
+    from adapt.buffer import FrameBuffer
+    from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, adapt_command
+
+    scheds = {}
+    for name, cam in config.cameras.items():
+        if not cam.adapt.enabled:
+            continue
+        trig = cam.adapt.uncertainty_trigger
+        watch = UncertaintyWatch(trig.threshold, trig.for_s) if trig.enabled else None
+        scheds[name] = CameraSchedule(name, cam.adapt.interval_s, cam.adapt.daily, watch)
+    metrics_url = f"http://{config.server.metrics_host}:{config.server.metrics_port}/metrics"
+    cache: dict[str, tuple[float, dict]] = {}
+
+    def uncertainty(camera: str) -> float | None:
+        t, values = cache.get("u", (0.0, {}))
+        if time.monotonic() - t > 10:
+            values = scrape_uncertainty(metrics_url)
+            cache["u"] = (time.monotonic(), values)
+        return values.get(camera)
+
+    buffer_root = config.paths.var / "buffer"
+    return Scheduler(
+        scheds, config.paths.var, adapt_command(Path(config.model.registry), buffer_root),
+        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam).frames()), uncertainty=uncertainty,
+    )
+
+
+def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
+    children = build_children(config, config_path, config.paths.var / "log")
+    scheduler = build_scheduler(config) if with_scheduler else None
+    sched_thread = None
+    if scheduler is not None and scheduler.cameras:
+        sched_thread = threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True)
+        sched_thread.start()
+    # infer binds the sockets; give it a head start so ingest's first frames are not lost
+    children[0].check(time.monotonic())
+    time.sleep(min(1.0, tick_s * 2))
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            for c in children:
+                c.check(now)
+            stop.wait(tick_s)
+    finally:
+        if scheduler is not None:
+            scheduler.cancel()
+        for c in reversed(children):  # ingest first, infer last
+            c.stop()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for c in children:
+            c.wait_or_kill(deadline)
+    return {c.name: c for c in children}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crowdwatch run", description="Run every stage on one machine, supervised.")
+    p.add_argument("--config", type=Path, default=Path("config.toml"))
+    p.add_argument("--no-adapt", action="store_true", help="do not schedule adaptation jobs")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch run: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    s = config.server
+    print(f"crowdwatch: {len(config.cameras)} cameras; live page http://{s.web_host}:{s.web_port}/ ; metrics http://{s.metrics_host}:{s.metrics_port}/metrics ; logs in {config.paths.var / 'log'}", flush=True)
+    supervise(config, args.config, stop, with_scheduler=not args.no_adapt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
