@@ -147,7 +147,7 @@ def sample_camera(rng: np.random.Generator, width: int, height: int) -> Camera:
     """A random elevated surveillance-style camera.
 
     Heights 2.5-25 m, tilts 12-65 degrees, horizontal FOV 35-85 degrees, a little roll.
-    Draws are rejected until an adult near the bottom edge is 8-55 % of the image
+    Draws are rejected until an adult near the bottom edge is 8-42 % of the image
     height and one at the image centre is 2.5-22 % of it, which spans ShanghaiTech B
     street photos and fixed pedestrian cameras such as PETS2009.
     """
@@ -163,7 +163,7 @@ def sample_camera(rng: np.random.Generator, width: int, height: int) -> Camera:
         cam = Camera(width, height, height_m, tilt, focal, roll)
         bottom = _row_person_px(cam, height - 1) / height
         middle = _row_person_px(cam, cam.cy) / height
-        if 0.08 <= bottom <= 0.55 and 0.025 <= middle <= 0.22:
+        if 0.08 <= bottom <= 0.42 and 0.025 <= middle <= 0.22:
             return cam
     assert cam is not None
     return cam  # practically unreachable; the last draw is still a valid camera

@@ -1,0 +1,381 @@
+"""Procedural surface materials evaluated in surface metres.
+
+Every function takes surface coordinates (u, v) in metres and the pixel
+footprint ``fp`` (metres covered by one pixel at that point) and returns an
+albedo. Detail finer than the footprint is faded towards its mean, which is
+analytic anti-aliasing: far pavement does not shimmer or moire, it greys out
+like a real photo. Arrays are flat float32 (N,) / (N, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+_NOISE_SIZE = 256
+
+
+@lru_cache(maxsize=None)
+def noise_texture(sigma_texels: float, seed: int) -> np.ndarray:
+    """Tileable Gaussian-filtered noise, zero mean and unit std (fixed seed: deterministic everywhere)."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((_NOISE_SIZE, _NOISE_SIZE))
+    f = np.fft.fftfreq(_NOISE_SIZE)
+    g = np.exp(-2.0 * (np.pi * sigma_texels) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
+    n = np.real(np.fft.ifft2(np.fft.fft2(white) * g))
+    n = (n - n.mean()) / n.std()
+    return n.astype(np.float32)
+
+
+def noise(u: np.ndarray, v: np.ndarray, fp: np.ndarray, feature_m: float, seed: int = 0, sigma: float = 2.0) -> np.ndarray:
+    """Band-limited noise with features of ``feature_m`` metres, faded where the pixel is coarser.
+
+    A few fixed textures are shared; ``seed`` picks one and a random offset into it.
+    """
+    tex = noise_texture(sigma, seed % 3)
+    scale = sigma / feature_m  # texels per metre
+    ou = (seed * 0.6180339887) % 1.0 * _NOISE_SIZE
+    ov = (seed * 0.7548776662) % 1.0 * _NOISE_SIZE
+    n = len(u)
+    cols = 1024
+    pad = (-n) % cols
+    mx = np.mod(np.asarray(u, np.float64) * scale + ou, _NOISE_SIZE).astype(np.float32)
+    my = np.mod(np.asarray(v, np.float64) * scale + ov, _NOISE_SIZE).astype(np.float32)
+    if pad:
+        mx = np.concatenate([mx, np.zeros(pad, np.float32)])
+        my = np.concatenate([my, np.zeros(pad, np.float32)])
+    # cv2.remap wants 2-D maps with sides below 32767
+    out = cv2.remap(tex, mx.reshape(-1, cols), my.reshape(-1, cols), cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    out = out.reshape(-1)[:n]
+    att = 1.0 / (1.0 + (np.asarray(fp, np.float32) / np.float32(feature_m)) ** 2)
+    return out * att
+
+
+def hash2(i: np.ndarray, j: np.ndarray, salt: int = 0) -> np.ndarray:
+    """Deterministic integer hash of a lattice cell -> float in [0, 1)."""
+    h = (i.astype(np.int64) * 73856093) ^ (j.astype(np.int64) * 19349663) ^ (salt * 83492791)
+    h = (h ^ (h >> 13)) * 1274126177
+    h = h ^ (h >> 16)
+    return ((h & 0xFFFFFF).astype(np.float32)) / float(0x1000000)
+
+
+def coverage(dist_inside: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage of a feature given the signed distance into it (metres)."""
+    return np.clip(dist_inside / np.maximum(fp, 1e-6) + 0.5, 0.0, 1.0)
+
+
+def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    return a + (b - a) * t[:, None]
+
+
+# -- ground materials -------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class GroundMaterial:
+    kind: str  # asphalt | pavers | tiles | grass | gravel
+    colors: np.ndarray  # (k, 3) albedo palette (tiles pick one per tile)
+    weights: np.ndarray  # (k,) palette probabilities
+    tile: tuple[float, float] = (0.6, 0.6)  # metres along u, v
+    bond: float = 0.0  # row offset as a fraction of the tile (0.5 = running bond)
+    joint_m: float = 0.01
+    joint_color: np.ndarray = field(default_factory=lambda: np.array([0.3, 0.3, 0.3]))
+    tile_jitter: float = 0.08
+    grain: float = 0.05
+    blotch: float = 0.05
+    angle: float = 0.0  # rotation of the pattern in the surface, radians
+    seed: int = 0
+    accent: np.ndarray | None = None  # colour of periodic accent bands (pavers, tiles)
+    accent_period: float = 0.0
+    accent_width: float = 0.0
+    crowd_weight: float = 1.0  # relative chance that people stand on this material
+    checker: bool = False  # two-tone paving laid in a checker instead of scattered
+
+    @property
+    def mean_color(self) -> np.ndarray:
+        return (self.colors * self.weights[:, None]).sum(0)
+
+
+_PAVER_PALETTES = [
+    [(0.62, 0.62, 0.6), (0.55, 0.55, 0.54), (0.68, 0.67, 0.64)],  # grey granite
+    [(0.58, 0.36, 0.3), (0.52, 0.31, 0.27), (0.63, 0.42, 0.35)],  # red brick
+    [(0.72, 0.66, 0.55), (0.66, 0.6, 0.5)],  # beige stone
+    [(0.36, 0.36, 0.37), (0.44, 0.44, 0.45)],  # charcoal
+    [(0.7, 0.7, 0.68), (0.45, 0.43, 0.42)],  # two-tone (laid as a checker)
+    [(0.6, 0.52, 0.45), (0.5, 0.45, 0.42), (0.66, 0.6, 0.52)],  # warm mixed
+]
+_TILE_PALETTES = [
+    [(0.85, 0.84, 0.8), (0.8, 0.79, 0.76)],  # cream marble
+    [(0.72, 0.72, 0.74), (0.64, 0.64, 0.66)],  # grey
+    [(0.88, 0.87, 0.85), (0.3, 0.3, 0.32)],  # black and white
+    [(0.78, 0.7, 0.6), (0.7, 0.62, 0.52)],  # sand
+]
+
+
+def _palette(rng: np.random.Generator, options: list) -> tuple[np.ndarray, np.ndarray]:
+    cols = np.array(options[rng.integers(len(options))], dtype=np.float32)
+    cols = np.clip(cols * rng.uniform(0.9, 1.1) + rng.normal(0, 0.02, 3), 0.02, 0.98)
+    # one dominant colour; the others are scattered tiles (random two-tone paving looks fake)
+    w = np.full(len(cols), 1.0, np.float32)
+    w[1:] = rng.uniform(0.0, 0.35, len(cols) - 1)
+    w /= w.sum()
+    return cols.astype(np.float32), w
+
+
+def sample_ground_material(rng: np.random.Generator, kind: str) -> GroundMaterial:
+    seed = int(rng.integers(0, 1 << 30))
+    angle = float(rng.choice([0.0, 0.0, 0.0, np.pi / 4])) + float(rng.normal(0, 0.02))
+    if kind == "asphalt":
+        g = rng.uniform(0.22, 0.42)
+        tint = np.array([1.0, 1.0, 1.0 + rng.uniform(-0.05, 0.08)])
+        cols = np.array([g * tint], dtype=np.float32)
+        return GroundMaterial(kind, cols, np.ones(1, np.float32), grain=0.06, blotch=0.06, seed=seed, crowd_weight=0.5)
+    if kind == "grass":
+        base = np.array([rng.uniform(0.2, 0.32), rng.uniform(0.36, 0.5), rng.uniform(0.1, 0.2)], dtype=np.float32)
+        return GroundMaterial(kind, base[None], np.ones(1, np.float32), tile=(rng.uniform(1.0, 3.0), 1.0),
+                              grain=0.16, blotch=0.16, seed=seed, angle=angle, crowd_weight=0.15)
+    if kind == "gravel":
+        base = np.array([0.58, 0.52, 0.42], dtype=np.float32) * rng.uniform(0.8, 1.15)
+        return GroundMaterial(kind, base[None], np.ones(1, np.float32), grain=0.12, blotch=0.08, seed=seed, crowd_weight=0.8)
+    if kind in ("pavers", "tiles"):
+        if kind == "pavers":
+            cols, w = _palette(rng, _PAVER_PALETTES)
+            a = float(rng.choice([0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]))
+            b = a * float(rng.choice([1.0, 1.0, 0.5, 2.0]))
+            bond = float(rng.choice([0.0, 0.5, 0.0]))
+            joint = rng.uniform(0.006, 0.02)
+            jitter = rng.uniform(0.02, 0.08)
+        else:
+            cols, w = _palette(rng, _TILE_PALETTES)
+            a = float(rng.choice([0.6, 0.8, 1.0, 1.2]))
+            b = a
+            bond = 0.0
+            joint = rng.uniform(0.003, 0.008)
+            jitter = rng.uniform(0.01, 0.05)
+            angle = float(rng.choice([0.0, np.pi / 4]))
+        # strongly contrasting palettes are laid in a checker, subtle ones scattered
+        checker = bool(np.abs(cols - cols[0]).max() > 0.2) and len(cols) == 2
+        if checker:
+            w = np.full(2, 0.5, np.float32)
+        jc = cols.mean(0) * rng.uniform(0.55, 0.85) if rng.random() < 0.8 else np.minimum(cols.mean(0) * 1.25, 0.95)
+        accent = None
+        period = width = 0.0
+        if rng.random() < 0.35:
+            # accent bands: the paving colour, darker or lighter and a little greyer
+            m = cols.mean(0)
+            accent = np.clip((0.6 * m + 0.4 * m.mean()) * rng.choice([rng.uniform(0.6, 0.8), rng.uniform(1.15, 1.35)]),
+                             0.05, 0.95).astype(np.float32)
+            period = float(rng.uniform(4.0, 12.0))
+            width = float(rng.uniform(0.3, 1.2))
+        return GroundMaterial(kind, cols, w, tile=(a, b), bond=bond, joint_m=joint, joint_color=jc.astype(np.float32),
+                              tile_jitter=jitter, grain=0.04, blotch=0.04, angle=angle, seed=seed,
+                              accent=accent, accent_period=period, accent_width=width, checker=checker)
+    raise ValueError(f"unknown ground material {kind!r}")
+
+
+def _rotate(u: np.ndarray, v: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    if angle == 0.0:
+        return u, v
+    c, s = np.cos(angle), np.sin(angle)
+    return c * u + s * v, -s * u + c * v
+
+
+def shade_ground(mat: GroundMaterial, u: np.ndarray, v: np.ndarray, fp: np.ndarray) -> np.ndarray:
+    """Albedo (N, 3) of ``mat`` at surface points (u, v) seen with footprint fp."""
+    n = len(u)
+    fp = fp.astype(np.float32)
+    blotch = noise(u, v, fp, 3.0, mat.seed, 2.0) * mat.blotch + noise(u, v, fp, 0.7, mat.seed + 1, 2.0) * (mat.blotch * 0.5)
+    grain = noise(u, v, fp, 0.05, mat.seed + 2, 1.0) * mat.grain
+    if mat.kind in ("pavers", "tiles"):
+        ru, rv = _rotate(u, v, mat.angle)
+        a, b = mat.tile
+        j = np.floor(rv / b)
+        ru = ru + mat.bond * a * (j.astype(np.int64) & 1)
+        i = np.floor(ru / a)
+        fu = ru - i * a
+        fv = rv - j * b
+        h = hash2(i, j, mat.seed)
+        cum = np.cumsum(mat.weights)
+        idx = np.minimum(np.searchsorted(cum, h * cum[-1]), len(cum) - 1)
+        if mat.checker:
+            idx = ((i + j).astype(np.int64) & 1) * min(1, len(cum) - 1)
+        col = mat.colors[idx] * (1.0 + mat.tile_jitter * (hash2(i, j, mat.seed + 7)[:, None] - 0.5) * 2.0)
+        if mat.accent is not None:
+            band = np.abs(np.mod(rv, mat.accent_period) - mat.accent_period / 2) - (mat.accent_period / 2 - mat.accent_width)
+            col = _mix(col, np.broadcast_to(mat.accent, col.shape), coverage(band, fp))
+        # far away the individual tiles blur into their mean colour
+        w_far = np.clip((fp / min(a, b) - 0.25) / 0.75, 0.0, 1.0)
+        col = _mix(col, np.broadcast_to(mat.mean_color, col.shape), w_far)
+        edge = np.minimum(np.minimum(fu, a - fu), np.minimum(fv, b - fv))
+        joint = coverage(mat.joint_m / 2 - edge, fp)
+        joint = joint * (1 - w_far) + w_far * np.float32(mat.joint_m * (1 / a + 1 / b))
+        col = _mix(col, np.broadcast_to(mat.joint_color, col.shape), joint)
+    elif mat.kind == "grass":
+        base = np.broadcast_to(mat.colors[0], (n, 3))
+        stripes = np.sin(np.pi * _rotate(u, v, mat.angle)[0] / mat.tile[0]) * 0.06 / (1 + fp * 2)
+        yellow = np.array([0.42, 0.42, 0.18], np.float32)
+        col = _mix(base, np.broadcast_to(yellow, (n, 3)), np.clip(blotch * 1.5 + 0.2, 0, 1)) * (1 + stripes)[:, None]
+        blotch = blotch * 0.3
+    else:
+        col = np.broadcast_to(mat.colors[0], (n, 3)).copy()
+    shade = (1.0 + blotch + grain)[:, None]
+    return np.clip(col * shade, 0.0, 1.0).astype(np.float32)
+
+
+def ground_spots(u: np.ndarray, v: np.ndarray, fp: np.ndarray, seed: int, density: float,
+                 cell: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse round spots: (coverage (N,), brightness factor (N,)); at most one per cell, mostly dark."""
+    i = np.floor(u / cell)
+    j = np.floor(v / cell)
+    has = hash2(i, j, seed) < density
+    cu = (i + 0.15 + 0.7 * hash2(i, j, seed + 1)) * cell
+    cv = (j + 0.15 + 0.7 * hash2(i, j, seed + 2)) * cell
+    h3 = hash2(i, j, seed + 3)
+    r = 0.05 + 0.3 * h3 * h3
+    squash = 0.5 + hash2(i, j, seed + 4)  # some are elongated
+    dist = np.sqrt((u - cu) ** 2 + ((v - cv) * squash) ** 2)
+    cov = coverage(r - dist, fp) * has
+    # far away a spot is a sub-pixel smudge: fade with footprint
+    cov = cov / (1.0 + (fp / (2 * r)) ** 2)
+    h5 = hash2(i, j, seed + 5)
+    tone = np.where(h5 < 0.8, 0.35 + 0.4 * h5, 1.25 + 0.3 * h5)
+    return cov.astype(np.float32), tone.astype(np.float32)
+
+
+# -- facades ------------------------------------------------------------------------
+
+_WALL_COLORS = np.array(
+    [(0.78, 0.76, 0.72), (0.7, 0.66, 0.6), (0.6, 0.42, 0.35), (0.85, 0.84, 0.8), (0.5, 0.52, 0.55),
+     (0.72, 0.62, 0.48), (0.45, 0.45, 0.47), (0.88, 0.8, 0.68), (0.62, 0.66, 0.7)],
+    dtype=np.float32,
+)
+_SIGN_COLORS = np.array(
+    [(0.85, 0.15, 0.12), (0.95, 0.8, 0.2), (0.15, 0.35, 0.75), (0.95, 0.95, 0.95), (0.1, 0.55, 0.35),
+     (0.9, 0.45, 0.1), (0.2, 0.2, 0.22)],
+    dtype=np.float32,
+)
+
+
+@dataclass(frozen=True, eq=False)
+class FacadeBlocks:
+    """A row of buildings along one vertical plane; per-block arrays indexed by block number."""
+
+    edges: np.ndarray  # (B+1,) along-plane block boundaries in metres
+    heights: np.ndarray  # (B,)
+    wall: np.ndarray  # (B, 3)
+    window_w: np.ndarray
+    window_h: np.ndarray
+    bay: np.ndarray  # horizontal window spacing
+    floor_h: np.ndarray
+    ground_h: np.ndarray  # shop-front storey height
+    sign: np.ndarray  # (B, 3)
+    lit: float  # fraction of windows lit (dusk, night)
+    seed: int
+    interior: bool = False
+
+
+def sample_facade_blocks(rng: np.random.Generator, length: float, height_range: tuple[float, float],
+                         block_range: tuple[float, float], lit: float, interior: bool = False) -> FacadeBlocks:
+    widths = []
+    total = 0.0
+    while total < length:
+        w = float(rng.uniform(*block_range))
+        widths.append(w)
+        total += w
+    b = len(widths)
+    edges = np.concatenate([[0.0], np.cumsum(widths)]) - (total - length) / 2
+    floor_h = rng.uniform(2.9, 3.8, b)
+    return FacadeBlocks(
+        edges=edges,
+        heights=rng.uniform(*height_range, b),
+        wall=np.clip(_WALL_COLORS[rng.integers(len(_WALL_COLORS), size=b)] * rng.uniform(0.85, 1.1, (b, 1)), 0, 1),
+        window_w=rng.uniform(0.8, 2.2, b),
+        window_h=floor_h * rng.uniform(0.4, 0.7, b),
+        bay=rng.uniform(2.0, 4.0, b),
+        floor_h=floor_h,
+        ground_h=rng.uniform(3.5, 5.0, b),
+        sign=_SIGN_COLORS[rng.integers(len(_SIGN_COLORS), size=b)],
+        lit=lit,
+        seed=int(rng.integers(0, 1 << 30)),
+        interior=interior,
+    )
+
+
+def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray, fp: np.ndarray,
+                 sky_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(albedo (N, 3), emission (N, 3)) of facade points; blk is each point's block index."""
+    fp = fp.astype(np.float32)
+    wall = fb.wall[blk] * (1.0 + noise(s, z, fp, 1.5, fb.seed, 2.0) * 0.04 + noise(s, z, fp, 0.08, fb.seed + 1, 1.0) * 0.05)[:, None]
+    emis = np.zeros_like(wall)
+    gh = fb.ground_h[blk]
+    upper = z >= gh
+    # upper storeys: a grid of windows
+    fh = fb.floor_h[blk]
+    zz = z - gh
+    fz = np.mod(zz, fh)
+    bay = fb.bay[blk]
+    ww = fb.window_w[blk]
+    wh = fb.window_h[blk]
+    fs = np.mod(s - fb.edges[blk], bay)
+    dx = ww / 2 - np.abs(fs - bay / 2)
+    sill = (fh - wh) * 0.55
+    dz = wh / 2 - np.abs(fz - (sill + wh / 2))
+    win = coverage(np.minimum(dx, dz), fp) * upper
+    w_far = np.clip((fp / np.minimum(bay, fh) - 0.3) / 0.7, 0, 1)
+    win = win * (1 - w_far) + w_far * upper * (ww * wh / (bay * fh))
+    cell_i = np.floor((s - fb.edges[blk]) / bay)
+    cell_j = np.floor(zz / fh)
+    h = hash2(cell_i, cell_j, fb.seed)
+    glass = np.array([0.12, 0.15, 0.19], np.float32) * (0.7 + 0.8 * h[:, None]) + sky_rgb.astype(np.float32) * 0.25
+    wall = _mix(wall, glass, win.astype(np.float32))
+    if fb.lit > 0:
+        lit = (hash2(cell_i, cell_j, fb.seed + 3) < fb.lit).astype(np.float32) * win
+        emis = emis + lit[:, None] * np.array([1.0, 0.8, 0.45], np.float32) * 0.8
+    # ground storey: shop fronts with a sign band
+    ground = ~upper
+    sign_band = coverage(np.minimum(z - (gh - 1.0), (gh - 0.25) - z), fp) * ground
+    shop_glass = coverage(np.minimum(z - 0.15, (gh - 1.2) - z), fp) * ground
+    piers = np.abs(np.mod(s - fb.edges[blk], 3.0 + bay) - 0.25)
+    shop_glass = shop_glass * coverage(piers - 0.3, fp)
+    interior = np.array([0.18, 0.16, 0.15], np.float32) * (1 + noise(s, z, fp, 0.5, fb.seed + 4, 2.0) * 0.3)[:, None]
+    wall = _mix(wall, interior, shop_glass.astype(np.float32))
+    wall = _mix(wall, fb.sign[blk], sign_band.astype(np.float32))
+    if fb.lit > 0 or fb.interior:
+        glow = 0.5 if fb.interior else fb.lit
+        emis = emis + (shop_glass * glow)[:, None] * np.array([1.0, 0.9, 0.7], np.float32) * 0.6
+    # dark band under the roof line
+    top = fb.heights[blk]
+    parapet = coverage(z - (top - 0.4), fp)
+    wall = wall * (1 - 0.3 * parapet)[:, None]
+    return np.clip(wall, 0, 1).astype(np.float32), emis.astype(np.float32)
+
+
+def shade_ceiling(u: np.ndarray, v: np.ndarray, fp: np.ndarray, spacing: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indoor ceiling: pale panels with a grid of light fittings. Returns (albedo, emission)."""
+    base = np.array([0.82, 0.82, 0.8], np.float32) * (1 + noise(u, v, fp, 0.4, seed, 2.0) * 0.03)[:, None]
+    du = np.abs(np.mod(u, spacing) - spacing / 2)
+    dv = np.abs(np.mod(v, spacing) - spacing / 2)
+    light = coverage(np.minimum(0.6 - du, 0.3 - dv), fp)
+    emis = light[:, None] * np.array([1.0, 1.0, 0.95], np.float32) * 1.2
+    return base, emis.astype(np.float32)
+
+
+def sky_color(d: np.ndarray, zenith: np.ndarray, horizon: np.ndarray, cloudiness: float, seed: int) -> np.ndarray:
+    """Sky radiance for world ray directions d (N, 3)."""
+    e = np.clip(d[:, 2], 0.0, 1.0).astype(np.float32)
+    t = np.sqrt(e)[:, None]
+    col = horizon.astype(np.float32) * (1 - t) + zenith.astype(np.float32) * t
+    if cloudiness > 0:
+        # clouds on a virtual plane 1 km up
+        k = 1000.0 / np.maximum(d[:, 2], 0.03)
+        cu = d[:, 0] * k
+        cv = d[:, 1] * k
+        fp = np.full(len(d), 1.0, np.float32)
+        c = noise(cu, cv, fp, 400.0, seed, 4.0) + 0.5 * noise(cu, cv, fp, 120.0, seed + 1, 3.0)
+        amount = np.clip((c - (1.2 - 1.6 * cloudiness)) * 0.8, 0, 1) * np.clip(e * 8, 0, 1)
+        white = np.maximum(horizon.astype(np.float32), 0.6 * zenith.astype(np.float32) + 0.35)
+        col = _mix(col, np.broadcast_to(white, col.shape), amount.astype(np.float32))
+    return col.astype(np.float32)
