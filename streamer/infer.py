@@ -268,7 +268,7 @@ class InferStage:
                 model_version=backend.version, zones=dict(fm.zones), uncertainty=fm.uncertainty, close_pairs=fm.close_pairs,
                 density_peak_per_m2=fm.density_peak_per_m2, area_over_density_ratio=fm.area_over_density_ratio,
                 calibrated=fm.calibrated, timings={"infer": infer_s / len(batch), "latency": max(0.0, now - f.capture_ns / 1e9)},
-                uncertainty_map=pred.uncertainty[i, 0], image=f.image, truth=f.truth,
+                uncertainty_map=pred.uncertainty[i, 0], image=f.image, truth=f.truth, source_size=f.source_size,
             )
             if not send_parts(self.results, encode_result(result, quality)):
                 self.metrics.drop(STAGE, "results_hwm", f.camera)

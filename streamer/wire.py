@@ -139,6 +139,7 @@ class ResultMessage:
     uncertainty_map: np.ndarray | None = None  # (h, w) per-cell std, float16 on the wire
     image: np.ndarray | None = None  # the frame, for the overlay
     truth: float | None = None
+    source_size: tuple[int, int] | None = None  # (w, h) of the camera frame before the letterbox
 
 
 # --------------------------------------------------------------------------- encoding
@@ -197,16 +198,30 @@ def _base_header(kind: str, camera: str, seq: int, capture_ns: int) -> dict[str,
     return {"v": SCHEMA_VERSION, "kind": kind, "camera": camera, "seq": int(seq), "capture_ns": int(capture_ns)}
 
 
+def _put_source_size(header: dict[str, Any], size: tuple[int, int] | None) -> None:
+    if size is None:
+        return
+    w, h = size
+    if not (_is_int(w, 1, 65535) and _is_int(h, 1, 65535)):
+        raise ValueError(f"bad source_size {size!r}")
+    header["source_size"] = [int(w), int(h)]
+
+
+def _get_source_size(header: Mapping[str, Any]) -> tuple[int, int] | None:
+    size = header.get("source_size")
+    if size is None:
+        return None
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v, 1, 65535) for v in size)):
+        raise WireError("bad_field", "source_size")
+    return (size[0], size[1])
+
+
 def encode_frame(msg: FrameMessage, jpeg_quality: int | None = None) -> list[Buffer]:
     """Header + image part; raw rgb24 unless ``jpeg_quality`` (1..100) is given."""
     header = _base_header("frame", msg.camera, msg.seq, msg.capture_ns)
     desc, buf = _image_part("image", msg.image, jpeg_quality)
     header["parts"] = [desc]
-    if msg.source_size is not None:
-        w, h = msg.source_size
-        if not (_is_int(w, 1, 65535) and _is_int(h, 1, 65535)):
-            raise ValueError(f"bad source_size {msg.source_size!r}")
-        header["source_size"] = [int(w), int(h)]
+    _put_source_size(header, msg.source_size)
     if msg.truth is not None:
         header["truth"] = float(msg.truth)
     if msg.stats is not None:
@@ -228,6 +243,7 @@ def encode_result(msg: ResultMessage, jpeg_quality: int | None = None) -> list[B
     header["timings"] = {str(k): float(v) for k, v in msg.timings.items()}
     if msg.truth is not None:
         header["truth"] = float(msg.truth)
+    _put_source_size(header, msg.source_size)
     parts = [_map_part("density", msg.density)]
     if msg.uncertainty_map is not None:
         parts.append(_map_part("uncertainty", msg.uncertainty_map))
@@ -266,7 +282,7 @@ def _buffer(part: object) -> memoryview:
 _FRAME_FIELDS = {"v", "kind", "camera", "seq", "capture_ns", "parts", "source_size", "truth", "stats"}
 _RESULT_FIELDS = {
     "v", "kind", "camera", "seq", "capture_ns", "parts", "count", "zones", "uncertainty", "close_pairs",
-    "density_peak_per_m2", "area_over_density_ratio", "calibrated", "model_version", "timings", "truth",
+    "density_peak_per_m2", "area_over_density_ratio", "calibrated", "model_version", "timings", "truth", "source_size",
 }  # fmt: skip
 _REQUIRED = {"v", "kind", "camera", "seq", "capture_ns", "parts"}
 _RESULT_REQUIRED = _REQUIRED | {"count", "zones", "calibrated", "model_version", "timings"}
@@ -415,11 +431,7 @@ def _check_result_fields(h: Mapping[str, Any]) -> None:
 def decode_frame(parts: Sequence[Buffer | zmq.Frame]) -> FrameMessage:
     """Validate and decode a frame message; raises WireError(reason)."""
     header, buffers = _parse_header(parts, "frame")
-    source_size = header.get("source_size")
-    if source_size is not None:
-        if not (isinstance(source_size, list) and len(source_size) == 2 and all(_is_int(v, 1, 65535) for v in source_size)):
-            raise WireError("bad_field", "source_size")
-        source_size = (source_size[0], source_size[1])
+    source_size = _get_source_size(header)
     stats = header.get("stats")
     if stats is not None:
         if not (isinstance(stats, dict) and len(stats) <= MAX_STATS and all(isinstance(k, str) and _STAT_RE.fullmatch(k) and _is_int(v, 0, MAX_NS) for k, v in stats.items())):
@@ -462,6 +474,7 @@ def decode_result(parts: Sequence[Buffer | zmq.Frame]) -> ResultMessage:
         uncertainty_map=unc_map,
         image=arrays.get("image"),
         truth=_opt_num(header, "truth"),
+        source_size=_get_source_size(header),
     )
 
 

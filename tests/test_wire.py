@@ -430,3 +430,11 @@ def test_frame_source_stats_round_trip_and_validation():
         with pytest.raises(WireError) as e:
             decode_frame([_json.dumps(header).encode(), bytes(parts[1])])
         assert e.value.reason == "bad_field"
+
+
+def test_result_carries_the_source_size():
+    from streamer.wire import ResultMessage, decode_result, encode_result
+
+    msg = ResultMessage("cam", 1, 5, 3.0, np.zeros((4, 8), np.float32), "v1", source_size=(1920, 1080))
+    assert decode_result([bytes(p) for p in encode_result(msg)]).source_size == (1920, 1080)
+    assert decode_result([bytes(p) for p in encode_result(ResultMessage("cam", 1, 5, 3.0, np.zeros((4, 8), np.float32), "v1"))]).source_size is None
