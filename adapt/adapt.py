@@ -57,6 +57,7 @@ class AdaptConfig:
     device: str = "auto"
     seed: int = 0
     publish: bool = True
+    save_candidate: Path | None = None   # keep the candidate checkpoint whatever the verdict (benchmarks)
     flip: FlipStageConfig = field(default_factory=FlipStageConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -195,6 +196,8 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     gate_cfg = cfg.gate if "flip" in cfg.stages else replace(cfg.gate, require_flip=False)
     verdict = gate(parent_stats, cand_stats, gate_cfg, labelled)
     report["validation"] = verdict.to_dict()
+    if cfg.save_candidate is not None:
+        save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})
     report["published"] = None
     if verdict.accepted and cfg.publish:
         report["published"] = publish(registry, camera, model, parent_version, report)
@@ -240,9 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
     p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
     p.add_argument("--no-publish", action="store_true", help="measure and validate only")
+    p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
     args = p.parse_args(argv)
     try:
-        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish)
+        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
         cfg.stages = tuple(s for s in args.stages.split(",") if s)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)

@@ -38,6 +38,9 @@ class EvalSummary:
     rmse: float
     n: int
     mean_uncertainty: float   # mean over images of the count std across masks
+    # Spearman rank correlation between per-image count std and absolute error:
+    # how well the ensemble knows when it is wrong (1 = perfect ranking)
+    uncertainty_error_spearman: float
     skipped: int
     model: str
     dataset: str
@@ -79,6 +82,14 @@ def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[
         if limit and len(results) >= limit:
             break
     return results, views
+
+
+def rank_correlation(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
 
 
 def write_csv(results: list[ImageResult], path: Path) -> None:
@@ -150,6 +161,7 @@ def evaluate_dataset(model_path: Path, dataset_dir: Path, fmt: str, out_dir: Pat
     summary = EvalSummary(
         mae=mae, rmse=rmse, n=len(results),
         mean_uncertainty=float(np.mean([r.count_std for r in results])) if results else float("nan"),
+        uncertainty_error_spearman=rank_correlation([r.count_std for r in results], [r.abs_error for r in results]),
         skipped=len(index.skipped) + len(unreadable), model=str(model_path), dataset=str(dataset_dir),
     )
     if out_dir is not None:
@@ -181,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DatasetError, RegistryError) as exc:
         print(f"crowdwatch eval: {exc}", file=sys.stderr)
         return 1
-    print(f"{s.dataset}: n={s.n}  MAE {s.mae:.2f}  RMSE {s.rmse:.2f} (papers call this MSE)  mean count std {s.mean_uncertainty:.2f}  skipped {s.skipped}")
+    print(f"{s.dataset}: n={s.n}  MAE {s.mae:.2f}  RMSE {s.rmse:.2f} (papers call this MSE)  mean count std {s.mean_uncertainty:.2f}  "
+          f"rank corr(std, |error|) {s.uncertainty_error_spearman:.2f}  skipped {s.skipped}")
     print(f"per-image CSV, scatter plot and density views in {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"mae": s.mae, "rmse": s.rmse, "n": s.n, "mean_uncertainty": s.mean_uncertainty, "skipped": s.skipped, "model": s.model, "dataset": s.dataset}, indent=2))
+        args.json.write_text(json.dumps(asdict(s), indent=2))
     return 0
 
 
