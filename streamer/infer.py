@@ -28,7 +28,10 @@ from streamer.backends import Backend, BackendError, load_backend
 from streamer.config import Config, ConfigError, load_config
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
-from streamer.wire import FrameMessage, LatestReceiver, ResultMessage, curve_keys_from_config, decode_frame, encode_result, open_socket, send_parts
+from streamer.wire import (
+    FrameMessage, LatestReceiver, ResultMessage, curve_keys_from_config, decode_frame, encode_result, open_socket, send_parts,
+    start_authenticator,
+)
 
 log = logging.getLogger("crowdwatch.infer")
 STAGE = "infer"
@@ -159,6 +162,8 @@ class InferStage:
         self.state = {c: CameraState() for c in self.cameras}
         t = config.transport
         curve = curve_keys_from_config(t.curve, "server") if t.curve.enabled else None
+        # with CURVE, a ZAP handler enforces the client allow-list (if configured)
+        self.auth = start_authenticator(self.ctx, t.curve.authorized_clients or None) if curve is not None else None
         self.frames = open_socket(self.ctx, "pull", t.frames_bind, bind=True, hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
         self.results = open_socket(self.ctx, "pub", t.results_bind, bind=True, hwm=t.hwm * 4, curve=curve)
         self.receiver = LatestReceiver(self.frames, decode_frame, cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped)
@@ -301,6 +306,8 @@ class InferStage:
     def close(self) -> None:
         self.frames.close(linger=0)
         self.results.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

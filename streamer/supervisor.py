@@ -128,7 +128,9 @@ def build_scheduler(config: Config):
         trig = cam.adapt.uncertainty_trigger
         watch = UncertaintyWatch(trig.threshold, trig.for_s) if trig.enabled else None
         scheds[name] = CameraSchedule(name, cam.adapt.interval_s, cam.adapt.daily, watch)
-    metrics_url = f"http://{config.server.metrics_host}:{config.server.metrics_port}/metrics"
+    host = config.server.metrics_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind is reached via loopback
+    metrics_url = f"http://{host}:{config.server.metrics_port}/metrics"
     cache: dict[str, tuple[float, dict]] = {}
 
     def uncertainty(camera: str) -> float | None:
