@@ -13,13 +13,12 @@ where a loader will look.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from adapt.atomic import atomic_write
 from adapt.network import CrowdCounter, ModelConfig
 
 FORMAT = "crowdwatch-checkpoint/1"
@@ -56,30 +55,13 @@ def weights_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def atomic_torch_save(obj, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: Path, model: CrowdCounter, meta: dict | None = None, train_state: dict | None = None) -> str:
     """Save atomically; returns the weights hash (also stored in meta)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     meta = dict(meta or {})
     meta["weights_sha256"] = weights_hash(state)
-    atomic_torch_save(
-        {"format": FORMAT, "model_config": model.config.to_dict(), "state_dict": state, "meta": meta, "train_state": train_state},
-        path,
-    )
+    data = {"format": FORMAT, "model_config": model.config.to_dict(), "state_dict": state, "meta": meta, "train_state": train_state}
+    atomic_write(path, lambda f: torch.save(data, f))
     return meta["weights_sha256"]
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from adapt.network import CrowdCounter
-from adapt.train import density_loss
+from adapt.train import density_loss, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,7 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         logits = model.flip_logits(images.to(device))
         loss_a = F.cross_entropy(logits, labels.to(device))
         loss = loss_s + cfg.lam * loss_a
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"flip stage diverged at step {step} (loss {loss.item()})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        optimizer_step(model, opt, loss, f"flip stage step {step}")
         acc = (logits.argmax(1).cpu() == labels).float().mean().item()
         for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
             sums[k] += v

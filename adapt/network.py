@@ -55,11 +55,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "model config")
+
+
+def dataclass_from_dict(cls, data: dict, what: str):
+    """Build a config dataclass, refusing unknown keys (typos must not pass silently)."""
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} keys: {sorted(unknown)}")
+    return cls(**data)
 
 
 @contextlib.contextmanager

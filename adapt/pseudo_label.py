@@ -26,7 +26,7 @@ from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
 from adapt.network import STRIDE, CrowdCounter
-from adapt.train import density_loss
+from adapt.train import density_loss, optimizer_step
 
 RULES = ("fraction", "threshold")
 
@@ -167,12 +167,7 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
         loss = loss_s + cfg.real_weight * loss_r
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pseudo-label fine-tuning diverged at step {step} (loss {loss.item()})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         total_s += loss_s.item()
         total_r += loss_r.item()
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")

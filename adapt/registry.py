@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapt.atomic import atomic_write
 from adapt.names import InvalidCameraName, validate_camera_name
 
 BASE = "base"
@@ -64,19 +65,6 @@ class ModelVersion:
             return json.loads((self.path / CARD).read_text())
         except (OSError, ValueError):
             return {}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def new_version_name(now: float | None = None) -> str:
@@ -154,7 +142,7 @@ class Registry:
     def set_current(self, camera: str, version: str) -> None:
         if not (self.camera_dir(camera) / version / CHECKPOINT).is_file():
             raise RegistryError(f"{camera} has no version {version!r}")
-        _atomic_write_text(self.camera_dir(camera) / POINTER, version + "\n")
+        atomic_write(self.camera_dir(camera) / POINTER, lambda f: f.write((version + "\n").encode()))
 
     def rollback(self, camera: str, to: str | None = None) -> ModelVersion:
         """Point ``current`` at ``to``, or at the parent of the current version."""

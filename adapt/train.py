@@ -17,7 +17,7 @@ import random
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adapt.network import CrowdCounter, ModelConfig
+from adapt.network import CrowdCounter, ModelConfig, dataclass_from_dict
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -60,11 +60,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown training config keys: {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "training config")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -137,6 +133,24 @@ def autocast_for(device: torch.device, enabled: bool):
     return torch.autocast(device.type, enabled=False)
 
 
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, scaler=None, clip: float = 10.0) -> None:
+    """Backward, clip, step; a non-finite loss stops training with a clear error."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, amp: bool) -> dict:
     model.train()
     total, n, step0 = 0.0, 0, epoch * len(loader)
@@ -148,14 +162,7 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, a
         with autocast_for(device, amp):
             pred = model.forward_train(image)
         loss = density_loss(pred, target, model.config.density_scale)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {i}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(model, optimizer, loss, f"epoch {epoch} step {i}", scaler)
         total += loss.item() * image.shape[0]
         n += image.shape[0]
         bar.set_postfix(loss=f"{total / n:.4f}")

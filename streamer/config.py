@@ -810,3 +810,19 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", "valid TOML", _Found(str(exc)), str(p)) from None
     return parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+
+
+def load_stage_config(prog: str, path: Path, log_level: str = "INFO") -> Config | None:
+    """What every long-running stage does first: set up logging, load the config.
+
+    Returns None after printing the reason, so ``main`` can exit with status 2.
+    """
+    import logging
+    import sys
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None

@@ -25,7 +25,7 @@ import numpy as np
 import zmq
 
 from streamer.backends import Backend, BackendError, load_backend
-from streamer.config import Config, ConfigError, load_config
+from streamer.config import Config, load_stage_config
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
 from streamer.wire import (
@@ -325,11 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch infer: {exc}", file=sys.stderr)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level)
+    if config is None:
         return 2
     metrics = Metrics()
     port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port

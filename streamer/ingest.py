@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from streamer.config import CameraConfig, ConfigError, load_config
+from streamer.config import CameraConfig, load_stage_config
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
 from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, open_socket, send_parts
 
@@ -75,11 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=Path("config.toml"))
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch ingest: {exc}", file=sys.stderr)
+    config = load_stage_config("crowdwatch ingest", args.config, args.log_level)
+    if config is None:
         return 2
     cam = config.cameras.get(args.camera)
     if cam is None:

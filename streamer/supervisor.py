@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamer.config import Config, ConfigError, load_config
+from streamer.config import Config, load_stage_config
 
 log = logging.getLogger("crowdwatch.run")
 
@@ -180,11 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-adapt", action="store_true", help="do not schedule adaptation jobs")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch run: {exc}", file=sys.stderr)
+    config = load_stage_config("crowdwatch run", args.config, args.log_level)
+    if config is None:
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -47,7 +47,7 @@ from prometheus_client.exposition import choose_encoder
 from adapt.names import InvalidCameraName, validate_camera_name
 
 from . import overlay
-from .config import CameraConfig, Config, ConfigError, load_config
+from .config import CameraConfig, Config, load_stage_config
 from .exporter import Metrics
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
 from .wire import LatestReceiver, ResultMessage, WireError, curve_keys_from_config, decode_result, open_socket
@@ -686,11 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"crowdwatch web: {exc}", file=sys.stderr)
+    config = load_stage_config("crowdwatch web", args.config, args.log_level)
+    if config is None:
         return 2
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"crowdwatch web: --port must be in [0, 65535], found {args.port}", file=sys.stderr)
