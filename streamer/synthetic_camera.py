@@ -42,7 +42,7 @@ class SyntheticOptions:
 
     @property
     def max_people(self) -> int:
-        return max(self.people, *(self.ramp[:2] if self.ramp else ()))
+        return max([self.people, *(self.ramp[:2] if self.ramp else ())])
 
 
 def parse_options(url: str, camera: str = "") -> SyntheticOptions:

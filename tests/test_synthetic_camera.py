@@ -1,0 +1,40 @@
+import pytest
+
+from streamer.sources import Source, SourceConfig, SourceError
+from streamer.synthetic_camera import SyntheticOptions, parse_options, register
+
+
+def test_options_parse_and_ramp():
+    o = parse_options("synthetic://?people=10&style=fog&ramp=0:100:50&seed=7&size=320x256", "cam")
+    assert (o.people, o.style, o.ramp, o.seed, o.size) == (10, "fog", (0, 100, 50.0), 7, (320, 256))
+    assert o.people_at(0) == 0 and o.people_at(25) == 50 and o.people_at(1000) == 100
+    assert o.max_people == 100
+    assert SyntheticOptions(people=30).max_people == 30
+    # the default seed is per camera, so two cameras do not show the same scene
+    assert parse_options("synthetic://", "a").seed != parse_options("synthetic://", "b").seed
+
+
+@pytest.mark.parametrize("url, match", [
+    ("synthetic://?people=many", "integers"),
+    ("synthetic://?style=noir", "unknown style"),
+    ("synthetic://?people=-1", "people must be"),
+    ("synthetic://?color=red", "unknown synthetic option"),
+    ("synthetic://?ramp=1:2", "ramp"),
+])
+def test_bad_options_are_named(url, match):
+    with pytest.raises(SourceError, match=match):
+        parse_options(url)
+
+
+def test_frames_carry_the_true_count():
+    register()
+    src = Source(SourceConfig(camera="cam", url="synthetic://?people=20&seed=1", fps=50, width=320, height=256))
+    frames = []
+    for f in src.frames():
+        frames.append(f)
+        if len(frames) == 3:
+            break
+    src.close()
+    assert all(f.image.shape == (256, 320, 3) for f in frames)
+    assert all(5 <= f.meta["truth"] <= 25 for f in frames)
+    assert [f.seq for f in frames] == sorted(f.seq for f in frames)
