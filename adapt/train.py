@@ -280,7 +280,7 @@ def train(cfg: TrainConfig) -> Path:
         print(f"resumed from {last} at epoch {start_epoch}", flush=True)
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("resume",)}
     meta = {"version": "unversioned", "camera": "base", "parent": None, "recipe": recipe}
-    history = []
+    history = json.loads((out / "history.json").read_text()) if start_epoch and (out / "history.json").is_file() else []
     print(f"training on {device}: {len(train_ds)} images, {len(train_loader)} steps/epoch, {cfg.epochs} epochs", flush=True)
     for epoch in range(start_epoch, cfg.epochs):
         train_ds.set_epoch(epoch)
