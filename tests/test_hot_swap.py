@@ -1,0 +1,59 @@
+"""Hot swap: the inference stage follows a camera's `current` pointer without losing its working model."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from adapt.checkpoint import save_checkpoint
+from adapt.registry import BASE, Registry
+from streamer.infer import ModelPool, group_batches
+from streamer.wire import FrameMessage
+from tests.test_network import perturbed_model
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    ckpt = root / "m.pt"
+    save_checkpoint(ckpt, perturbed_model(), {"version": "x"})
+    reg = Registry(root)
+    reg.publish(BASE, {"model.pt": ckpt}, {}, "b1")
+    reg.publish("lobby", {"model.pt": ckpt}, {"parent": "b1"}, "v1", make_current=False)
+    reg.publish("lobby", {"model.pt": ckpt}, {"parent": "v1"}, "v2", make_current=False)
+    return reg
+
+
+def test_pool_follows_current_and_shares_backends(registry):
+    pool = ModelPool(registry.root, ["lobby", "hall"], "torch", ["cpu"], "cpu", poll_s=0)
+    base_key, base_backend = pool.backend("lobby")
+    assert base_key.endswith("base/b1") and pool.backend("hall")[1] is base_backend  # one backend per version
+    registry.set_current("lobby", "v1")
+    assert pool.refresh(now=1.0) == ["lobby"]
+    assert pool.backend("lobby")[0].endswith("lobby/v1") and pool.swaps == 1
+    assert pool.backend("hall")[0] == base_key
+    x = np.zeros((1, 64, 64, 3), np.uint8)
+    assert pool.backend("lobby")[1].infer(x).density.shape == (1, 1, 8, 8)
+    assert pool.refresh(now=2.0) == []  # nothing changed, nothing reloaded
+
+
+def test_a_broken_new_version_keeps_the_working_model(registry):
+    pool = ModelPool(registry.root, ["lobby"], "torch", ["cpu"], "cpu", poll_s=0)
+    registry.set_current("lobby", "v1")
+    pool.refresh(now=1.0)
+    before = pool.backend("lobby")
+    (registry.root / "lobby" / "v2" / "model.pt").write_bytes(b"corrupt")
+    registry.set_current("lobby", "v2")
+    assert pool.refresh(now=2.0) == []
+    assert pool.backend("lobby") == before
+
+
+def test_batches_group_by_model_and_size():
+    def f(cam, h):
+        return FrameMessage(cam, 0, 0, np.zeros((h, 64, 3), np.uint8))
+
+    frames = [f("a", 64), f("b", 64), f("c", 96), f("a", 64), f("a", 64)]
+    models = {"a": "m1", "b": "m1", "c": "m1"}
+    batches = group_batches(frames, models.get, max_batch=2)
+    assert sorted(len(b) for b in batches) == [1, 2, 2]
+    assert all(len({fr.image.shape for fr in b}) == 1 for b in batches)
