@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from adapt.progress import progress
 
 from adapt.checkpoint import CheckpointError, load_model
 
@@ -65,7 +65,7 @@ def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[
 
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1, collate_fn=collate)
     results, views = [], []
-    for batch in tqdm(loader, desc="eval", total=len(dataset), dynamic_ncols=True, disable=None):
+    for batch in progress(loader, "eval", total=len(dataset)):
         if bool(batch["replaced"][0]):
             # stand-in for an unreadable image: that image is counted as skipped, not scored twice
             unreadable.append(batch["skipped"][0] if batch["skipped"] else "unreadable")

@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from adapt.progress import progress
 
 from adapt.network import CrowdCounter
 from adapt.train import density_loss, optimizer_step
@@ -74,7 +74,7 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
     tail_from = cfg.steps - max(1, cfg.steps // 4)
-    bar = tqdm(range(cfg.steps), desc="flip stage", dynamic_ncols=True, disable=None)
+    bar = progress(range(cfg.steps), "flip stage")
     for step in bar:
         synth = next(synth_batches)
         real = next(real_batches)["image"]

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from adapt.progress import progress
 
 from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
@@ -98,7 +98,7 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
     """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them)."""
     model.eval()
     kept_paths, means, stds, valids = [], [], [], []
-    for path in tqdm(paths, desc="pseudo labels", dynamic_ncols=True, disable=None):
+    for path in progress(paths, "pseudo labels"):
         try:
             image, (h, w) = load_padded(path, cfg.max_side)
         except BadImage:
@@ -158,7 +158,7 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     model.train().to(device)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     total_s = total_r = 0.0
-    bar = tqdm(range(cfg.steps_per_round), desc="fine-tune", leave=False, dynamic_ncols=True, disable=None)
+    bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
         synth, real = next(synth_batches), next(real_batches)
         scale = model.config.density_scale

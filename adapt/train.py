@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from adapt.progress import progress
 
 from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adapt.network import CrowdCounter, ModelConfig, dataclass_from_dict
@@ -154,7 +154,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, amp: bool) -> dict:
     model.train()
     total, n, step0 = 0.0, 0, epoch * len(loader)
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True, disable=None)
+    bar = progress(loader, f"epoch {epoch}", leave=False)
     for i, batch in enumerate(bar):
         schedule(step0 + i)
         image = batch["image"].to(device, non_blocking=True)
@@ -181,7 +181,7 @@ def predict_counts(model: CrowdCounter, image: torch.Tensor) -> tuple[torch.Tens
 def evaluate(model: CrowdCounter, loader, device) -> dict:
     model.eval()
     errs = []
-    for batch in tqdm(loader, desc="val", leave=False, dynamic_ncols=True, disable=None):
+    for batch in progress(loader, "val", leave=False):
         count, _, _ = predict_counts(model, batch["image"].to(device))
         errs.append((count.cpu() - batch["count"]).numpy())
     e = np.concatenate(errs) if errs else np.zeros(0)
