@@ -39,6 +39,10 @@ class AdaptError(RuntimeError):
     pass
 
 
+class TooFewFrames(AdaptError):
+    """Not a failure: the buffer is still filling (exit code 4, result "skipped")."""
+
+
 @dataclass
 class AdaptConfig:
     camera: str
@@ -86,7 +90,7 @@ def collect_frames(cfg: AdaptConfig) -> list[Path]:
         step = len(paths) / cfg.max_frames
         paths = [paths[int(i * step)] for i in range(cfg.max_frames)]
     if len(paths) < MIN_FRAMES:
-        raise AdaptError(f"{cfg.camera}: only {len(paths)} frames available, need at least {MIN_FRAMES}")
+        raise TooFewFrames(f"{cfg.camera}: only {len(paths)} frames available, need at least {MIN_FRAMES}")
     return paths
 
 
@@ -224,6 +228,17 @@ def publish(registry: Registry, camera: str, model, parent_version: str | None, 
     return version
 
 
+def record(args, result: str, detail: str) -> None:
+    if args.record is None:
+        return
+    from adapt.runs import append_run
+
+    try:
+        append_run(args.record, validate_camera_name(args.camera), {"time": time.time(), "result": result, "reason": "command", "detail": detail[:500]})
+    except (InvalidCameraName, OSError) as exc:
+        print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
     p.add_argument("--camera", required=True)
@@ -243,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
     p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
     p.add_argument("--no-publish", action="store_true", help="measure and validate only")
+    p.add_argument("--record", type=Path, default=None, metavar="VAR",
+                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl (what the scheduler does; for cron jobs)")
     p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
     args = p.parse_args(argv)
     try:
@@ -265,11 +282,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"camera": args.camera, "error": str(exc), "published": None}, indent=2))
-        return 1
+        skipped = isinstance(exc, TooFewFrames)
+        record(args, "skipped" if skipped else "failed", str(exc))
+        return 4 if skipped else 1
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))
     v = report["validation"]
+    record(args, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
     print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
     return 0 if v["verdict"] == "accept" else 3
 

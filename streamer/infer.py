@@ -178,7 +178,7 @@ class InferStage:
 
     def _poll_adaptation_runs(self, now: float) -> None:
         """Export runs the scheduler appended to var/adapt/<camera>/runs.jsonl."""
-        from streamer.scheduler import read_runs, run_log_path
+        from adapt.runs import RESULTS, read_runs, run_log_path
 
         if now - self._last_adapt_poll < 5.0:
             return
@@ -193,7 +193,7 @@ class InferStage:
                 continue
             runs = read_runs(self.config.paths.var, cam)
             for rec in runs[seen:]:
-                if rec["result"] in ("succeeded", "failed", "rejected", "skipped"):
+                if rec["result"] in RESULTS:
                     self.metrics.adaptation_run(cam, rec["result"], timestamp=rec["time"])
             self._adapt_seen[cam] = (size, len(runs))
 

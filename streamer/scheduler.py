@@ -6,15 +6,14 @@ trigger threshold for the configured duration. Jobs run one at a time (one
 device), as ``crowdwatch adapt`` subprocesses, so a crash or a leak in
 training never reaches the online stages.
 
-Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``; the
-inference stage reads these files to export the adaptation metrics from the
+Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``
+(``adapt/runs.py``); the inference stage reads these files to export the adaptation metrics from the
 same /metrics endpoint as everything else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import subprocess
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from adapt.names import validate_camera_name
+from adapt.runs import append_run, read_runs
 
 log = logging.getLogger("crowdwatch.scheduler")
 
@@ -80,35 +79,6 @@ class CameraSchedule:
     watch: UncertaintyWatch | None
     last_run: float | None = None
     due_reason: str | None = None
-
-
-def run_log_path(var: Path, camera: str) -> Path:
-    return Path(var) / "adapt" / validate_camera_name(camera) / "runs.jsonl"
-
-
-def append_run(var: Path, camera: str, record: dict) -> None:
-    path = run_log_path(var, camera)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_runs(var: Path, camera: str) -> list[dict]:
-    """All recorded runs; a torn last line (crash mid-write) is ignored."""
-    path = run_log_path(var, camera)
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("time"), (int, float)) and isinstance(rec.get("result"), str):
-            out.append(rec)
-    return out
 
 
 @dataclass

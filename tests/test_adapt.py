@@ -106,6 +106,11 @@ def test_bad_inputs_publish_nothing(setup, tmp_path):
     assert main(["--camera", "lobby", "--base", str(tmp_path / "missing.pt"), "--frames", str(setup / "frames"), "--json", str(out)]) == 1
     assert json.loads(out.read_text())["published"] is None
     assert main(["--camera", "../etc", "--frames", str(setup / "frames")]) == 1
+    # a buffer still filling is a skip (exit 4), recorded for the metrics
+    from adapt.runs import read_runs
+
+    assert main(["--camera", "lobby", "--frames", str(tmp_path / "few"), "--models", str(setup / "models"), "--record", str(tmp_path / "var")]) == 4
+    assert [r["result"] for r in read_runs(tmp_path / "var", "lobby")] == ["skipped"]
 
 
 def test_divergence_publishes_nothing(setup):

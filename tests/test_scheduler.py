@@ -1,7 +1,8 @@
 import datetime as dt
 import sys
 
-from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, append_run, next_daily, next_due, read_runs, run_log_path
+from adapt.runs import append_run, read_runs, run_log_path
+from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, next_daily, next_due
 
 UTC = dt.timezone.utc
 
