@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 
+from adapt.buffer import BufferConfig  # the buffer's settings, parsed here per camera
 from adapt.names import InvalidCameraName, validate_camera_name
 
 from . import crowd_metrics
@@ -163,15 +164,6 @@ class AdaptConfig:
     uncertainty_trigger: UncertaintyTrigger = UncertaintyTrigger()
     max_age_s: float = 3 * 86400.0  # last success older than this -> alert
     max_failures_per_day: int = 0  # more failed runs than this in a day -> alert
-
-
-@dataclass(frozen=True)
-class BufferConfig:
-    max_frames: int = 2000
-    max_bytes: int = 2 * 1024**3
-    min_interval_s: float = 10.0
-    retention_days: float = 14.0
-    dedup_threshold: float = 2.0  # mean abs diff of 64x36 grey thumbnails (0..255) below which a frame is a duplicate (adapt/buffer.py)
 
 
 @dataclass(frozen=True)
@@ -667,6 +659,8 @@ def _buffer(t: _Table) -> BufferConfig:
         min_interval_s=t.number("min_interval_s", d.min_interval_s, lo=0),
         retention_days=t.number("retention_days", d.retention_days, lo=0, lo_open=True),
         dedup_threshold=t.number("dedup_threshold", d.dedup_threshold, lo=0, hi=255),
+        jpeg_quality=t.number("jpeg_quality", d.jpeg_quality, lo=1, hi=100, integer=True),
+        min_free_bytes=t.size("min_free_bytes", d.min_free_bytes, minimum=0),
     )
     t.done()
     return cfg

@@ -198,14 +198,9 @@ class InferStage:
             self._adapt_seen[cam] = (size, len(runs))
 
     def _open_buffers(self) -> dict:
-        from adapt.buffer import BufferConfig, FrameBuffer
+        from adapt.buffer import FrameBuffer
 
-        out = {}
-        for name, cam in self.config.cameras.items():
-            b = cam.buffer
-            cfg = BufferConfig(max_frames=b.max_frames, max_bytes=b.max_bytes, min_interval_s=b.min_interval_s, retention_days=b.retention_days, dedup_threshold=b.dedup_threshold)
-            out[name] = FrameBuffer(self.config.paths.var / "buffer", name, cfg)
-        return out
+        return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
         self.metrics.drop(STAGE, reason, camera)
