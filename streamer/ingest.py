@@ -69,11 +69,27 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
         sock.close(linger=0)
 
 
+def print_calibration(cam: CameraConfig) -> int:
+    from streamer.synthetic_camera import calibration
+
+    if cam.source_kind != "synthetic":
+        print(f"crowdwatch ingest: {cam.name} is not a synthetic camera; calibrate it from four ground points you know", file=sys.stderr)
+        return 2
+    try:
+        image, ground = calibration(cam.url, cam.name, cam.width, cam.height)
+    except SourceError as exc:
+        print(f"crowdwatch ingest: {exc}", file=sys.stderr)
+        return 2
+    print(f"[cameras.{cam.name}.calibration]\nimage = {image}\nground = {ground}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch ingest", description="Decode one camera and publish its frames.")
     p.add_argument("--camera", required=True)
     p.add_argument("--config", type=Path, default=Path("config.toml"))
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--print-calibration", action="store_true", help="synthetic cameras: print the renderer camera's calibration as TOML and exit")
     args = p.parse_args(argv)
     config = load_stage_config("crowdwatch ingest", args.config, args.log_level)
     if config is None:
@@ -82,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     if cam is None:
         print(f"crowdwatch ingest: no camera {args.camera!r} in {args.config} (have {sorted(config.cameras)})", file=sys.stderr)
         return 2
+    if args.print_calibration:
+        return print_calibration(cam)
     t = config.transport
     quality = t.jpeg_quality if t.frame_encoding == "jpeg" else None
     curve = curve_keys_from_config(t.curve, "client") if t.curve.enabled else None

@@ -82,13 +82,13 @@ class SyntheticStream:
     """One connection: frames at the camera's fps on its own clock (the Source paces them)."""
 
     def __init__(self, cfg: SourceConfig):
-        from adapt.synth import sample_crowd, sample_scene
+        from adapt.synth import sample_crowd
 
         self.opts = parse_options(cfg.url, cfg.camera)
         self.fps = cfg.fps
-        w, h = self.opts.size or (cfg.width or 640, cfg.height or 480)
-        self.rng = np.random.default_rng(self.opts.seed)
-        self.scene = sample_scene(self.rng, w, h, self.opts.style)
+        self.scene = synthetic_scene(cfg.url, cfg.camera, cfg.width or 640, cfg.height or 480)
+        # people get their own stream of randomness, independent of the scene's
+        self.rng = np.random.default_rng((self.opts.seed, 1))
         self.people = sample_crowd(self.rng, self.scene, self.opts.max_people, "mixed")
         self.t0 = time.monotonic()
         self.closed = False
@@ -108,6 +108,32 @@ class SyntheticStream:
 
     def close(self) -> None:
         self.closed = True
+
+
+def synthetic_scene(url: str, camera: str, width: int, height: int):
+    """The scene a synthetic camera renders: the same seed, so the same camera and background."""
+    from adapt.synth import sample_scene
+
+    opts = parse_options(url, camera)
+    w, h = opts.size or (width, height)
+    return sample_scene(np.random.default_rng(opts.seed), w, h, opts.style)
+
+
+def calibration(url: str, camera: str, width: int, height: int) -> tuple[list[list[float]], list[list[float]]]:
+    """Ground-plane calibration of a synthetic camera: four image points and their metres.
+
+    Taken from the renderer's own camera, so per-m² figures of synthetic
+    cameras are exact. Points are the corners of the lowest band of the
+    image that lies on the ground (below the horizon).
+    """
+    cam = synthetic_scene(url, camera, width, height).camera
+    w, h = cam.width, cam.height
+    for top in np.linspace(0.3, 0.9, 13):
+        image = np.array([[0, h - 1], [w - 1, h - 1], [w - 1, top * h], [0, top * h]], dtype=float)
+        ground = cam.pixel_to_ground(image)
+        if np.all(np.isfinite(ground)):
+            return np.round(image, 1).tolist(), np.round(ground, 3).tolist()
+    raise SourceError(f"{url}: the synthetic camera sees no ground")
 
 
 def register() -> None:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from streamer.sources import Source, SourceConfig, SourceError
@@ -38,3 +39,25 @@ def test_frames_carry_the_true_count():
     assert all(f.image.shape == (256, 320, 3) for f in frames)
     assert all(5 <= f.meta["truth"] <= 25 for f in frames)
     assert [f.seq for f in frames] == sorted(f.seq for f in frames)
+
+
+def test_repo_config_calibrates_synthetic_cameras_with_the_renderers_camera():
+    from streamer.config import load_config
+    from streamer.synthetic_camera import calibration
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "config.toml")
+    synthetic = [c for c in config.cameras.values() if c.source_kind == "synthetic" and c.calibration is not None]
+    assert synthetic
+    for cam in synthetic:
+        image, ground = calibration(cam.url, cam.name, cam.width, cam.height)
+        np.testing.assert_allclose(np.array(cam.calibration.image), image, atol=0.1)
+        np.testing.assert_allclose(np.array(cam.calibration.ground), ground, atol=0.01)
+
+
+def test_print_calibration(capsys):
+    from streamer.ingest import main
+    from tests.conftest import REPO
+
+    assert main(["--camera", "plaza", "--config", str(REPO / "config.toml"), "--print-calibration"]) == 0
+    assert capsys.readouterr().out.startswith("[cameras.plaza.calibration]\nimage = [[")
