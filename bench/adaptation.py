@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 ROWS = {"noadapt": (), "flip": ("flip",), "pseudo": ("pseudo",), "both": ("flip", "pseudo")}

@@ -59,7 +59,6 @@ def main() -> None:
         providers = resolve_providers(args.providers.split(","), ort.get_available_providers())
         session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         model.to(device)
-        m = model.config.masks
         rows = []
         for n in (int(b) for b in args.batches.split(",")):
             x_np = np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from adapt.checkpoint import save_checkpoint
-from adapt.export import export_onnx
 from streamer.backends import BackendError, OnnxBackend, TorchBackend, load_backend, resolve_providers
 from tests.test_network import perturbed_model
 

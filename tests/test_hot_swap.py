@@ -1,6 +1,5 @@
 """Hot swap: the inference stage follows a camera's `current` pointer without losing its working model."""
 
-import shutil
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from adapt.checkpoint import save_checkpoint
 from adapt.names import InvalidCameraName

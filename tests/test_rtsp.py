@@ -6,20 +6,19 @@ for the Debian packages); skipped with the reason when they are missing.
 
 from __future__ import annotations
 
-import queue
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from streamer.sources import Frame, Source, SourceConfig, SourceStats
+from streamer.sources import Source, SourceConfig, SourceStats
 from streamer.sources.testclip import write_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
 from rtsp_server import RtspServer, unavailable_reason  # noqa: E402
+from test_sources import Consumer  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -46,42 +45,6 @@ def media(request: pytest.FixtureRequest, generated_clip: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not present")
     return path
-
-
-class Consumer:
-    def __init__(self, source: Source) -> None:
-        self.source = source
-        self.frames: queue.Queue[Frame] = queue.Queue()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            for frame in self.source.frames():
-                self.frames.put(frame)
-        except BaseException as exc:  # noqa: BLE001 - reported by stop()
-            self.error = exc
-
-    def next_frame(self, timeout_s: float, what: str) -> Frame:
-        try:
-            return self.frames.get(timeout=timeout_s)
-        except queue.Empty:
-            raise AssertionError(f"no frame within {timeout_s} s ({what}); stats: {self.source.stats}") from None
-
-    def drain(self) -> list[Frame]:
-        out = []
-        while True:
-            try:
-                out.append(self.frames.get_nowait())
-            except queue.Empty:
-                return out
-
-    def stop(self) -> None:
-        self.source.close()
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "frames() did not end after close()"
-        assert self.error is None, f"frames() raised {self.error!r}"
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, stats: SourceStats) -> None:

@@ -95,6 +95,20 @@ class Consumer:
         except BaseException as exc:  # noqa: BLE001 - reported by stop()
             self.error = exc
 
+    def next_frame(self, timeout_s: float, what: str) -> Frame:
+        try:
+            return self.frames.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AssertionError(f"no frame within {timeout_s} s ({what}); stats: {self.source.stats}") from None
+
+    def drain(self) -> list[Frame]:
+        out = []
+        while True:
+            try:
+                out.append(self.frames.get_nowait())
+            except queue.Empty:
+                return out
+
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while not predicate():
