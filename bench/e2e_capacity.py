@@ -72,10 +72,12 @@ def quantile(buckets_before: dict, buckets_after: dict, q: float) -> float:
 
 
 def run_n(n: int, args) -> dict:
-    w, h = args.size.split("x")
+    w, h = (int(v) for v in args.size.split("x"))
+    # the cameras render at the full size; the model box is that size rounded down to multiples of 32
+    bw, bh = w // 32 * 32, h // 32 * 32
     mport, wport = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        cams = "\n".join(f'[cameras.cam{i}]\nurl = "synthetic://?people={40 + 10 * i}&style={STYLES[i % len(STYLES)]}"\n' for i in range(n))
+        cams = "\n".join(f'[cameras.cam{i}]\nurl = "synthetic://?people={40 + 10 * i}&style={STYLES[i % len(STYLES)]}&size={w}x{h}"\n' for i in range(n))
         cfg = Path(tmp) / "config.toml"
         cfg.write_text(f"""
 [server]
@@ -89,15 +91,17 @@ registry = "{REPO / 'models'}"
 providers = ["CPUExecutionProvider"]
 [defaults]
 fps = {args.fps}
-width = {w}
-height = {h}
+width = {bw}
+height = {bh}
 [defaults.adapt]
 enabled = false
 {cams}""")
         proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp, start_new_session=True)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp, start_new_session=True)
         try:
             time.sleep(args.warmup)
+            if proc.poll() is not None:
+                raise SystemExit(f"crowdwatch run exited: {proc.stderr.read().decode()}")
             before = scrape(mport)
             t0 = time.time()
             time.sleep(args.seconds)
