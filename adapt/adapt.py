@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, help="parent checkpoint (default: the camera's current model, else base)")
     p.add_argument("--json", type=Path, help="write the report (stages, per-round statistics, verdict) here")
     p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
+    p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
     p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
@@ -276,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg.max_frames = args.max_frames
         if args.buffer is not None:
             cfg.buffer_root = args.buffer
+        if args.synthetic is not None:
+            cfg.synthetic = args.synthetic
         report = adapt_camera(cfg)
     except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
         print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)

@@ -119,3 +119,19 @@ def test_divergence_publishes_nothing(setup):
     with pytest.raises(FloatingPointError):
         adapt_camera(tiny_config(setup, flip=FlipStageConfig(steps=3, lam=float("nan"))))
     assert reg.current("lobby") == before
+
+
+def test_adapt_from_a_video_file_with_one_command(setup, tmp_path):
+    from streamer.sources.testclip import write_clip
+
+    clip = write_clip(tmp_path / "cam.mp4", width=160, height=128, fps=5, seconds=6, gop=5)
+    out = tmp_path / "report.json"
+    code = main([
+        "--camera", "gate", "--frames", str(clip.path), "--models", str(setup / "models"), "--synthetic", str(setup / "synth"),
+        "--buffer", str(tmp_path / "buffer"), "--json", str(out), "--flip-steps", "2", "--rounds", "1", "--steps-per-round", "1",
+        "--max-side", "128", "--device", "cpu", "--no-publish",
+    ])
+    report = json.loads(out.read_text())
+    assert code in (0, 3) and report["validation"]["verdict"] in ("accept", "reject")
+    assert report["frames"]["train"] + report["frames"]["held_out"] >= 8
+    assert len(list((tmp_path / "buffer" / "gate").glob("*.jpg"))) >= 8  # the video was sampled into the buffer
