@@ -125,11 +125,16 @@ def running(tmp_path):
     try:
         yield proc, mport, tmp_path
     finally:
+        # find the children before the supervisor goes: orphans would be re-parented and lost
+        kids = children_of(proc.pid).values() if proc.poll() is None else ()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for pid in children_of(proc.pid).values():
-            os.kill(pid, signal.SIGKILL)
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def test_run_counts_restarts_and_stops(running):
