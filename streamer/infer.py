@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from streamer.backends import Backend, BackendError, load_backend
+from streamer.backends import Backend, load_backend
 from streamer.config import Config, load_stage_config
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
@@ -243,7 +243,7 @@ class InferStage:
         t0 = time.perf_counter()
         try:
             pred = backend.infer(images)
-        except (BackendError, Exception) as exc:  # one bad batch must not stop the stage
+        except Exception as exc:  # BackendError or anything else: one bad batch must not stop the stage
             log.error("inference failed on a batch of %d from %s: %s", len(batch), sorted({f.camera for f in batch}), exc)
             for f in batch:
                 self.metrics.drop(STAGE, "inference_error", f.camera)
