@@ -78,6 +78,8 @@ class ServerConfig:
     metrics_port: int = 9108
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    # /healthz turns 503 when the inference loop has not finished a cycle for this long
+    liveness_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -440,6 +442,7 @@ def _server(t: _Table) -> ServerConfig:
         metrics_port=t.number("metrics_port", d.metrics_port, lo=0, hi=65535, integer=True),
         web_host=t.string("web_host", d.web_host, check=_check_host),
         web_port=t.number("web_port", d.web_port, lo=0, hi=65535, integer=True),
+        liveness_timeout_s=t.duration("liveness_timeout", d.liveness_timeout_s, minimum=1.0),
     )
     t.done()
     return cfg

@@ -270,11 +270,19 @@ class MetricsServer:
 
     Port 0 picks a free port (see ``.port``). Use as a context manager or call
     ``start()``/``stop()``.
+
+    Liveness: once a worker loop calls :meth:`beat`, ``/healthz`` answers 503
+    when no beat came for ``liveness_timeout_s``, so an orchestrator restarts a
+    process whose HTTP thread is fine but whose loop is stuck (a hung decoder or
+    provider call). Before the first beat (model loading) it answers 200.
     """
 
-    def __init__(self, registry: Metrics | CollectorRegistry, host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(self, registry: Metrics | CollectorRegistry, host: str = "127.0.0.1", port: int = 9108,
+                 liveness_timeout_s: float | None = None) -> None:
         self.registry = registry.registry if isinstance(registry, Metrics) else registry
         self.host, self._port = host, port
+        self.liveness_timeout_s = liveness_timeout_s
+        self._last_beat: float | None = None
         self._ready = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -285,6 +293,17 @@ class MetricsServer:
 
     def set_ready(self, ready: bool = True) -> None:
         (self._ready.set if ready else self._ready.clear)()
+
+    def beat(self) -> None:
+        """The worker loop finished a cycle."""
+        self._last_beat = time.monotonic()
+
+    def stalled_for(self) -> float | None:
+        """Seconds since the last beat when that exceeds the liveness timeout, else None."""
+        if self._last_beat is None or self.liveness_timeout_s is None:
+            return None
+        age = time.monotonic() - self._last_beat
+        return age if age > self.liveness_timeout_s else None
 
     @property
     def port(self) -> int:
@@ -307,7 +326,11 @@ class MetricsServer:
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
                     self._reply(200, encoder(server.registry), content_type)
                 elif path == "/healthz":
-                    self._reply(200, b"ok\n")
+                    stalled = server.stalled_for()
+                    if stalled is None:
+                        self._reply(200, b"ok\n")
+                    else:
+                        self._reply(503, f"stalled: no loop progress for {stalled:.0f} s\n".encode())
                 elif path == "/readyz":
                     ok = server.ready
                     self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")

@@ -293,10 +293,11 @@ class InferStage:
         self._poll_adaptation_runs(time.monotonic())
         return len(frames)
 
-    def run(self, ready=lambda: None) -> None:
+    def run(self, ready=lambda: None, beat=lambda: None) -> None:
         ready()
         while not self.stop_event.is_set():
             self.step()
+            beat()  # a step returns within max_wait_ms plus one batch, frames or not
 
     def close(self) -> None:
         self.frames.close(linger=0)
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = Metrics()
     port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port
-    server = MetricsServer(metrics, config.server.metrics_host, port).start()
+    server = MetricsServer(metrics, config.server.metrics_host, port, config.server.liveness_timeout_s).start()
     try:
         stage = InferStage(config, metrics)
     except Exception as exc:
@@ -335,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers(stage.stop_event)
     log.info("infer: metrics on %s, %d cameras, backend %s", server.url, len(stage.cameras), config.model.backend)
     try:
-        stage.run(ready=server.set_ready)
+        stage.run(ready=server.set_ready, beat=server.beat)
     finally:
         stage.close()
         server.stop()

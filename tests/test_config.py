@@ -42,6 +42,7 @@ def test_repo_config_loads_out_of_the_box() -> None:
     assert set(cfg.cameras) >= {"plaza", "concourse"}
     assert all(c.source_kind == "synthetic" for c in cfg.cameras.values())
     assert cfg.server.metrics_host == cfg.server.web_host == "127.0.0.1"
+    assert cfg.server.liveness_timeout_s == 120
     assert cfg.model.backend == "onnxruntime" and cfg.model.providers == ("CPUExecutionProvider",)
     assert cfg.transport.frames.startswith("ipc://") and cfg.transport.frame_encoding == "rgb24"
     plaza, concourse = cfg.cameras["plaza"], cfg.cameras["concourse"]
@@ -119,6 +120,7 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("defaults.url", "rtsp://x/y", "defaults.url", "no url in [defaults]"),
         ("server.metrics_port", 70000, "server.metrics_port", "[0, 65535]"),
         ("server.web_host", "", "server.web_host", "host"),
+        ("server.liveness_timeout", "500ms", "server.liveness_timeout", "at least"),
         ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
         ("transport.frames", "inproc://x", "transport.frames", "ipc://PATH"),
         ("transport.frames", "ipc:///" + "x" * 120, "transport.frames", "at most 107 bytes"),

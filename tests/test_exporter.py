@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -196,3 +197,31 @@ def test_server_stops_and_frees_the_port() -> None:
     server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "/healthz", timeout=2)
+
+
+def test_healthz_turns_unhealthy_when_the_loop_stops_beating() -> None:
+    server = MetricsServer(Metrics(process_metrics=False), port=0, liveness_timeout_s=0.3).start()
+    try:
+        assert status(server.url + "/healthz") == 200  # no beat yet: still loading
+        server.beat()
+        assert status(server.url + "/healthz") == 200
+        time.sleep(0.6)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(server.url + "/healthz", timeout=2)
+        assert err.value.code == 503
+        assert b"stalled" in err.value.read()
+        assert status(server.url + "/metrics") == 200  # still scrapeable while unhealthy
+        server.beat()
+        assert status(server.url + "/healthz") == 200
+    finally:
+        server.stop()
+
+
+def test_healthz_without_a_timeout_ignores_beats() -> None:
+    server = MetricsServer(Metrics(process_metrics=False), port=0).start()
+    try:
+        server.beat()
+        server._last_beat -= 3600
+        assert status(server.url + "/healthz") == 200
+    finally:
+        server.stop()

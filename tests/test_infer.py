@@ -91,3 +91,19 @@ def test_adaptation_runs_are_exported(stage):
     s._poll_adaptation_runs(now=2e9)
     assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="rejected") == 1
     assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="succeeded") == 1  # not counted twice
+
+
+def test_the_loop_beats_even_without_frames(stage):
+    """run() reports progress to the liveness check on every cycle, idle or not."""
+    import threading
+
+    s = stage[0]
+    beats = []
+    t = threading.Thread(target=s.run, kwargs={"beat": lambda: beats.append(time.monotonic())})
+    t.start()
+    deadline = time.monotonic() + 10
+    while len(beats) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    s.stop_event.set()
+    t.join(timeout=10)
+    assert len(beats) >= 3 and not t.is_alive()
