@@ -2,7 +2,7 @@
 
     python bench/adaptation.py --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
         [--rows noadapt,flip,pseudo,both] [--flip-steps N] [--rounds K] [--steps-per-round N]
-        [--max-frames N] [--max-side PX] [--out runs/bench-adapt]
+        [--max-frames N] [--max-side PX] [--synthetic DIR] [--out runs/bench-adapt]
 
 The frames are the unlabeled target buffer; the labels of the same images are
 used only to measure each row afterwards (MAE, RMSE, and the rank correlation
@@ -35,6 +35,8 @@ def main() -> None:
     p.add_argument("--max-frames", type=int, default=400)
     p.add_argument("--max-side", type=int, default=1024)
     p.add_argument("--device", default="auto")
+    p.add_argument("--synthetic", type=Path, default=None,
+                   help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     args = p.parse_args()
 
@@ -53,6 +55,8 @@ def main() -> None:
             cfg = AdaptConfig(camera="bench", frames=args.frames, base=base, stages=ROWS[key], publish=False, device=args.device,
                               max_frames=args.max_frames, max_side=args.max_side, save_candidate=args.out / f"{key}.pt",
                               registry_root=args.out / "models", buffer_root=args.out / "buffer")
+            if args.synthetic is not None:
+                cfg.synthetic = args.synthetic
             if args.flip_steps is not None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
             pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}
@@ -71,7 +75,7 @@ def main() -> None:
         })
         (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
         print(json.dumps(rows[-1]), flush=True)
-    print(f"\n# frames {args.frames}, labels {args.labels} ({args.format}), parent {base}")
+    print(f"\n# frames {args.frames}, labels {args.labels} ({args.format}), parent {base}, synthetic {args.synthetic or 'default'}")
     print("| row | MAE | RMSE | rank corr(std, abs err) | mean count std | PL rounds | held-out flip acc | gate | adapt wall time | device |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
