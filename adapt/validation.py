@@ -3,7 +3,9 @@
 On held-out buffered frames (never trained on), a candidate is refused if:
 - its counts collapse or explode against the parent's (mean count ratio
   outside ``[min_count_ratio, max_count_ratio]``);
-- its mean uncertainty (count std across masks) does not drop;
+- its mean uncertainty (count std across masks) does not drop, both in
+  people and per counted person: a model that shrinks every count shrinks
+  its std with it, so the absolute drop alone would pass a collapse;
 - its flip head is at chance on held-out frames (the flip stage taught the
   encoder nothing about this camera).
 
@@ -28,7 +30,7 @@ from adapt.train import predict_counts
 class GateConfig:
     min_count_ratio: float = 0.5
     max_count_ratio: float = 2.0
-    min_uncertainty_drop: float = 0.0     # relative; 0 means "any drop"
+    min_uncertainty_drop: float = 0.0     # relative; 0 means "any drop"; applies to both uncertainty tests
     min_flip_accuracy: float = 0.6        # also at least 2 binomial std above chance
     require_flip: bool = True             # False when the flip stage was not run
 
@@ -41,6 +43,11 @@ class FrameStats:
     flip_accuracy: float | None = None
     mae: float | None = None              # only with labelled frames
     rmse: float | None = None
+
+    @property
+    def relative_uncertainty(self) -> float:
+        """Count std per counted person (+1 so near-empty scenes stay finite)."""
+        return self.mean_count_std / (self.mean_count + 1.0)
 
 
 @dataclass
@@ -108,6 +115,12 @@ def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig
         needed = parent.mean_count_std * (1.0 - cfg.min_uncertainty_drop)
         if not candidate.mean_count_std < needed:
             reasons.append(f"uncertainty did not drop: {candidate.mean_count_std:.3f} vs parent {parent.mean_count_std:.3f}")
+        rel_needed = parent.relative_uncertainty * (1.0 - cfg.min_uncertainty_drop)
+        if not candidate.relative_uncertainty < rel_needed:
+            reasons.append(
+                f"uncertainty per counted person did not drop: {candidate.relative_uncertainty:.4f} vs parent "
+                f"{parent.relative_uncertainty:.4f} (a lower std that only follows lower counts is no gain)"
+            )
     if cfg.require_flip and candidate.flip_accuracy is not None:
         bound = chance_bound(candidate.frames, cfg.min_flip_accuracy)
         if not candidate.flip_accuracy >= bound:

@@ -25,6 +25,14 @@ def test_uncertainty_must_drop():
     assert not gate(PARENT, candidate(mean_count_std=3.9), GateConfig(min_uncertainty_drop=0.1)).accepted
 
 
+def test_uncertainty_that_only_follows_shrinking_counts_is_refused():
+    # std fell by 30%, but counts fell by 40%: per person the model is less sure
+    r = gate(PARENT, candidate(mean_count=30.0, mean_count_std=2.8))
+    assert not r.accepted and len(r.reasons) == 1 and "per counted person" in r.reasons[0]
+    # the same std drop with counts held is a real gain
+    assert gate(PARENT, candidate(mean_count=50.0, mean_count_std=2.8)).accepted
+
+
 def test_flip_head_at_chance_is_refused():
     r = gate(PARENT, candidate(flip_accuracy=0.55))
     assert not r.accepted and "chance" in r.reasons[0]

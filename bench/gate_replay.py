@@ -1,0 +1,60 @@
+"""Would today's label-free gate have let through the adaptations that made MAE worse?
+
+    python bench/gate_replay.py --baseline-mae MAE RUN_DIR [RUN_DIR ...]
+
+Each RUN_DIR is a ``bench/adaptation.py --out`` folder: one ``<row>.json``
+report per adapted row (its held-out statistics for parent and candidate)
+and ``rows.json`` (MAE measured with the labels afterwards). The gate only
+ever sees the label-free statistics; this replays ``adapt.validation.gate``
+with the current GateConfig on those stored figures and sets its verdict
+next to the verdict given at run time and to whether MAE actually improved
+on NoAdapt (``--baseline-mae``, or the folder's own NoAdapt row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from adapt.validation import FrameStats, GateConfig, gate
+
+ROWS = {"flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
+
+
+def load_stats(d: dict) -> FrameStats:
+    return FrameStats(**{k: d[k] for k in FrameStats.__dataclass_fields__ if k in d})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path, nargs="+")
+    p.add_argument("--baseline-mae", type=float, default=None, help="NoAdapt MAE, when a folder has no NoAdapt row")
+    args = p.parse_args()
+    print("| run | row | MAE | NoAdapt MAE | better? | verdict then | verdict now | reasons now |")
+    print("|---|---|---|---|---|---|---|---|")
+    wrong = {"then": 0, "now": 0}
+    for run in args.runs:
+        rows = {r["row"]: r for r in json.loads((run / "rows.json").read_text())}
+        baseline = rows["NoAdapt"]["mae"] if "NoAdapt" in rows else args.baseline_mae
+        if baseline is None:
+            raise SystemExit(f"{run}: no NoAdapt row; pass --baseline-mae")
+        for key, name in ROWS.items():
+            report_path = run / f"{key}.json"
+            if name not in rows or not report_path.is_file():
+                continue
+            report = json.loads(report_path.read_text())
+            v = report["validation"]
+            cfg = GateConfig() if "flip" in report["stages"] else replace(GateConfig(), require_flip=False)
+            now = gate(load_stats(v["parent"]), load_stats(v["candidate"]), cfg)
+            mae = rows[name]["mae"]
+            better = mae < baseline
+            for when, verdict in (("then", v["verdict"]), ("now", now.verdict)):
+                wrong[when] += (verdict == "accept") != better
+            print(f"| {run.name} | {name} | {mae:.2f} | {baseline:.2f} | {'yes' if better else 'no'} | {v['verdict']} | {now.verdict} | {'; '.join(now.reasons) or '-'} |")
+    print(f"\nverdicts that disagree with MAE: then {wrong['then']}, now {wrong['now']}")
+
+
+if __name__ == "__main__":
+    main()
