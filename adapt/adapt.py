@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
     p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
     p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
+    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=True,
+                   help="the gate also asks the count std per counted person to drop (default: on)")
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
@@ -266,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
         cfg.stages = tuple(s for s in args.stages.split(",") if s)
+        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)
         pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction}.items() if v is not None}

@@ -166,6 +166,13 @@ class AdaptConfig:
     uncertainty_trigger: UncertaintyTrigger = UncertaintyTrigger()
     max_age_s: float = 3 * 86400.0  # last success older than this -> alert
     max_failures_per_day: int = 0  # more failed runs than this in a day -> alert
+    labels: Path | None = None  # a few JSON-points frames of this camera: MAE on them decides the gate
+    per_person_uncertainty: bool = True  # gate: the count std per counted person must drop too
+
+    def command_args(self) -> list[str]:
+        """The ``crowdwatch adapt`` options this camera's settings add."""
+        args = ["--labels", str(self.labels)] if self.labels is not None else []
+        return args + ([] if self.per_person_uncertainty else ["--no-per-person-uncertainty"])
 
 
 @dataclass(frozen=True)
@@ -642,6 +649,9 @@ def _adapt(t: _Table) -> AdaptConfig:
         for_s=ut.duration("for", dt.for_s, minimum=1.0),
     )
     ut.done()
+    gt = t.table("gate")
+    per_person = gt.boolean("per_person_uncertainty", d.per_person_uncertainty)
+    gt.done()
     cfg = AdaptConfig(
         enabled=t.boolean("enabled", d.enabled),
         interval_s=interval,
@@ -649,6 +659,8 @@ def _adapt(t: _Table) -> AdaptConfig:
         uncertainty_trigger=trigger,
         max_age_s=t.duration("max_age", d.max_age_s, minimum=60.0),
         max_failures_per_day=t.number("max_failures_per_day", d.max_failures_per_day, lo=0, hi=1000, integer=True),
+        labels=t.optional_path("labels"),
+        per_person_uncertainty=per_person,
     )
     t.done()
     return cfg

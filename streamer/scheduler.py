@@ -156,11 +156,12 @@ class Scheduler:
                 self._proc.terminate()
 
 
-def adapt_command(registry: Path, buffer_root: Path) -> Callable[[str, Path], list[str]]:
+def adapt_command(registry: Path, buffer_root: Path, extra: Callable[[str], list[str]] = lambda camera: []) -> Callable[[str, Path], list[str]]:
+    """argv of one ``crowdwatch adapt`` run; ``extra`` adds a camera's own options (labels, gate)."""
     def argv(camera: str, report: Path) -> list[str]:
         return [
             sys.executable, "-m", "streamer.cli", "adapt", "--camera", camera, "--json", str(report),
-            "--models", str(registry), "--buffer", str(buffer_root),
+            "--models", str(registry), "--buffer", str(buffer_root), *extra(camera),
         ]
 
     return argv

@@ -142,7 +142,7 @@ def build_scheduler(config: Config):
 
     buffer_root = config.paths.var / "buffer"
     return Scheduler(
-        scheds, config.paths.var, adapt_command(Path(config.model.registry), buffer_root),
+        scheds, config.paths.var, adapt_command(Path(config.model.registry), buffer_root, lambda cam: config.cameras[cam].adapt.command_args()),
         buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam).frames()), uncertainty=uncertainty,
     )
 

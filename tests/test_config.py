@@ -267,3 +267,16 @@ def test_config_is_immutable(tmp_path: Path) -> None:
         cfg.cameras["lobby"].fps = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         cfg.cameras["new"] = cfg.cameras["lobby"]  # type: ignore[index]
+
+
+def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
+    data = base()
+    data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "gate": {"per_person_uncertainty": False}}
+    cfg = parse(data, tmp_path)
+    lobby, yard = cfg.cameras["lobby"].adapt, cfg.cameras["yard"].adapt
+    assert lobby.labels == tmp_path / "labels" / "lobby" and not lobby.per_person_uncertainty
+    assert lobby.command_args() == ["--labels", str(tmp_path / "labels" / "lobby"), "--no-per-person-uncertainty"]
+    assert yard.labels is None and yard.per_person_uncertainty and yard.command_args() == []
+    data["cameras"]["lobby"]["adapt"]["gate"] = {"per_person_uncertainty": "no"}
+    with pytest.raises(ConfigError, match="cameras.lobby.adapt.gate.per_person_uncertainty"):
+        parse(data, tmp_path)

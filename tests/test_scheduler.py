@@ -76,3 +76,16 @@ def test_last_run_survives_a_restart_and_torn_lines_are_ignored(tmp_path):
     s, clock = make(tmp_path, "pass")
     assert s.cameras["lobby"].last_run == 5000.0
     assert len(read_runs(tmp_path, "lobby")) == 1
+
+
+def test_adapt_command_carries_each_cameras_own_options(tmp_path):
+    from streamer.scheduler import adapt_command
+
+    extra = {"lobby": ["--labels", "/l", "--no-per-person-uncertainty"]}
+    argv = adapt_command(tmp_path / "models", tmp_path / "buffer", lambda cam: extra.get(cam, []))
+    assert argv("lobby", tmp_path / "r.json")[-3:] == ["--labels", "/l", "--no-per-person-uncertainty"]
+    assert argv("yard", tmp_path / "r.json")[-1] == str(tmp_path / "buffer")
+    # the adapt command accepts them: it fails on the missing frames, not on the options
+    from adapt.adapt import main
+
+    assert main(["--camera", "lobby", "--frames", str(tmp_path / "nope"), "--no-per-person-uncertainty", "--models", str(tmp_path / "models")]) == 1

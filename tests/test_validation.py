@@ -31,6 +31,8 @@ def test_uncertainty_that_only_follows_shrinking_counts_is_refused():
     assert not r.accepted and len(r.reasons) == 1 and "per counted person" in r.reasons[0]
     # the same std drop with counts held is a real gain
     assert gate(PARENT, candidate(mean_count=50.0, mean_count_std=2.8)).accepted
+    # a camera whose model is known to overcount can turn the test off
+    assert gate(PARENT, candidate(mean_count=30.0, mean_count_std=2.8), GateConfig(per_person_uncertainty=False)).accepted
 
 
 def test_flip_head_at_chance_is_refused():
