@@ -35,14 +35,19 @@ RULES = ("fraction", "threshold")
 class PseudoLabelConfig:
     rounds: int = 3                  # K, at most
     steps_per_round: int = 150
-    # Default rule: keep the globally lowest-uncertainty fraction of cells.
-    # A fraction adapts to each camera's uncertainty scale, where a fixed
-    # threshold would keep everything on an easy camera and nothing on a hard
-    # one. Ranking is global over the buffer, so a frame that is uncertain
-    # everywhere contributes few cells.
+    # Cells where every mask predicts (almost) nothing are "empty" and always
+    # kept as zero labels. Occupied cells are ranked by relative uncertainty,
+    # std / mean: the absolute std grows with density, so ranking by it keeps
+    # only empty and sparse cells, which carry none of the count and turn the
+    # stage into background suppression that drags every count down.
+    # Default rule: keep the lowest-uncertainty fraction of the occupied cells,
+    # ranked over the whole buffer. A fraction adapts to each camera's
+    # uncertainty scale, where a fixed threshold would keep everything on an
+    # easy camera and nothing on a hard one.
     rule: str = "fraction"
     keep_fraction: float = 0.5
-    threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
+    threshold: float = 0.25          # relative std (std / mean) of an occupied cell, for rule="threshold"
+    empty_below: float = 1e-4        # people per cell under which a cell counts as empty
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
     synth_batch: int = 4
     real_batch: int = 4              # multiple of the number of masks
@@ -58,6 +63,8 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
+        if self.threshold < 0 or self.empty_below < 0:
+            raise ValueError("threshold and empty_below must be >= 0")
 
 
 @dataclass
@@ -75,6 +82,12 @@ class PseudoLabels:
     def kept_fraction(self) -> float:
         return float(np.mean(np.concatenate([k.ravel() for k in self.keep]))) if self.keep else 0.0
 
+    def kept_count_fraction(self) -> float:
+        """Share of the predicted count that lies in kept cells: near 0 means the
+        labels teach only "no one here", which can only lower counts."""
+        total = sum(float(m.sum()) for m in self.mean)
+        return sum(float(m[k].sum()) for m, k in zip(self.mean, self.keep)) / total if total > 0 else 0.0
+
 
 def load_padded(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """A frame resized to fit ``max_side`` and zero-padded to multiples of 32, plus its valid size."""
@@ -83,14 +96,23 @@ def load_padded(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int
     return pad_to(resize(image, hw), padded_hw(hw)), hw
 
 
-def select_confident(std: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig) -> list[np.ndarray]:
-    """Boolean masks of the cells kept as pseudo labels (padding is never kept)."""
+def relative_std(mean: np.ndarray, std: np.ndarray, empty_below: float) -> np.ndarray:
+    """std / mean per cell; 0 for empty cells (all masks agree on nothing)."""
+    occupied = mean > empty_below
+    return np.where(occupied, std / np.where(occupied, mean, 1.0), 0.0)
+
+
+def select_confident(mean: list[np.ndarray], std: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig) -> list[np.ndarray]:
+    """Boolean masks of the cells kept as pseudo labels: every empty cell plus
+    the confident occupied ones (padding is never kept)."""
+    occupied = [(m > cfg.empty_below) & v for m, v in zip(mean, valid)]
+    rel = [relative_std(m, s, cfg.empty_below) for m, s in zip(mean, std)]
     if cfg.rule == "threshold":
         cut = cfg.threshold
     else:
-        pool = np.concatenate([s[v] for s, v in zip(std, valid)]) if std else np.zeros(0)
+        pool = np.concatenate([r[o] for r, o in zip(rel, occupied)]) if rel else np.zeros(0)
         cut = float(np.quantile(pool, cfg.keep_fraction)) if pool.size else 0.0
-    return [(s <= cut) & v for s, v in zip(std, valid)]
+    return [(v & ~o) | (o & (r <= cut)) for r, o, v in zip(rel, occupied, valid)]
 
 
 @torch.inference_mode()
@@ -111,7 +133,7 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         means.append(mean * valid)
         stds.append(per_mask.std(0, unbiased=False).cpu().numpy())
         valids.append(valid)
-    keep = select_confident(stds, valids, cfg)
+    keep = select_confident(means, stds, valids, cfg)
     return PseudoLabels(kept_paths, means, stds, keep)
 
 
@@ -192,6 +214,7 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
             "mean_count": mean_count,
             "mean_cell_std": float(np.mean([s.mean() for s in labels.std])),
             "kept_fraction": labels.kept_fraction(),
+            "kept_count_fraction": labels.kept_count_fraction(),
         }
         if previous is not None:
             change = abs(mean_count - previous) / max(previous, 1e-6)

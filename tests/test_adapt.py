@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from adapt.adapt import AdaptConfig, AdaptError, adapt_camera, main
 from adapt.checkpoint import save_checkpoint
 from adapt.flip_stage import FlipStageConfig, flip_batch
-from adapt.pseudo_label import PseudoLabelConfig, select_confident
+from adapt.pseudo_label import PseudoLabelConfig, PseudoLabels, select_confident
 from adapt.registry import BASE, Registry
 from adapt.validation import GateConfig
 from tests.test_network import perturbed_model
@@ -65,13 +66,28 @@ def test_flip_batch_labels_upside_down_copies():
     assert torch.equal(images[2], x[0].flip(0))
 
 
-def test_select_confident_keeps_the_lowest_fraction_and_never_padding():
-    std = [np.array([[0.1, 0.2], [0.3, 9.0]]), np.array([[0.05, 0.4], [0.5, 0.6]])]
+def test_select_confident_keeps_empty_cells_and_the_relatively_confident_occupied_ones():
+    # frame 0: an empty cell, a dense confident cell (std/mean 0.05), a sparse
+    # cell with a small std but a large relative one (0.5), a padding cell
+    mean = [np.array([[0.0, 2.0], [0.02, 5.0]]), np.array([[0.0, 1.0], [0.5, 0.3]])]
+    std = [np.array([[0.0, 0.1], [0.01, 0.2]]), np.array([[0.0, 0.3], [0.05, 0.3]])]
     valid = [np.array([[True, True], [True, False]]), np.ones((2, 2), bool)]
-    keep = select_confident(std, valid, PseudoLabelConfig(keep_fraction=0.5))
-    assert not keep[0][1, 1]
-    assert keep[0].sum() + keep[1].sum() == 4  # 7 valid cells, lowest half (quantile inclusive)
-    assert keep[1][0, 0] and not keep[1][1, 1]
+    keep = select_confident(mean, std, valid, PseudoLabelConfig(keep_fraction=0.5))
+    assert keep[0][0, 0] and keep[1][0, 0]          # empty cells are confident zeros
+    assert not keep[0][1, 1]                       # padding, whatever its numbers
+    assert keep[0][0, 1] and not keep[0][1, 0]      # dense and agreed beats sparse and disputed
+    # occupied relative stds: 0.05, 0.5 | 0.3, 0.1, 1.0 -> median 0.3, kept inclusive
+    assert keep[1][1, 0] and keep[1][0, 1] and not keep[1][1, 1]
+    labels = PseudoLabels([Path("a"), Path("b")], mean, std, keep)
+    assert 0.0 < labels.kept_count_fraction() < 1.0
+    strict = select_confident(mean, std, valid, PseudoLabelConfig(rule="threshold", threshold=0.06))
+    assert strict[0][0, 1] and not strict[1][1, 0] and strict[1][0, 0]
+
+
+def test_background_only_labels_are_reported():
+    mean = [np.array([[0.0, 2.0]])]
+    keep = [np.array([[True, False]])]
+    assert PseudoLabels([Path("a")], mean, [np.zeros((1, 2))], keep).kept_count_fraction() == 0.0
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
