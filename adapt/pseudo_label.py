@@ -13,6 +13,7 @@ Rounds repeat until the mean predicted count changes by less than ``tol``
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -56,6 +57,8 @@ class PseudoLabelConfig:
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
     real_weight: float = 1.0
+    synth_weight: float = 1.0
+    labels_from: str = "crop"        # "crop": teacher runs on the training crop; "frame": full-frame labels cropped
     max_side: int | None = 1024
 
     def __post_init__(self):
@@ -63,6 +66,8 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
+        if self.labels_from not in ("crop", "frame"):
+            raise ValueError(f"labels_from must be 'crop' or 'frame', found {self.labels_from!r}")
         if self.threshold < 0 or self.empty_below < 0:
             raise ValueError("threshold and empty_below must be >= 0")
 
@@ -75,6 +80,8 @@ class PseudoLabels:
     mean: list[np.ndarray]
     std: list[np.ndarray]
     keep: list[np.ndarray]
+    valid: list[np.ndarray]          # False on the zero padding
+    cut: float = 0.0                 # relative-std cut the rule chose over the whole buffer
 
     def mean_count(self) -> float:
         return float(np.mean([m.sum() for m in self.mean])) if self.mean else float("nan")
@@ -102,17 +109,25 @@ def relative_std(mean: np.ndarray, std: np.ndarray, empty_below: float) -> np.nd
     return np.where(occupied, std / np.where(occupied, mean, 1.0), 0.0)
 
 
+def confident(mean, std, cut: float, empty_below: float):
+    """Kept cells: empty ones, and occupied ones with std / mean <= cut (numpy or torch)."""
+    return (mean <= empty_below) | (std <= cut * mean)
+
+
+def rule_cut(mean: list[np.ndarray], std: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig) -> float:
+    """The relative-std cut: fixed, or the ``keep_fraction`` quantile over every occupied cell."""
+    if cfg.rule == "threshold":
+        return cfg.threshold
+    occupied = [(m > cfg.empty_below) & v for m, v in zip(mean, valid)]
+    pool = np.concatenate([relative_std(m, s, cfg.empty_below)[o] for m, s, o in zip(mean, std, occupied)]) if mean else np.zeros(0)
+    return float(np.quantile(pool, cfg.keep_fraction)) if pool.size else 0.0
+
+
 def select_confident(mean: list[np.ndarray], std: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig) -> list[np.ndarray]:
     """Boolean masks of the cells kept as pseudo labels: every empty cell plus
     the confident occupied ones (padding is never kept)."""
-    occupied = [(m > cfg.empty_below) & v for m, v in zip(mean, valid)]
-    rel = [relative_std(m, s, cfg.empty_below) for m, s in zip(mean, std)]
-    if cfg.rule == "threshold":
-        cut = cfg.threshold
-    else:
-        pool = np.concatenate([r[o] for r, o in zip(rel, occupied)]) if rel else np.zeros(0)
-        cut = float(np.quantile(pool, cfg.keep_fraction)) if pool.size else 0.0
-    return [(v & ~o) | (o & (r <= cut)) for r, o, v in zip(rel, occupied, valid)]
+    cut = rule_cut(mean, std, valid, cfg)
+    return [confident(m, s, cut, cfg.empty_below) & v for m, s, v in zip(mean, std, valid)]
 
 
 @torch.inference_mode()
@@ -133,8 +148,9 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         means.append(mean * valid)
         stds.append(per_mask.std(0, unbiased=False).cpu().numpy())
         valids.append(valid)
-    keep = select_confident(means, stds, valids, cfg)
-    return PseudoLabels(kept_paths, means, stds, keep)
+    cut = rule_cut(means, stds, valids, cfg)
+    keep = [confident(m, s, cut, cfg.empty_below) & v for m, s, v in zip(means, stds, valids)]
+    return PseudoLabels(kept_paths, means, stds, keep, valids, cut)
 
 
 class PseudoLabelled(Dataset):
@@ -167,16 +183,32 @@ class PseudoLabelled(Dataset):
         img = image[cy * STRIDE : cy * STRIDE + ch, cx * STRIDE : cx * STRIDE + cw]
         den = mean[cy : cy + ch // STRIDE, cx : cx + cw // STRIDE]
         msk = keep[cy : cy + ch // STRIDE, cx : cx + cw // STRIDE]
+        val = self.labels.valid[index][cy : cy + ch // STRIDE, cx : cx + cw // STRIDE]
         if rng.random() < 0.5:
-            img, den, msk = img[:, ::-1], den[:, ::-1], msk[:, ::-1]
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(img)),
-            "density": torch.from_numpy(np.ascontiguousarray(den, dtype=np.float32))[None],
-            "mask": torch.from_numpy(np.ascontiguousarray(msk, dtype=np.float32))[None],
-        }
+            img, den, msk, val = img[:, ::-1], den[:, ::-1], msk[:, ::-1], val[:, ::-1]
+        as_map = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None]
+        return {"image": torch.from_numpy(np.ascontiguousarray(img)), "density": as_map(den), "mask": as_map(msk), "valid": as_map(val)}
 
 
-def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
+@torch.no_grad()  # not inference_mode: the labels enter the student's loss
+def crop_labels(teacher: CrowdCounter, real: dict, cut: float, cfg: PseudoLabelConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo density and kept-cell mask for a batch of crops, predicted on the crops themselves.
+
+    The density net is not context-free: on ShanghaiTech B, a 256-pixel crop
+    predicts several times the density that the full frame gives the same
+    cells (bench/crop_consistency.py). Labels cut out of full-frame predictions
+    would then teach the crops to lower everything, and each round would drag
+    the count down; labels made in the geometry the student trains in do not.
+    """
+    per_mask = teacher.ensemble(real["image"].to(device))
+    mean, std = per_mask.mean(0), per_mask.std(0, unbiased=False)
+    keep = confident(mean, std, cut, cfg.empty_below) & (real["valid"].to(device) > 0)
+    return mean, keep.float()
+
+
+def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device, cut: float = 0.0) -> dict:
+    # the teacher is the model as the round starts, so the labels hold still while the student learns
+    teacher = copy.deepcopy(model).eval().to(device) if cfg.labels_from == "crop" else None
     freeze_batchnorm(model.train().to(device))
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     total_s = total_r = 0.0
@@ -186,9 +218,13 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         scale = model.config.density_scale
         # two passes so each half of the batch sees every mask
         loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
+        if teacher is not None:
+            target, mask = crop_labels(teacher, real, cut, cfg, device)
+        else:
+            target, mask = real["density"].to(device), real["mask"].to(device)
         pred_r = model.forward_train(real["image"].to(device))
-        loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss = loss_s + cfg.real_weight * loss_r
+        loss_r = density_loss(pred_r, target, scale, mask=mask)
+        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         total_s += loss_s.item()
         total_r += loss_r.item()
@@ -229,7 +265,7 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
         )
         if len(loader) == 0:
             raise ValueError(f"need at least {cfg.real_batch} frames for a pseudo-label batch, have {len(labels.paths)}")
-        stats.update(finetune_round(model, synth_batches, loop_forever(loader), cfg, device))
+        stats.update(finetune_round(model, synth_batches, loop_forever(loader), cfg, device, labels.cut))
         rounds.append(stats)
         previous = mean_count
     return rounds

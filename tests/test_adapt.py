@@ -98,7 +98,7 @@ def test_select_confident_keeps_empty_cells_and_the_relatively_confident_occupie
     assert keep[0][0, 1] and not keep[0][1, 0]      # dense and agreed beats sparse and disputed
     # occupied relative stds: 0.05, 0.5 | 0.3, 0.1, 1.0 -> median 0.3, kept inclusive
     assert keep[1][1, 0] and keep[1][0, 1] and not keep[1][1, 1]
-    labels = PseudoLabels([Path("a"), Path("b")], mean, std, keep)
+    labels = PseudoLabels([Path("a"), Path("b")], mean, std, keep, valid)
     assert 0.0 < labels.kept_count_fraction() < 1.0
     strict = select_confident(mean, std, valid, PseudoLabelConfig(rule="threshold", threshold=0.06))
     assert strict[0][0, 1] and not strict[1][1, 0] and strict[1][0, 0]
@@ -107,7 +107,7 @@ def test_select_confident_keeps_empty_cells_and_the_relatively_confident_occupie
 def test_background_only_labels_are_reported():
     mean = [np.array([[0.0, 2.0]])]
     keep = [np.array([[True, False]])]
-    assert PseudoLabels([Path("a")], mean, [np.zeros((1, 2))], keep).kept_count_fraction() == 0.0
+    assert PseudoLabels([Path("a")], mean, [np.zeros((1, 2))], keep, [np.ones((1, 2), bool)]).kept_count_fraction() == 0.0
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
