@@ -225,6 +225,22 @@ class CrowdCounter(nn.Module):
         return torch.stack(outs)
 
 
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer in eval mode: running statistics stay those of
+    the source training while weights (BN affine ones included) keep learning.
+
+    Adaptation steps see batches of 4 to 8 crops, and its real-only batches
+    would drag the statistics towards the target domain. That alone moves
+    counts a lot, in either direction (measured with bench/bn_stats.py: target
+    statistics halve the count on the night-IR target and double it on
+    ShanghaiTech B), so it would swamp what the two stages learn.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
 def check_input(image: torch.Tensor) -> None:
     """Raise ValueError unless ``image`` fits the model contract."""
     if image.dtype != torch.uint8 or image.ndim != 4 or image.shape[-1] != 3:

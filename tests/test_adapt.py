@@ -11,7 +11,7 @@ import torch
 
 from adapt.adapt import AdaptConfig, AdaptError, adapt_camera, main
 from adapt.checkpoint import save_checkpoint
-from adapt.flip_stage import FlipStageConfig, flip_batch
+from adapt.flip_stage import FlipStageConfig, flip_batch, run_flip_stage
 from adapt.pseudo_label import PseudoLabelConfig, select_confident
 from adapt.registry import BASE, Registry
 from adapt.validation import GateConfig
@@ -63,6 +63,26 @@ def test_flip_batch_labels_upside_down_copies():
     images, labels = flip_batch(x)
     assert labels.tolist() == [0, 0, 1, 1]
     assert torch.equal(images[2], x[0].flip(0))
+
+
+def test_adaptation_steps_keep_the_source_batchnorm_statistics():
+    """Target-only batches must not drag BN statistics along: that alone moves counts."""
+    model = perturbed_model()
+    bn = [(k, v.clone()) for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))]
+    weight = model.decoder_out[1].weight.detach().clone()
+    rng = np.random.default_rng(0)
+
+    def batches(n, with_density):
+        while True:
+            b = {"image": torch.from_numpy(rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8))}
+            if with_density:
+                b["density"] = torch.rand(n, 1, 8, 8) * 0.1
+            yield b
+
+    stats = run_flip_stage(model, batches(4, True), batches(4, False), FlipStageConfig(steps=2), torch.device("cpu"))
+    assert stats["steps"] == 2
+    assert bn and all(torch.equal(v, model.state_dict()[k]) for k, v in bn)
+    assert not torch.equal(weight, model.decoder_out[1].weight)  # the weights did learn
 
 
 def test_select_confident_keeps_the_lowest_fraction_and_never_padding():
