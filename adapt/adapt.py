@@ -183,22 +183,36 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
+    gate_cfg = cfg.gate if "flip" in cfg.stages else replace(cfg.gate, require_flip=False)
+    lab_loader = labelled_loader(cfg.labels, cfg.max_side) if cfg.labels is not None else None
     parent_stats = frame_stats(parent_model, held_loader, device)
     report["parent_stats"] = asdict(parent_stats)
+    parent_labelled = frame_stats(parent_model, lab_loader, device, with_flip=False) if lab_loader else None
+
+    def judge(m):
+        stats = frame_stats(m, held_loader, device)
+        labelled = (parent_labelled, frame_stats(m, lab_loader, device, with_flip=False)) if lab_loader else None
+        return stats, gate(parent_stats, stats, gate_cfg, labelled)
+
     model = copy.deepcopy(parent_model)
+    fallback = None
     if "flip" in cfg.stages:
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), flip_cfg, device)
+        if "pseudo" in cfg.stages:
+            # the pseudo-label rounds can undo a good flip stage; keep it to fall back on
+            flip_stats, flip_verdict = judge(model)
+            report["flip_stage"]["validation"] = flip_verdict.to_dict()
+            if flip_verdict.accepted:
+                fallback = (copy.deepcopy(model.state_dict()), flip_stats, flip_verdict)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
-    cand_stats = frame_stats(model, held_loader, device)
+    cand_stats, verdict = judge(model)
+    if not verdict.accepted and fallback is not None:
+        report["refused_after_pseudo_labels"] = verdict.to_dict()
+        state, cand_stats, verdict = fallback
+        model.load_state_dict(state)
+        report["candidate_from"] = "flip stage (the pseudo-label rounds were refused)"
     report["candidate_stats"] = asdict(cand_stats)
-
-    labelled = None
-    if cfg.labels is not None:
-        lab = labelled_loader(cfg.labels, cfg.max_side)
-        labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
-    gate_cfg = cfg.gate if "flip" in cfg.stages else replace(cfg.gate, require_flip=False)
-    verdict = gate(parent_stats, cand_stats, gate_cfg, labelled)
     report["validation"] = verdict.to_dict()
     if cfg.save_candidate is not None:
         save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})

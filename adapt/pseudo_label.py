@@ -25,7 +25,7 @@ from adapt.progress import progress
 from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
-from adapt.network import STRIDE, CrowdCounter, freeze_batchnorm
+from adapt.network import STRIDE, CrowdCounter
 from adapt.train import density_loss, optimizer_step
 
 RULES = ("fraction", "threshold")
@@ -155,7 +155,7 @@ class PseudoLabelled(Dataset):
 
 
 def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
-    freeze_batchnorm(model.train().to(device))
+    model.train().to(device)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     total_s = total_r = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)

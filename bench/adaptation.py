@@ -70,7 +70,7 @@ def main() -> None:
             "row": NAMES[key], "mae": s.mae, "rmse": s.rmse, "spearman": s.uncertainty_error_spearman, "mean_std": s.mean_uncertainty,
             "rounds": len(report["pseudo_label_rounds"]) if report and "pseudo_label_rounds" in report else 0,
             "flip_acc": report["candidate_stats"]["flip_accuracy"] if report else None,
-            "verdict": report["validation"]["verdict"] if report else "-",
+            "verdict": (report["validation"]["verdict"] + (" (flip-stage model)" if "candidate_from" in report else "")) if report else "-",
             "adapt_s": round(adapt_s), "device": report["device"] if report else "-",
         })
         (args.out / "rows.json").write_text(json.dumps(rows, indent=2))

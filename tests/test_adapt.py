@@ -113,6 +113,21 @@ def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
     assert card["parent"] == "v0" and card["validation"]["verdict"] == "accept"
 
 
+def test_a_refused_pseudo_label_stage_falls_back_on_the_accepted_flip_stage(setup):
+    # flip stage at lr 0 leaves the parent as it is (count ratio exactly 1);
+    # pseudo-label rounds at a wild lr move the count out of a 1% band
+    tight = GateConfig(require_flip=False, min_count_ratio=0.99, max_count_ratio=1.01, min_uncertainty_drop=-1e9)
+    report = adapt_camera(tiny_config(
+        setup, camera="fallback", gate=tight, publish=False, flip=FlipStageConfig(steps=2, lr=0.0),
+        pseudo=PseudoLabelConfig(rounds=1, steps_per_round=2, crop=64, max_side=128, lr=0.5),
+    ))
+    assert report["flip_stage"]["validation"]["verdict"] == "accept"
+    assert report["refused_after_pseudo_labels"]["verdict"] == "reject"
+    assert report["candidate_from"].startswith("flip stage")
+    assert report["validation"]["verdict"] == "accept"
+    assert report["candidate_stats"]["mean_count"] == pytest.approx(report["parent_stats"]["mean_count"])
+
+
 def test_bad_inputs_publish_nothing(setup, tmp_path):
     with pytest.raises(AdaptError, match="only 3 frames"):
         few = tmp_path / "few"
