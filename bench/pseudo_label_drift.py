@@ -62,13 +62,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--variants", default="both,pseudo,synth")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=int, default=256, help="real training crop (pixels)")
     args = p.parse_args()
     items = read_dataset(args.labels, "shanghaitech").items
     items = items[:: max(1, len(items) // args.n)][: args.n]
     paths = [a.image_path for a in items]
     truth = np.array([a.count for a in items], dtype=float)
     base = load_checkpoint(args.model or default_base_checkpoint()).build()
-    cfg = PseudoLabelConfig(max_side=args.max_side, steps_per_round=args.steps)
+    cfg = PseudoLabelConfig(max_side=args.max_side, steps_per_round=args.steps, crop=args.crop)
     labels = predict_frames(base, paths, torch.device("cpu"), cfg)
     before = np.array([m.sum() for m in labels.mean])
     print(f"# {args.labels}: {len(paths)} frames, true mean {truth.mean():.1f}, model {args.model or 'base'}, {args.steps} steps")
