@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--synthetic", type=Path, default=None,
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
+    p.add_argument("--pseudo-crop", type=int, default=None, help="real crop of the pseudo-label stage (pixels)")
+    p.add_argument("--labels-from", choices=("crop", "frame"), default=None, help="pseudo labels made on the crop or the full frame")
     args = p.parse_args()
 
     from adapt.adapt import AdaptConfig, adapt_camera
@@ -59,7 +61,7 @@ def main() -> None:
                 cfg.synthetic = args.synthetic
             if args.flip_steps is not None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
-            pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}
+            pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "crop": args.pseudo_crop, "labels_from": args.labels_from}.items() if v is not None}
             cfg.pseudo = replace(cfg.pseudo, max_side=args.max_side, **pl)
             report = adapt_camera(cfg)
             (args.out / f"{key}.json").write_text(json.dumps(report, indent=2, default=str))
