@@ -197,8 +197,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     if cfg.labels is not None:
         lab = labelled_loader(cfg.labels, cfg.max_side)
         labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
-    gate_cfg = cfg.gate if "flip" in cfg.stages else replace(cfg.gate, require_flip=False)
-    verdict = gate(parent_stats, cand_stats, gate_cfg, labelled)
+    verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled)
     report["validation"] = verdict.to_dict()
     if cfg.save_candidate is not None:
         save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})

@@ -16,7 +16,7 @@ the candidate must not be worse than the parent.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,10 @@ class GateConfig:
     # Off for a camera whose model is known to overcount: there, a right
     # adaptation lowers counts faster than it lowers the std (docs/BENCHMARKS.md, PETS).
     per_person_uncertainty: bool = True
+
+    def for_stages(self, stages) -> "GateConfig":
+        """The flip head is only judged when the flip stage ran."""
+        return self if "flip" in stages else replace(self, require_flip=False)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Would today's label-free gate have let through the adaptations that made MAE worse?
 
-    python bench/gate_replay.py --baseline-mae MAE RUN_DIR [RUN_DIR ...]
+    python bench/gate_replay.py [--baseline-mae MAE] RUN_DIR [RUN_DIR ...]
 
 Each RUN_DIR is a ``bench/adaptation.py --out`` folder: one ``<row>.json``
 report per adapted row (its held-out statistics for parent and candidate)
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from adapt.validation import FrameStats, GateConfig, gate
@@ -46,8 +45,7 @@ def main() -> None:
                 continue
             report = json.loads(report_path.read_text())
             v = report["validation"]
-            cfg = GateConfig() if "flip" in report["stages"] else replace(GateConfig(), require_flip=False)
-            now = gate(load_stats(v["parent"]), load_stats(v["candidate"]), cfg)
+            now = gate(load_stats(v["parent"]), load_stats(v["candidate"]), GateConfig().for_stages(report["stages"]))
             mae = rows[name]["mae"]
             better = mae < baseline
             for when, verdict in (("then", v["verdict"]), ("now", now.verdict)):
