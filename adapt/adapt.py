@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adapt.flip_stage import FlipStageConfig, loop_forever, run_flip_stage
 from adapt.names import InvalidCameraName, validate_camera_name
-from adapt.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
+from adapt.pseudo_label import RULES, PseudoLabelConfig, run_pseudo_label_stage
 from adapt.registry import Registry, RegistryError
 from adapt.validation import GateConfig, frame_stats, gate
 
@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
     p.add_argument("--keep-fraction", type=float, default=None, help="pseudo labels: keep this lowest-uncertainty fraction of cells")
+    p.add_argument("--pseudo-rule", choices=RULES, default=None, help="pseudo labels: how confident cells are chosen (default: balanced; docs/ADAPTATION.md)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-side", type=int, default=None)
     p.add_argument("--device", default="auto")
@@ -270,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)
-        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction}.items() if v is not None}
+        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction, "rule": args.pseudo_rule}.items() if v is not None}
         if args.max_side is not None:
             cfg.max_side = args.max_side
             pl["max_side"] = args.max_side

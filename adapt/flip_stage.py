@@ -10,7 +10,11 @@ flip head (Liu, Durasov, Fua, CVPR 2022):
 
 Densities are higher near the top of an upright frame (people are smaller far
 away), so solving ``L_a`` forces the encoder to model perspective on the
-target camera's own pixels.
+target camera's own pixels. The head pools horizontal bands separately
+(``head_rows``) so it can compare the top of a crop with its bottom; a parent
+with another head (the base model's is untrained) gets a fresh one.
+
+BatchNorm statistics stay frozen (``network.freeze_batchnorm``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from adapt.progress import progress
 
-from adapt.network import CrowdCounter
+from adapt.network import CrowdCounter, freeze_batchnorm
 from adapt.train import density_loss, optimizer_step
 
 
@@ -35,6 +39,7 @@ class FlipStageConfig:
     lr: float = 1e-4
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
+    head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -69,7 +74,8 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     """Train in place; returns loss and flip-accuracy statistics."""
     if cfg.synth_batch % model.config.masks:
         raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
-    model.train().to(device)
+    model.set_flip_rows(cfg.head_rows)
+    freeze_batchnorm(model.train().to(device))
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended

@@ -12,7 +12,7 @@ per mask, batched as one pass.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,11 @@ class ModelConfig:
     # Density is predicted x this factor internally: raw per-cell counts are
     # ~1e-2, too small for well-conditioned L2 training.
     density_scale: float = 100.0
+    # The flip head pools this many horizontal bands separately. Perspective
+    # is a top-versus-bottom difference (small, dense people at the top of an
+    # upright frame); one global average cannot see where a feature is, so
+    # a 1-band head can only learn local "upside-down person" cues.
+    flip_rows: int = 4
 
     def __post_init__(self):
         if self.arch not in ARCHES:
@@ -49,13 +54,16 @@ class ModelConfig:
             raise ValueError(f"masks must be in 1..16, found {self.masks}")
         if not (1.0 <= self.mask_scale <= 6.0):
             raise ValueError(f"mask_scale must be in [1, 6], found {self.mask_scale}")
+        if not (1 <= self.flip_rows <= 8):
+            raise ValueError(f"flip_rows must be in 1..8, found {self.flip_rows}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        return dataclass_from_dict(cls, data, "model config")
+        # configs saved before flip_rows existed had a globally pooled head
+        return dataclass_from_dict(cls, {"flip_rows": 1, **data}, "model config")
 
 
 def dataclass_from_dict(cls, data: dict, what: str):
@@ -162,9 +170,7 @@ class CrowdCounter(nn.Module):
             self.flip_tap = 8
             dec = 512
         self.masksembles = SavedMasksembles2D(dec, cfg.masks, cfg.mask_scale, cfg.mask_seed)
-        self.flip_head = nn.Sequential(
-            nn.Conv2d(flip_channels, 128, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 2)
-        )
+        self.flip_head = flip_head(flip_channels, cfg.flip_rows)
 
     # -- shared trunk ---------------------------------------------------------
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
@@ -177,8 +183,17 @@ class CrowdCounter(nn.Module):
         feats = self.encoder(self.normalise(image))
         return self.decoder_in(self.neck(feats)), feats
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.decoder_out(x)) / self.config.density_scale
+    def head(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """Density in people per cell; ``raw`` skips the final ReLU (how far below zero an empty cell is)."""
+        y = self.decoder_out(x) / self.config.density_scale
+        return y if raw else F.relu(y)
+
+    def set_flip_rows(self, rows: int) -> None:
+        """Give the model a fresh flip head with ``rows`` bands (the flip stage trains it)."""
+        if rows != self.config.flip_rows:
+            device = self.flip_head[0].weight.device
+            self.config = replace(self.config, flip_rows=rows)
+            self.flip_head = flip_head(self.flip_head[0].in_channels, rows).to(device)
 
     # -- training: every sample through one mask ----------------------------------
     def forward_train(self, image: torch.Tensor, with_flip: bool = False):
@@ -200,14 +215,14 @@ class CrowdCounter(nn.Module):
         return self.flip_head(self.encoder(self.normalise(image))[self.flip_tap])
 
     # -- inference: the whole ensemble in one batched decoder pass ------------------
-    def ensemble(self, image: torch.Tensor) -> torch.Tensor:
-        """Density of every mask: (M, N, 1, H/8, W/8)."""
+    def ensemble(self, image: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """Density of every mask: (M, N, 1, H/8, W/8); ``raw`` as in ``head``."""
         m = self.config.masks
         x, _ = self.trunk(image)
         n = x.shape[0]
         # Masksembles gives the k-th contiguous chunk of the batch mask k, so
         # tiling the batch M times evaluates every frame under every mask.
-        y = self.head(self.masksembles(x.repeat(m, 1, 1, 1)))
+        y = self.head(self.masksembles(x.repeat(m, 1, 1, 1)), raw=raw)
         return y.reshape(m, n, *y.shape[1:])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +238,27 @@ class CrowdCounter(nn.Module):
             mask = self.masksembles.masks[k].view(1, -1, 1, 1)
             outs.append(self.head(x * mask))
         return torch.stack(outs)
+
+
+def flip_head(channels: int, rows: int) -> nn.Sequential:
+    """Upright/upside-down classifier: 1x1 conv, then an average per horizontal band."""
+    return nn.Sequential(
+        nn.Conv2d(channels, 128, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((rows, 1)), nn.Flatten(), nn.Linear(128 * rows, 2)
+    )
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer in eval mode; its affine weights still learn.
+
+    Adaptation batches are small and real-only in places, so training-mode BN
+    would drag the running statistics to the target. That alone moves counts
+    more than anything the stages learn (bench/bn_stats.py: target statistics
+    halve the count on night IR and double it on ShanghaiTech B).
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
 
 
 def check_input(image: torch.Tensor) -> None:

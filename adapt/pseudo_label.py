@@ -5,10 +5,20 @@ One round:
    mean is the pseudo label, the per-cell std across masks its uncertainty;
 2. keep the least-uncertain cells (``select_confident``);
 3. fine-tune on labelled synthetic crops plus a masked L2 loss on the kept
-   cells of real crops.
+   cells of real crops, averaging the weights over the round (EMA).
 
 Rounds repeat until the mean predicted count changes by less than ``tol``
 (relative) from one round to the next, or ``rounds`` are done.
+
+Why the default rule is "balanced": the density head ends in a ReLU, so a
+cell every mask puts below zero has a std of exactly 0 whether the network is
+sure or not. Most cells are like that (84% on the night-IR target), so ranking
+by std alone keeps only empty cells and teaches the target "there is no one
+here" and nothing else; the count then falls round after round
+(bench/pseudo_label_cells.py and docs/BENCHMARKS.md). The balanced rule keeps
+the same fraction of occupied and of empty cells, each ranked by a measure
+that fits it: std / mean for occupied cells, and for empty ones how far the
+highest mask's pre-ReLU output sits below zero.
 """
 
 from __future__ import annotations
@@ -19,34 +29,42 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from adapt.progress import progress
 
 from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
-from adapt.network import STRIDE, CrowdCounter
+from adapt.network import STRIDE, CrowdCounter, freeze_batchnorm
 from adapt.train import density_loss, optimizer_step
 
-RULES = ("fraction", "threshold")
+RULES = ("balanced", "fraction", "threshold")
 
 
 @dataclass(frozen=True)
 class PseudoLabelConfig:
     rounds: int = 3                  # K, at most
     steps_per_round: int = 150
-    # Default rule: keep the globally lowest-uncertainty fraction of cells.
-    # A fraction adapts to each camera's uncertainty scale, where a fixed
-    # threshold would keep everything on an easy camera and nothing on a hard
-    # one. Ranking is global over the buffer, so a frame that is uncertain
-    # everywhere contributes few cells.
-    rule: str = "fraction"
+    # Keep a fraction, not a fixed threshold: a fraction adapts to each
+    # camera's uncertainty scale, where a threshold would keep everything on
+    # an easy camera and nothing on a hard one. Ranking is global over the
+    # buffer, so a frame that is uncertain everywhere contributes few cells.
+    # "balanced" takes the fraction of occupied and of empty cells separately
+    # (see the module docstring); "fraction" ranks all cells by std.
+    rule: str = "balanced"
     keep_fraction: float = 0.5
     threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
     synth_batch: int = 4
     real_batch: int = 4              # multiple of the number of masks
-    crop: int = 256
+    # Large crops: the network counts the same pixels differently in a 256-px
+    # crop than in the whole frame (bench/crop_consistency.py), so labels
+    # predicted on whole frames bias training on small crops. Clamped to the
+    # frame size.
+    crop: int = 512
+    ema_decay: float = 0.99          # the round keeps the EMA of its weights; 0 = last step
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
@@ -58,15 +76,19 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
 
 
 @dataclass
 class PseudoLabels:
-    """Per frame: padded image size, mean density, per-cell std and kept-cell mask."""
+    """Per frame: mean density, per-cell std, highest pre-ReLU output and kept-cell mask."""
 
     paths: list[Path]
     mean: list[np.ndarray]
     std: list[np.ndarray]
+    margin: list[np.ndarray]
+    valid: list[np.ndarray]
     keep: list[np.ndarray]
 
     def mean_count(self) -> float:
@@ -83,36 +105,55 @@ def load_padded(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int
     return pad_to(resize(image, hw), padded_hw(hw)), hw
 
 
-def select_confident(std: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig) -> list[np.ndarray]:
-    """Boolean masks of the cells kept as pseudo labels (padding is never kept)."""
+def lowest_fraction(score: list[np.ndarray], where: list[np.ndarray], fraction: float) -> list[np.ndarray]:
+    """Cells of ``where`` whose score is within the lowest ``fraction`` over all frames (ties kept)."""
+    pool = np.concatenate([s[w] for s, w in zip(score, where)]) if score else np.zeros(0)
+    cut = float(np.quantile(pool, fraction)) if pool.size else 0.0
+    return [(s <= cut) & w for s, w in zip(score, where)]
+
+
+def select_confident(
+    mean: list[np.ndarray], std: list[np.ndarray], margin: list[np.ndarray], valid: list[np.ndarray], cfg: PseudoLabelConfig
+) -> list[np.ndarray]:
+    """Boolean masks of the cells kept as pseudo labels (padding is never kept).
+
+    ``margin`` is the highest pre-ReLU output over the masks: the more negative,
+    the surer the network is that the cell is empty.
+    """
     if cfg.rule == "threshold":
-        cut = cfg.threshold
-    else:
-        pool = np.concatenate([s[v] for s, v in zip(std, valid)]) if std else np.zeros(0)
-        cut = float(np.quantile(pool, cfg.keep_fraction)) if pool.size else 0.0
-    return [(s <= cut) & v for s, v in zip(std, valid)]
+        return [(s <= cfg.threshold) & v for s, v in zip(std, valid)]
+    if cfg.rule == "fraction":
+        return lowest_fraction(std, valid, cfg.keep_fraction)
+    occupied = [(m > 0) & v for m, v in zip(mean, valid)]
+    empty = [(m <= 0) & v for m, v in zip(mean, valid)]
+    relative_std = [s / np.maximum(m, 1e-12) for s, m in zip(std, mean)]
+    keep_occupied = lowest_fraction(relative_std, occupied, cfg.keep_fraction)
+    keep_empty = lowest_fraction(margin, empty, cfg.keep_fraction)
+    return [a | b for a, b in zip(keep_occupied, keep_empty)]
 
 
 @torch.inference_mode()
 def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device, cfg: PseudoLabelConfig) -> PseudoLabels:
     """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them)."""
     model.eval()
-    kept_paths, means, stds, valids = [], [], [], []
+    kept_paths, means, stds, margins, valids = [], [], [], [], []
     for path in progress(paths, "pseudo labels"):
         try:
             image, (h, w) = load_padded(path, cfg.max_side)
         except BadImage:
             continue
-        per_mask = model.ensemble(torch.from_numpy(image)[None].to(device))[:, 0, 0]
+        raw = model.ensemble(torch.from_numpy(image)[None].to(device), raw=True)[:, 0, 0]
+        per_mask = F.relu(raw)
         mean = per_mask.mean(0).cpu().numpy()
         valid = np.zeros(mean.shape, dtype=bool)
         valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
         kept_paths.append(path)
         means.append(mean * valid)
         stds.append(per_mask.std(0, unbiased=False).cpu().numpy())
+        margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
-    keep = select_confident(stds, valids, cfg)
-    return PseudoLabels(kept_paths, means, stds, keep)
+    keep = select_confident(means, stds, margins, valids, cfg)
+    return PseudoLabels(kept_paths, means, stds, margins, valids, keep)
 
 
 class PseudoLabelled(Dataset):
@@ -155,8 +196,11 @@ class PseudoLabelled(Dataset):
 
 
 def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
-    model.train().to(device)
+    freeze_batchnorm(model.train().to(device))
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    # A 150-step fine-tune moves counts by 4-21% on its own (BENCHMARKS.md);
+    # the average of the round's weights moves less than its last step.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
     total_s = total_r = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
@@ -168,9 +212,14 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
         loss = loss_s + cfg.real_weight * loss_r
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
+        if ema is not None:
+            ema.update_parameters(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
+    if ema is not None:
+        # parameters only: BatchNorm buffers are frozen, so they are the same
+        model.load_state_dict(ema.module.state_dict())
     n = max(cfg.steps_per_round, 1)
     return {"loss_s": total_s / n, "loss_pseudo": total_r / n}
 

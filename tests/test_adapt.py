@@ -65,13 +65,57 @@ def test_flip_batch_labels_upside_down_copies():
     assert torch.equal(images[2], x[0].flip(0))
 
 
-def test_select_confident_keeps_the_lowest_fraction_and_never_padding():
+def test_fraction_rule_keeps_the_lowest_std_and_never_padding():
     std = [np.array([[0.1, 0.2], [0.3, 9.0]]), np.array([[0.05, 0.4], [0.5, 0.6]])]
     valid = [np.array([[True, True], [True, False]]), np.ones((2, 2), bool)]
-    keep = select_confident(std, valid, PseudoLabelConfig(keep_fraction=0.5))
+    mean = [np.ones((2, 2)), np.ones((2, 2))]
+    keep = select_confident(mean, std, mean, valid, PseudoLabelConfig(rule="fraction", keep_fraction=0.5))
     assert not keep[0][1, 1]
     assert keep[0].sum() + keep[1].sum() == 4  # 7 valid cells, lowest half (quantile inclusive)
     assert keep[1][0, 0] and not keep[1][1, 1]
+
+
+def test_balanced_rule_keeps_occupied_cells_even_when_empty_ones_have_zero_std():
+    # What a ReLU head gives: empty cells have std exactly 0, occupied ones do not.
+    # Ranking by std would keep only the empty cells; the balanced rule keeps
+    # half of each kind, by std / mean and by how far below zero they sit.
+    mean = [np.array([[0.0, 0.0, 0.0, 0.0], [0.2, 0.2, 0.01, 0.0]])]
+    std = [np.array([[0.0, 0.0, 0.0, 0.0], [0.02, 0.1, 0.004, 0.0]])]
+    margin = [np.array([[-0.5, -0.01, -0.3, -0.02], [0.3, 0.4, 0.02, -9.0]])]
+    valid = [np.array([[True, True, True, True], [True, True, True, False]])]
+    cfg = PseudoLabelConfig(keep_fraction=0.5)
+    assert cfg.rule == "balanced"
+    keep = select_confident(mean, std, margin, valid, cfg)[0]
+    assert keep[1, 0] and keep[1, 2] and not keep[1, 1]  # std/mean 0.1 and 0.4 kept, 0.5 not
+    assert keep[0, 0] and keep[0, 2] and not keep[0, 1] and not keep[0, 3]  # surest empty half
+    assert not keep[1, 3]  # padding, however sure
+    only_std = select_confident(mean, std, margin, valid, PseudoLabelConfig(rule="fraction", keep_fraction=0.5))[0]
+    assert not (only_std & (mean[0] > 0)).any()
+
+
+def test_pseudo_label_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="rule"):
+        PseudoLabelConfig(rule="median")
+    with pytest.raises(ValueError, match="ema_decay"):
+        PseudoLabelConfig(ema_decay=1.0)
+
+
+def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
+    from adapt.crowd_dataset import AugmentConfig, FrameFolder, collate
+    from adapt.adapt import synthetic_batches
+    from adapt.flip_stage import loop_forever, run_flip_stage
+    from adapt.network import ModelConfig
+    from torch.utils.data import DataLoader
+
+    model = perturbed_model(ModelConfig(flip_rows=1))
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    frames = FrameFolder(sorted((setup / "frames").glob("*.jpg")), AugmentConfig(crop=(64, 64)), seed=0)
+    real = loop_forever(DataLoader(frames, batch_size=4, collate_fn=collate))
+    synth = synthetic_batches(setup / "synth", 4, 64, 0)
+    run_flip_stage(model, synth, real, FlipStageConfig(steps=2, head_rows=4), torch.device("cpu"))
+    assert torch.equal(bn.running_mean, before)
+    assert model.config.flip_rows == 4 and model.flip_head[-1].in_features == 4 * 128
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):

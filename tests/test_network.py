@@ -73,6 +73,33 @@ def test_flip_head_works_at_any_size():
         assert m.flip_logits(torch.zeros((2, h, w, 3), dtype=torch.uint8)).shape == (2, 2)
 
 
+def test_banded_flip_head_sees_where_features_are():
+    # One global average is blind to a vertical flip of the feature map, so
+    # it cannot compare the top of a frame with its bottom; bands can.
+    torch.manual_seed(0)
+    feats = torch.rand(1, 320, 8, 6)
+    flat = CrowdCounter(ModelConfig(flip_rows=1), pretrained=False).flip_head.eval()
+    banded = CrowdCounter(ModelConfig(flip_rows=4), pretrained=False).flip_head.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(flat(feats), flat(feats.flip(2)))
+        assert not torch.allclose(banded(feats), banded(feats.flip(2)))
+
+
+def test_checkpoints_from_before_banded_flip_heads_still_load(tmp_path):
+    old = CrowdCounter(ModelConfig(flip_rows=1), pretrained=False)
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, old)
+    data = torch.load(path, weights_only=True)
+    del data["model_config"]["flip_rows"]
+    torch.save(data, path)
+    model, _ = load_model(path)
+    assert model.config.flip_rows == 1
+    model.set_flip_rows(4)
+    assert model.flip_logits(torch.zeros((1, 64, 64, 3), dtype=torch.uint8)).shape == (1, 2)
+    with pytest.raises(ValueError, match="flip_rows"):
+        ModelConfig(flip_rows=0)
+
+
 def test_masks_are_seeded_and_saved(tmp_path):
     a = CrowdCounter(ModelConfig(mask_seed=1), pretrained=False)
     b = CrowdCounter(ModelConfig(mask_seed=1), pretrained=False)
