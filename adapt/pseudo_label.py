@@ -5,7 +5,8 @@ One round:
    mean is the pseudo label, the per-cell std across masks its uncertainty;
 2. keep the least-uncertain cells (``select_confident``);
 3. fine-tune on labelled synthetic crops plus a masked L2 loss on the kept
-   cells of real crops, averaging the weights over the round (EMA).
+   cells of real crops and a count loss on each whole real crop, averaging
+   the weights over the round (EMA).
 
 Rounds repeat until the mean predicted count changes by less than ``tol``
 (relative) from one round to the next, or ``rounds`` are done.
@@ -65,10 +66,15 @@ class PseudoLabelConfig:
     # frame size.
     crop: int = 512
     ema_decay: float = 0.99          # the round keeps the EMA of its weights; 0 = last step
+    # Weight of the count term: each real crop's predicted count must match
+    # the ensemble's count for it (all cells, kept or not). Cell labels alone
+    # let the whole count drift from round to round (BENCHMARKS.md).
+    count_weight: float = 1.0
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
     real_weight: float = 1.0
+    synth_weight: float = 1.0        # weight of L_s, the labelled synthetic crops
     max_side: int | None = 1024
 
     def __post_init__(self):
@@ -192,7 +198,14 @@ class PseudoLabelled(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(img)),
             "density": torch.from_numpy(np.ascontiguousarray(den, dtype=np.float32))[None],
             "mask": torch.from_numpy(np.ascontiguousarray(msk, dtype=np.float32))[None],
+            "count": torch.tensor(float(den.sum())),
         }
+
+
+def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Squared count error per crop over (count + 1), a Poisson-like scale: people per crop, not per cell."""
+    predicted = density.float().sum(dim=(1, 2, 3))
+    return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
 
 
 def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
@@ -201,7 +214,7 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     # A 150-step fine-tune moves counts by 4-21% on its own (BENCHMARKS.md);
     # the average of the round's weights moves less than its last step.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
-    total_s = total_r = 0.0
+    total_s = total_r = total_c = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
         synth, real = next(synth_batches), next(real_batches)
@@ -210,18 +223,20 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
         pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss = loss_s + cfg.real_weight * loss_r
+        loss_c = count_loss(pred_r, real["count"].to(device))
+        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r + cfg.count_weight * loss_c
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         if ema is not None:
             ema.update_parameters(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
-        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
+        total_c += loss_c.item()
+        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}", L_count=f"{loss_c.item():.3f}")
     if ema is not None:
         # parameters only: BatchNorm buffers are frozen, so they are the same
         model.load_state_dict(ema.module.state_dict())
     n = max(cfg.steps_per_round, 1)
-    return {"loss_s": total_s / n, "loss_pseudo": total_r / n}
+    return {"loss_s": total_s / n, "loss_pseudo": total_r / n, "loss_count": total_c / n}
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0) -> list[dict]:

@@ -93,6 +93,31 @@ def test_balanced_rule_keeps_occupied_cells_even_when_empty_ones_have_zero_std()
     assert not (only_std & (mean[0] > 0)).any()
 
 
+def test_count_loss_pulls_a_crop_count_back_from_either_side():
+    from adapt.pseudo_label import count_loss
+
+    label = torch.tensor([20.0, 20.0])
+    assert count_loss(torch.full((2, 1, 4, 5), 1.0), label).item() == 0.0
+    for start in (0.5, 1.5):  # undercount and overcount
+        density = torch.full((2, 1, 4, 5), start, requires_grad=True)
+        count_loss(density, label).backward()
+        assert (density.grad.sign() == (1 if start > 1 else -1)).all()
+
+
+def test_pseudo_labelled_crops_carry_the_count_of_all_their_cells(tmp_path):
+    from adapt.pseudo_label import PseudoLabelled, PseudoLabels
+
+    img = tmp_path / "f.jpg"
+    cv2.imwrite(str(img), np.zeros((64, 96, 3), np.uint8))
+    mean = np.random.default_rng(0).random((8, 12)).astype(np.float32)
+    keep = np.zeros((8, 12), bool)
+    keep[:2] = True
+    labels = PseudoLabels([img], [mean], [mean], [mean], [np.ones_like(keep)], [keep])
+    item = PseudoLabelled(labels, crop=32, max_side=None)[0]
+    assert item["image"].shape == (32, 32, 3)
+    assert item["count"].item() == pytest.approx(item["density"].sum().item(), rel=1e-6)
+
+
 def test_pseudo_label_config_refuses_bad_values():
     with pytest.raises(ValueError, match="rule"):
         PseudoLabelConfig(rule="median")
