@@ -40,6 +40,7 @@ class FlipStageConfig:
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
     head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
+    freeze_bn: bool = True           # BatchNorm statistics frozen (network.freeze_batchnorm)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,9 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     if cfg.synth_batch % model.config.masks:
         raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
     model.set_flip_rows(cfg.head_rows)
-    freeze_batchnorm(model.train().to(device))
+    model.train().to(device)
+    if cfg.freeze_bn:
+        freeze_batchnorm(model)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended

@@ -54,7 +54,7 @@ class PseudoLabelConfig:
     # buffer, so a frame that is uncertain everywhere contributes few cells.
     # "balanced" takes the fraction of occupied and of empty cells separately
     # (see the module docstring); "fraction" ranks all cells by std.
-    rule: str = "balanced"
+    rule: str = "fraction"
     keep_fraction: float = 0.5
     threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
@@ -64,12 +64,13 @@ class PseudoLabelConfig:
     # crop than in the whole frame (bench/crop_consistency.py), so labels
     # predicted on whole frames bias training on small crops. Clamped to the
     # frame size.
-    crop: int = 512
-    ema_decay: float = 0.99          # the round keeps the EMA of its weights; 0 = last step
+    crop: int = 256
+    ema_decay: float = 0.0           # > 0: the round keeps the EMA of its weights, not its last step
+    freeze_bn: bool = False          # BatchNorm statistics frozen (network.freeze_batchnorm)
     # Weight of the count term: each real crop's predicted count must match
     # the ensemble's count for it (all cells, kept or not). Cell labels alone
     # let the whole count drift from round to round (BENCHMARKS.md).
-    count_weight: float = 1.0
+    count_weight: float = 0.0
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
@@ -209,7 +210,9 @@ def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 
 def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
-    freeze_batchnorm(model.train().to(device))
+    model.train().to(device)
+    if cfg.freeze_bn:
+        freeze_batchnorm(model)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     # A 150-step fine-tune moves counts by 4-21% on its own (BENCHMARKS.md);
     # the average of the round's weights moves less than its last step.
@@ -233,8 +236,8 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         total_c += loss_c.item()
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}", L_count=f"{loss_c.item():.3f}")
     if ema is not None:
-        # parameters only: BatchNorm buffers are frozen, so they are the same
-        model.load_state_dict(ema.module.state_dict())
+        # parameters only: BatchNorm statistics stay those of the last step
+        model.load_state_dict({**ema.module.state_dict(), **dict(model.named_buffers())})
     n = max(cfg.steps_per_round, 1)
     return {"loss_s": total_s / n, "loss_pseudo": total_r / n, "loss_count": total_c / n}
 

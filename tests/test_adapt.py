@@ -83,8 +83,7 @@ def test_balanced_rule_keeps_occupied_cells_even_when_empty_ones_have_zero_std()
     std = [np.array([[0.0, 0.0, 0.0, 0.0], [0.02, 0.1, 0.004, 0.0]])]
     margin = [np.array([[-0.5, -0.01, -0.3, -0.02], [0.3, 0.4, 0.02, -9.0]])]
     valid = [np.array([[True, True, True, True], [True, True, True, False]])]
-    cfg = PseudoLabelConfig(keep_fraction=0.5)
-    assert cfg.rule == "balanced"
+    cfg = PseudoLabelConfig(rule="balanced", keep_fraction=0.5)
     keep = select_confident(mean, std, margin, valid, cfg)[0]
     assert keep[1, 0] and keep[1, 2] and not keep[1, 1]  # std/mean 0.1 and 0.4 kept, 0.5 not
     assert keep[0, 0] and keep[0, 2] and not keep[0, 1] and not keep[0, 3]  # surest empty half
