@@ -5,21 +5,20 @@ One round:
    mean is the pseudo label, the per-cell std across masks its uncertainty;
 2. keep the least-uncertain cells (``select_confident``);
 3. fine-tune on labelled synthetic crops plus a masked L2 loss on the kept
-   cells of real crops and a count loss on each whole real crop, averaging
-   the weights over the round (EMA).
+   cells of real crops (optionally a count loss on each whole real crop,
+   ``count_weight``, and the EMA of the round's weights, ``ema_decay``).
 
 Rounds repeat until the mean predicted count changes by less than ``tol``
 (relative) from one round to the next, or ``rounds`` are done.
 
-Why the default rule is "balanced": the density head ends in a ReLU, so a
-cell every mask puts below zero has a std of exactly 0 whether the network is
-sure or not. Most cells are like that (84% on the night-IR target), so ranking
-by std alone keeps only empty cells and teaches the target "there is no one
-here" and nothing else; the count then falls round after round
-(bench/pseudo_label_cells.py and docs/BENCHMARKS.md). The balanced rule keeps
-the same fraction of occupied and of empty cells, each ranked by a measure
-that fits it: std / mean for occupied cells, and for empty ones how far the
-highest mask's pre-ReLU output sits below zero.
+Rules for the confident cells. The density head ends in a ReLU, so a cell
+every mask puts below zero has a std of exactly 0, sure or not. Most cells are
+like that, so "fraction" (the lowest-std share of all cells, the default)
+keeps only empty cells and none of the count. "balanced" keeps the same share
+of occupied and of empty cells, ranked by std / mean and by how far the
+highest mask's pre-ReLU output sits below zero. Neither has yet given rounds
+whose count holds still on both benchmark targets; docs/BENCHMARKS.md has
+the measurements, and the options stay so that they can be rerun.
 """
 
 from __future__ import annotations
@@ -52,24 +51,24 @@ class PseudoLabelConfig:
     # camera's uncertainty scale, where a threshold would keep everything on
     # an easy camera and nothing on a hard one. Ranking is global over the
     # buffer, so a frame that is uncertain everywhere contributes few cells.
-    # "balanced" takes the fraction of occupied and of empty cells separately
-    # (see the module docstring); "fraction" ranks all cells by std.
+    # "fraction" ranks all cells by std; "balanced" takes the fraction of
+    # occupied and of empty cells separately (see the module docstring).
     rule: str = "fraction"
     keep_fraction: float = 0.5
     threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
     synth_batch: int = 4
     real_batch: int = 4              # multiple of the number of masks
-    # Large crops: the network counts the same pixels differently in a 256-px
-    # crop than in the whole frame (bench/crop_consistency.py), so labels
-    # predicted on whole frames bias training on small crops. Clamped to the
-    # frame size.
+    # Clamped to the frame size. The network counts the same pixels
+    # differently in a 256-px crop than in the whole frame on real images
+    # (bench/crop_consistency.py); 512 removes that bias but, measured, has
+    # not made the rounds better (docs/BENCHMARKS.md).
     crop: int = 256
     ema_decay: float = 0.0           # > 0: the round keeps the EMA of its weights, not its last step
     freeze_bn: bool = False          # BatchNorm statistics frozen (network.freeze_batchnorm)
     # Weight of the count term: each real crop's predicted count must match
-    # the ensemble's count for it (all cells, kept or not). Cell labels alone
-    # let the whole count drift from round to round (BENCHMARKS.md).
+    # the ensemble's count for it (all cells, kept or not). Meant to stop the
+    # count drifting from round to round; at 1.0 it did not (BENCHMARKS.md).
     count_weight: float = 0.0
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
@@ -215,7 +214,7 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         freeze_batchnorm(model)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     # A 150-step fine-tune moves counts by 4-21% on its own (BENCHMARKS.md);
-    # the average of the round's weights moves less than its last step.
+    # the average of the round's weights is meant to move less than its last step.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
     total_s = total_r = total_c = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
