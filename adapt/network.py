@@ -44,8 +44,9 @@ class ModelConfig:
     # The flip head pools this many horizontal bands separately. Perspective
     # is a top-versus-bottom difference (small, dense people at the top of an
     # upright frame); one global average cannot see where a feature is, so
-    # a 1-band head can only learn local "upside-down person" cues.
-    flip_rows: int = 4
+    # a 1-band head can only learn local "upside-down person" cues. The flip
+    # stage sets it (FlipStageConfig.head_rows).
+    flip_rows: int = 1
 
     def __post_init__(self):
         if self.arch not in ARCHES:
@@ -62,8 +63,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        # configs saved before flip_rows existed had a globally pooled head
-        return dataclass_from_dict(cls, {"flip_rows": 1, **data}, "model config")
+        return dataclass_from_dict(cls, data, "model config")
 
 
 def dataclass_from_dict(cls, data: dict, what: str):

@@ -225,15 +225,17 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
         pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss_c = count_loss(pred_r, real["count"].to(device))
-        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r + cfg.count_weight * loss_c
+        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r
+        if cfg.count_weight:
+            loss_c = count_loss(pred_r, real["count"].to(device))
+            loss = loss + cfg.count_weight * loss_c
+            total_c += loss_c.item()
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         if ema is not None:
             ema.update_parameters(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
-        total_c += loss_c.item()
-        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}", L_count=f"{loss_c.item():.3f}")
+        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     if ema is not None:
         # parameters only: BatchNorm statistics stay those of the last step
         model.load_state_dict({**ema.module.state_dict(), **dict(model.named_buffers())})

@@ -2,6 +2,7 @@
 
     python bench/adaptation.py --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
         [--rows noadapt,flip,pseudo,both] [--flip-steps N] [--rounds K] [--steps-per-round N]
+        [--set STAGE.FIELD=VALUE ...]
         [--max-frames N] [--max-side PX] [--synthetic DIR] [--out runs/bench-adapt]
 
 The frames are the unlabeled target buffer; the labels of the same images are
@@ -22,6 +23,31 @@ ROWS = {"noadapt": (), "flip": ("flip",), "pseudo": ("pseudo",), "both": ("flip"
 NAMES = {"noadapt": "NoAdapt", "flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``flip.head_rows=4`` -> {"flip": {"head_rows": 4}}, typed by the config dataclass."""
+    from dataclasses import fields
+
+    from adapt.flip_stage import FlipStageConfig
+    from adapt.pseudo_label import PseudoLabelConfig
+
+    classes = {"flip": FlipStageConfig, "pseudo": PseudoLabelConfig}
+    out: dict[str, dict] = {k: {} for k in classes}
+    for item in items:
+        key, _, value = item.partition("=")
+        stage, _, name = key.partition(".")
+        types = {f.name: f.type for f in fields(classes[stage])} if stage in classes else {}
+        if name not in types or not value:
+            raise SystemExit(f"--set {item!r}: expected STAGE.FIELD=VALUE with STAGE in {sorted(classes)} and a field of its config")
+        kind = (types[name] if isinstance(types[name], str) else types[name].__name__).split("|")[0].strip()
+        if kind == "bool":
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--set {item!r}: {name} takes true or false")
+            out[stage][name] = value.lower() == "true"
+        else:
+            out[stage][name] = {"int": int, "float": float}.get(kind, str)(value)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=Path, required=True)
@@ -38,7 +64,10 @@ def main() -> None:
     p.add_argument("--synthetic", type=Path, default=None,
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                   help="override a stage setting, e.g. flip.head_rows=4, flip.freeze_bn=true, pseudo.rule=balanced (repeatable)")
     args = p.parse_args()
+    overrides = parse_overrides(args.set)
 
     from adapt.adapt import AdaptConfig, adapt_camera
     from adapt.evaluate import evaluate_dataset
@@ -61,6 +90,8 @@ def main() -> None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
             pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}
             cfg.pseudo = replace(cfg.pseudo, max_side=args.max_side, **pl)
+            cfg.flip = replace(cfg.flip, **overrides["flip"])
+            cfg.pseudo = replace(cfg.pseudo, **overrides["pseudo"])
             report = adapt_camera(cfg)
             (args.out / f"{key}.json").write_text(json.dumps(report, indent=2, default=str))
             model_path = cfg.save_candidate

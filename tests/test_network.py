@@ -90,7 +90,7 @@ def test_checkpoints_from_before_banded_flip_heads_still_load(tmp_path):
     path = tmp_path / "old.pt"
     save_checkpoint(path, old)
     data = torch.load(path, weights_only=True)
-    del data["model_config"]["flip_rows"]
+    del data["model_config"]["flip_rows"]  # as saved before banded heads
     torch.save(data, path)
     model, _ = load_model(path)
     assert model.config.flip_rows == 1
