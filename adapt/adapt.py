@@ -186,6 +186,14 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     parent_stats = frame_stats(parent_model, held_loader, device)
     report["parent_stats"] = asdict(parent_stats)
     model = copy.deepcopy(parent_model)
+    import os
+    if os.environ.get('CW_PSEUDO_CROP'):
+        cfg.pseudo = replace(cfg.pseudo, crop=int(os.environ['CW_PSEUDO_CROP']))
+    rows = int(os.environ.get('CW_FLIP_ROWS', '1'))
+    if rows != model.config.flip_rows:
+        from adapt.network import make_flip_head
+        model.config = replace(model.config, flip_rows=rows)
+        model.flip_head = make_flip_head(model.flip_head[0].in_channels, rows).to(device)
     if "flip" in cfg.stages:
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), flip_cfg, device)
     if "pseudo" in cfg.stages:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from adapt.progress import progress
 
-from adapt.network import CrowdCounter
+from adapt.network import CrowdCounter, freeze_batchnorm
 from adapt.train import density_loss, optimizer_step
 
 
@@ -70,6 +70,9 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     if cfg.synth_batch % model.config.masks:
         raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
     model.train().to(device)
+    import os
+    if os.environ.get('CW_FREEZE_BN_FLIP', '1') == '1':
+        freeze_batchnorm(model)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended

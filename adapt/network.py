@@ -41,6 +41,7 @@ class ModelConfig:
     # Density is predicted x this factor internally: raw per-cell counts are
     # ~1e-2, too small for well-conditioned L2 training.
     density_scale: float = 100.0
+    flip_rows: int = 1
 
     def __post_init__(self):
         if self.arch not in ARCHES:
@@ -162,9 +163,7 @@ class CrowdCounter(nn.Module):
             self.flip_tap = 8
             dec = 512
         self.masksembles = SavedMasksembles2D(dec, cfg.masks, cfg.mask_scale, cfg.mask_seed)
-        self.flip_head = nn.Sequential(
-            nn.Conv2d(flip_channels, 128, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 2)
-        )
+        self.flip_head = make_flip_head(flip_channels, cfg.flip_rows)
 
     # -- shared trunk ---------------------------------------------------------
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
@@ -177,11 +176,12 @@ class CrowdCounter(nn.Module):
         feats = self.encoder(self.normalise(image))
         return self.decoder_in(self.neck(feats)), feats
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.decoder_out(x)) / self.config.density_scale
+    def head(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        y = self.decoder_out(x) / self.config.density_scale
+        return y if raw else F.relu(y)
 
     # -- training: every sample through one mask ----------------------------------
-    def forward_train(self, image: torch.Tensor, with_flip: bool = False):
+    def forward_train(self, image: torch.Tensor, with_flip: bool = False, raw: bool = False):
         """Per-sample density (N, 1, H/8, W/8); sample i uses mask i // (N / M).
 
         N must be a multiple of M (Masksembles splits the batch into M groups).
@@ -190,7 +190,7 @@ class CrowdCounter(nn.Module):
         if n % m:
             raise ValueError(f"batch size {n} is not a multiple of the number of masks {m}")
         x, feats = self.trunk(image)
-        density = self.head(self.masksembles(x))
+        density = self.head(self.masksembles(x), raw=raw)
         if with_flip:
             return density, self.flip_head(feats[self.flip_tap])
         return density
@@ -200,14 +200,14 @@ class CrowdCounter(nn.Module):
         return self.flip_head(self.encoder(self.normalise(image))[self.flip_tap])
 
     # -- inference: the whole ensemble in one batched decoder pass ------------------
-    def ensemble(self, image: torch.Tensor) -> torch.Tensor:
+    def ensemble(self, image: torch.Tensor, raw: bool = False) -> torch.Tensor:
         """Density of every mask: (M, N, 1, H/8, W/8)."""
         m = self.config.masks
         x, _ = self.trunk(image)
         n = x.shape[0]
         # Masksembles gives the k-th contiguous chunk of the batch mask k, so
         # tiling the batch M times evaluates every frame under every mask.
-        y = self.head(self.masksembles(x.repeat(m, 1, 1, 1)))
+        y = self.head(self.masksembles(x.repeat(m, 1, 1, 1)), raw=raw)
         return y.reshape(m, n, *y.shape[1:])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,6 +223,19 @@ class CrowdCounter(nn.Module):
             mask = self.masksembles.masks[k].view(1, -1, 1, 1)
             outs.append(self.head(x * mask))
         return torch.stack(outs)
+
+
+def make_flip_head(channels: int, rows: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, 128, 1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((rows, 1)), nn.Flatten(), nn.Linear(128 * rows, 2)
+    )
+
+
+def freeze_batchnorm(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
 
 
 def check_input(image: torch.Tensor) -> None:

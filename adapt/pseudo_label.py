@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import os
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from adapt.progress import progress
 
@@ -93,25 +95,41 @@ def select_confident(std: list[np.ndarray], valid: list[np.ndarray], cfg: Pseudo
     return [(s <= cut) & v for s, v in zip(std, valid)]
 
 
+def select_balanced(means, stds, margins, valids, fraction):
+    occ = [(m > 0) & v for m, v in zip(means, valids)]
+    emp = [(m <= 0) & v for m, v in zip(means, valids)]
+    cv = [s / np.maximum(m, 1e-12) for s, m in zip(stds, means)]
+    pool_o = np.concatenate([c[o] for c, o in zip(cv, occ)])
+    pool_e = np.concatenate([g[e] for g, e in zip(margins, emp)])
+    cut_o = float(np.quantile(pool_o, fraction)) if pool_o.size else 0.0
+    cut_e = float(np.quantile(pool_e, fraction)) if pool_e.size else 0.0
+    return [(o & (c <= cut_o)) | (e & (g <= cut_e)) for o, e, c, g in zip(occ, emp, cv, margins)]
+
+
 @torch.inference_mode()
 def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device, cfg: PseudoLabelConfig) -> PseudoLabels:
     """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them)."""
     model.eval()
-    kept_paths, means, stds, valids = [], [], [], []
+    kept_paths, means, stds, valids, margins = [], [], [], [], []
     for path in progress(paths, "pseudo labels"):
         try:
             image, (h, w) = load_padded(path, cfg.max_side)
         except BadImage:
             continue
-        per_mask = model.ensemble(torch.from_numpy(image)[None].to(device))[:, 0, 0]
+        raw = model.ensemble(torch.from_numpy(image)[None].to(device), raw=True)[:, 0, 0]
+        per_mask = F.relu(raw)
         mean = per_mask.mean(0).cpu().numpy()
         valid = np.zeros(mean.shape, dtype=bool)
         valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
         kept_paths.append(path)
         means.append(mean * valid)
         stds.append(per_mask.std(0, unbiased=False).cpu().numpy())
+        margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
-    keep = select_confident(stds, valids, cfg)
+    if os.environ.get('CW_PL_RULE') == 'balanced':
+        keep = select_balanced(means, stds, margins, valids, cfg.keep_fraction)
+    else:
+        keep = select_confident(stds, valids, cfg)
     return PseudoLabels(kept_paths, means, stds, keep)
 
 
@@ -151,11 +169,17 @@ class PseudoLabelled(Dataset):
             "image": torch.from_numpy(np.ascontiguousarray(img)),
             "density": torch.from_numpy(np.ascontiguousarray(den, dtype=np.float32))[None],
             "mask": torch.from_numpy(np.ascontiguousarray(msk, dtype=np.float32))[None],
+            "count": torch.tensor(float(den.sum())),
         }
 
 
 def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
     model.train().to(device)
+    if os.environ.get('CW_FREEZE_BN_PSEUDO', '0') == '1':
+        from adapt.network import freeze_batchnorm
+        freeze_batchnorm(model)
+    ema_decay = float(os.environ.get('CW_EMA', '0'))
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay)) if ema_decay > 0 else None
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     total_s = total_r = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
@@ -164,14 +188,27 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         scale = model.config.density_scale
         # two passes so each half of the batch sees every mask
         loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
-        pred_r = model.forward_train(real["image"].to(device))
+        if os.environ.get('CW_PL_LINEAR', '0') == '1':
+            raw = model.forward_train(real["image"].to(device), raw=True)
+            target = real["density"].to(device)
+            pred_r = torch.where(target > 0, raw, F.relu(raw))
+        else:
+            pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
         loss = loss_s + cfg.real_weight * loss_r
+        if os.environ.get('CW_PL_ANCHOR', '0') == '1':
+            pc = F.relu(pred_r).sum((1, 2, 3)) if True else None
+            lc = real["count"].to(device)
+            loss = loss + ((pc - lc) ** 2 / (lc + 1)).mean()
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
+        if ema is not None:
+            ema.update_parameters(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     n = max(cfg.steps_per_round, 1)
+    if ema is not None:
+        model.load_state_dict(ema.module.state_dict())
     return {"loss_s": total_s / n, "loss_pseudo": total_r / n}
 
 
