@@ -195,7 +195,7 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         else:
             pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss = loss_s + cfg.real_weight * loss_r
+        loss = float(os.environ.get('CW_PL_SYNTH_W', '1')) * loss_s + cfg.real_weight * loss_r
         if os.environ.get('CW_PL_ANCHOR', '0') == '1':
             pc = F.relu(pred_r).sum((1, 2, 3)) if True else None
             lc = real["count"].to(device)
