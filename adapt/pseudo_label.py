@@ -238,7 +238,9 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     if ema is not None:
         # parameters only: BatchNorm statistics stay those of the last step
-        model.load_state_dict({**ema.module.state_dict(), **dict(model.named_buffers())})
+        with torch.no_grad():
+            for averaged, p in zip(ema.module.parameters(), model.parameters()):
+                p.copy_(averaged)
     n = max(cfg.steps_per_round, 1)
     return {"loss_s": total_s / n, "loss_pseudo": total_r / n, "loss_count": total_c / n}
 

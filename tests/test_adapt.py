@@ -163,6 +163,16 @@ def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
     assert card["parent"] == "v0" and card["validation"]["verdict"] == "accept"
 
 
+def test_every_pseudo_label_option_runs_end_to_end(setup):
+    pseudo = PseudoLabelConfig(rounds=1, steps_per_round=3, crop=64, max_side=128, rule="balanced", freeze_bn=True,
+                               ema_decay=0.5, count_weight=1.0, synth_weight=0.5)
+    cfg = tiny_config(setup, stages=("flip", "pseudo"), publish=False, flip=FlipStageConfig(steps=2, head_rows=4, freeze_bn=True), pseudo=pseudo)
+    report = adapt_camera(cfg)
+    (r,) = report["pseudo_label_rounds"]
+    assert r["loss_count"] > 0 and 0 < r["kept_fraction"] <= 1
+    assert report["candidate_stats"]["flip_accuracy"] is not None
+
+
 def test_bad_inputs_publish_nothing(setup, tmp_path):
     with pytest.raises(AdaptError, match="only 3 frames"):
         few = tmp_path / "few"
