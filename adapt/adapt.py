@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
     p.add_argument("--keep-fraction", type=float, default=None, help="pseudo labels: keep this lowest-uncertainty fraction of cells")
-    p.add_argument("--pseudo-rule", choices=RULES, default=None, help="pseudo labels: how confident cells are chosen (default: balanced; docs/ADAPTATION.md)")
+    p.add_argument("--pseudo-rule", choices=RULES, default=None, help=f"pseudo labels: how confident cells are chosen (default: {PseudoLabelConfig.rule}; docs/ADAPTATION.md)")
     p.add_argument("--max-frames", type=int, default=None)
     p.add_argument("--max-side", type=int, default=None)
     p.add_argument("--device", default="auto")

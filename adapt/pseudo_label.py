@@ -242,7 +242,8 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
             for averaged, p in zip(ema.module.parameters(), model.parameters()):
                 p.copy_(averaged)
     n = max(cfg.steps_per_round, 1)
-    return {"loss_s": total_s / n, "loss_pseudo": total_r / n, "loss_count": total_c / n}
+    losses = {"loss_s": total_s / n, "loss_pseudo": total_r / n}
+    return {**losses, "loss_count": total_c / n} if cfg.count_weight else losses
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0) -> list[dict]:

@@ -35,17 +35,18 @@ def main() -> None:
     paths = paths[:: max(1, len(paths) // args.n)][: args.n]
     model = load_checkpoint(args.model or default_base_checkpoint()).build()
     labels = predict_frames(model, paths, torch.device("cpu"), PseudoLabelConfig(max_side=args.max_side))
+
     def flat(maps: list[np.ndarray]) -> np.ndarray:
         return np.concatenate([m[v] for m, v in zip(maps, labels.valid)])
 
     mean, std = flat(labels.mean), flat(labels.std)
+    occupied = mean > 0
     print(f"# {args.frames}: {len(labels.paths)} frames, model {args.model or 'base'}, mean predicted count {mean.sum() / len(labels.paths):.1f}")
     print("| rule | cells | kept | zero std across masks | occupied cells kept | predicted count in kept cells |")
     print("|---|---|---|---|---|---|")
     for rule in args.rules.split(","):
         cfg = PseudoLabelConfig(rule=rule, max_side=args.max_side)
         keep = flat(select_confident(labels.mean, labels.std, labels.margin, labels.valid, cfg))
-        occupied = mean > 0
         print(f"| {rule} | {mean.size} | {keep.mean():.1%} | {(std == 0).mean():.1%} | {keep[occupied].mean():.1%} | {mean[keep].sum() / max(mean.sum(), 1e-12):.1%} |")
 
 
