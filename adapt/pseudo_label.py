@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -59,11 +59,12 @@ class PseudoLabelConfig:
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
     synth_batch: int = 4
     real_batch: int = 4              # multiple of the number of masks
-    # Clamped to the frame size. The network counts the same pixels
-    # differently in a 256-px crop than in the whole frame on real images
-    # (bench/crop_consistency.py); 512 removes that bias but, measured, has
-    # not made the rounds better (docs/BENCHMARKS.md).
-    crop: int = 256
+    # Real training views, in pixels (a multiple of 32, clamped to the frame),
+    # or None for whole frames. The labels come from whole frames, and on
+    # ShanghaiTech B the network counts the same pixels 1.5x higher in a
+    # 512-px crop and 2.4x in a 256-px crop (bench/crop_consistency.py), so
+    # crops teach it to count less, round after round (docs/BENCHMARKS.md).
+    crop: int | None = 256
     ema_decay: float = 0.0           # > 0: the round keeps the EMA of its weights, not its last step
     freeze_bn: bool = False          # BatchNorm statistics frozen (network.freeze_batchnorm)
     # Weight of the count term: each real crop's predicted count must match
@@ -82,6 +83,8 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
+        if self.crop is not None and (self.crop <= 0 or self.crop % 32):
+            raise ValueError(f"crop must be a positive multiple of 32 or None (whole frames), found {self.crop}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
 
@@ -163,18 +166,19 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
 
 
 class PseudoLabelled(Dataset):
-    """Random crops of real frames with their pseudo density and kept-cell mask.
+    """Random crops (or whole frames) of real frames with their pseudo density and kept-cell mask.
 
     Crops are aligned to the 8-pixel cell grid so image and maps stay registered.
     """
 
-    def __init__(self, labels: PseudoLabels, crop: int, max_side: int | None, seed: int = 0):
-        if crop % 32:
-            raise ValueError(f"crop must be a multiple of 32, found {crop}")
+    def __init__(self, labels: PseudoLabels, crop: int | None, max_side: int | None, seed: int = 0):
+        if crop is not None and (crop <= 0 or crop % 32):
+            raise ValueError(f"crop must be a positive multiple of 32 or None (whole frames), found {crop}")
         self.labels, self.max_side, self.seed, self.epoch = labels, max_side, seed, 0
-        # one crop size for all frames, so frames of mixed sizes still batch
-        self.crop_h = min([crop] + [m.shape[0] * STRIDE for m in labels.mean]) // 32 * 32
-        self.crop_w = min([crop] + [m.shape[1] * STRIDE for m in labels.mean]) // 32 * 32
+        # one size for all frames, so frames of mixed sizes still batch
+        limit = [] if crop is None else [crop]
+        self.crop_h = min(limit + [m.shape[0] * STRIDE for m in labels.mean]) // 32 * 32
+        self.crop_w = min(limit + [m.shape[1] * STRIDE for m in labels.mean]) // 32 * 32
 
     def __len__(self) -> int:
         return len(self.labels.paths)
@@ -208,7 +212,11 @@ def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
 
 
-def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device) -> dict:
+def finetune_round(
+    model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round."""
     model.train().to(device)
     if cfg.freeze_bn:
         freeze_batchnorm(model)
@@ -235,6 +243,8 @@ def finetune_round(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
             ema.update_parameters(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
+        if on_step is not None:
+            on_step(step, {"loss_s": loss_s.item(), "loss_pseudo": loss_r.item()})
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     if ema is not None:
         # parameters only: BatchNorm statistics stay those of the last step

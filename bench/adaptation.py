@@ -38,7 +38,11 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
         types = {f.name: f.type for f in fields(classes[stage])} if stage in classes else {}
         if name not in types or not value:
             raise SystemExit(f"--set {item!r}: expected STAGE.FIELD=VALUE with STAGE in {sorted(classes)} and a field of its config")
-        kind = (types[name] if isinstance(types[name], str) else types[name].__name__).split("|")[0].strip()
+        spelled = types[name] if isinstance(types[name], str) else types[name].__name__
+        kind = spelled.split("|")[0].strip()
+        if "None" in spelled and value.lower() == "none":
+            out[stage][name] = None
+            continue
         if kind == "bool":
             if value.lower() not in ("true", "false"):
                 raise SystemExit(f"--set {item!r}: {name} takes true or false")
@@ -65,7 +69,7 @@ def main() -> None:
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
-                   help="override a stage setting, e.g. flip.head_rows=4, flip.freeze_bn=true, pseudo.rule=balanced (repeatable)")
+                   help="override a stage setting, e.g. flip.head_rows=4, flip.freeze_bn=true, pseudo.rule=balanced, pseudo.crop=none (repeatable)")
     args = p.parse_args()
     overrides = parse_overrides(args.set)
 

@@ -117,9 +117,27 @@ def test_pseudo_labelled_crops_carry_the_count_of_all_their_cells(tmp_path):
     assert item["count"].item() == pytest.approx(item["density"].sum().item(), rel=1e-6)
 
 
+def test_pseudo_labelled_whole_frames_are_the_labelled_frames(tmp_path):
+    from adapt.pseudo_label import PseudoLabelled, PseudoLabels
+
+    img = tmp_path / "f.jpg"
+    cv2.imwrite(str(img), np.full((64, 96, 3), 90, np.uint8))
+    mean = np.random.default_rng(0).random((8, 12)).astype(np.float32)
+    keep = mean > 0.5
+    labels = PseudoLabels([img], [mean], [mean], [mean], [np.ones_like(keep)], [keep])
+    item = PseudoLabelled(labels, crop=None, max_side=None)[0]
+    assert item["image"].shape == (64, 96, 3)
+    # the whole map, perhaps mirrored with its image
+    assert item["count"].item() == pytest.approx(float(mean.sum()), rel=1e-5)
+    assert item["mask"].sum().item() == keep.sum()
+
+
 def test_pseudo_label_config_refuses_bad_values():
     with pytest.raises(ValueError, match="rule"):
         PseudoLabelConfig(rule="median")
+    for crop in (0, 48, -32):
+        with pytest.raises(ValueError, match="crop"):
+            PseudoLabelConfig(crop=crop)
     with pytest.raises(ValueError, match="ema_decay"):
         PseudoLabelConfig(ema_decay=1.0)
 
