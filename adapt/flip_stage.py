@@ -38,11 +38,11 @@ class FlipStageConfig:
     lr: float = 1e-4
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
-    # 4 bands with frozen BatchNorm make this stage alone better on both
-    # benchmark targets, but the pseudo-label rounds after it are then worse
-    # (docs/BENCHMARKS.md), so the measured default pipeline keeps 1 band.
-    head_rows: int = 1               # bands of the flip head (ModelConfig.flip_rows)
-    freeze_bn: bool = False          # BatchNorm statistics frozen (network.freeze_batchnorm)
+    # 4 bands: perspective is top versus bottom, which one global average
+    # cannot see. Frozen BatchNorm: target statistics alone halve or double
+    # the count (bench/bn_stats.py). Measured in docs/BENCHMARKS.md.
+    head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
+    freeze_bn: bool = True           # BatchNorm statistics frozen (network.freeze_batchnorm)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
