@@ -11,9 +11,12 @@ frames, eval mode, all masks) and splits their count by cell kind:
 - unkept occupied: cells with a positive label the loss leaves free;
 - empty: label 0 (kept or not).
 
-It also reports the round's own loss on the probe frames' kept cells, and sums each probe frame's per-mask outputs in eval mode against the
-same masks in training mode (``forward_train``), which is what the loss sees:
-they should agree when BatchNorm is frozen.
+It also reports the round's own loss on the probe frames' kept cells, and
+sums each probe frame's per-mask outputs in eval mode against the same masks
+in training mode (``forward_train``, what the loss sees): they should agree
+when BatchNorm is frozen. The trace follows the live weights; with
+``ema_decay`` > 0 the round ends on their average instead, so pass
+``--set pseudo.ema_decay=0`` to trace what the round would keep.
 """
 
 from __future__ import annotations
