@@ -65,11 +65,12 @@ class PseudoLabelConfig:
     # Real training views, in pixels (a multiple of 32, clamped to the frame),
     # or None for whole frames. The labels come from whole frames, and on
     # ShanghaiTech B the network counts the same pixels 1.5x higher in a
-    # 512-px crop and 2.4x in a 256-px crop (bench/crop_consistency.py), so
+    # 512-px crop and 2.7x in a 256-px crop (base model, bench/crop_consistency.py), so
     # crops teach it to count less, round after round (docs/BENCHMARKS.md).
     crop: int | None = None
-    # A round's count swings by +-15% from one 10-step probe to the next (batch-4 noise,
-    # bench/pseudo_round_trace.py); the average of its weights lands nearer the middle.
+    # A round's count swings by about 15% from one 10-step probe to the next
+    # (bench/pseudo_round_trace.py); keeping the average of the round's
+    # weights, not wherever its last step landed, is meant to smooth that.
     ema_decay: float = 0.99          # > 0: the round keeps the EMA of its weights, not its last step
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.freeze_batchnorm)
     # Weight of the count term: each real crop's predicted count must match
