@@ -13,7 +13,7 @@ away), so solving ``L_a`` forces the encoder to model perspective on the
 target camera's own pixels. With ``head_rows`` > 1 the head pools horizontal
 bands separately so it can compare the top of a crop with its bottom; a parent
 with another head (the base model's is untrained) gets a fresh one.
-``freeze_bn`` keeps BatchNorm statistics frozen (``network.freeze_batchnorm``).
+``freeze_bn`` keeps BatchNorm statistics frozen (``network.training_mode``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from adapt.progress import progress
 
-from adapt.network import CrowdCounter, freeze_batchnorm
+from adapt.network import CrowdCounter, training_mode
 from adapt.train import density_loss, optimizer_step
 
 
@@ -42,7 +42,7 @@ class FlipStageConfig:
     # cannot see. Frozen BatchNorm: target statistics alone halve or double
     # the count (bench/bn_stats.py). Measured in docs/BENCHMARKS.md.
     head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
-    freeze_bn: bool = True           # BatchNorm statistics frozen (network.freeze_batchnorm)
+    freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -78,9 +78,7 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     if cfg.synth_batch % model.config.masks:
         raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
     model.set_flip_rows(cfg.head_rows)
-    model.train().to(device)
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
+    training_mode(model.to(device), cfg.freeze_bn)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended

@@ -247,17 +247,19 @@ def flip_head(channels: int, rows: int) -> nn.Sequential:
     )
 
 
-def freeze_batchnorm(model: nn.Module) -> nn.Module:
-    """Put every BatchNorm layer in eval mode; its affine weights still learn.
+def training_mode(model: nn.Module, freeze_bn: bool) -> nn.Module:
+    """``model.train()``; with ``freeze_bn`` every BatchNorm layer stays in eval mode (its affine weights still learn).
 
     Adaptation batches are small and real-only in places, so training-mode BN
     would drag the running statistics to the target. That alone moves counts
     more than anything the stages learn (bench/bn_stats.py: target statistics
     halve the count on night IR and double it on ShanghaiTech B).
     """
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     return model
 
 

@@ -40,7 +40,7 @@ from adapt.progress import progress
 from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
-from adapt.network import STRIDE, CrowdCounter, freeze_batchnorm
+from adapt.network import STRIDE, CrowdCounter, training_mode
 from adapt.train import density_loss, optimizer_step
 
 RULES = ("balanced", "fraction", "threshold")
@@ -68,11 +68,11 @@ class PseudoLabelConfig:
     # 512-px crop and 2.7x in a 256-px crop (base model, bench/crop_consistency.py), so
     # crops teach it to count less, round after round (docs/BENCHMARKS.md).
     crop: int | None = None
-    # A round's count swings by about 15% from one 10-step probe to the next
-    # (bench/pseudo_round_trace.py); keeping the average of the round's
+    # A round's count swings by 8 to 28% from one 10-step probe to the next
+    # (bench/pseudo_round_trace.py, whole frames); keeping the average of the round's
     # weights, not wherever its last step landed, is meant to smooth that.
     ema_decay: float = 0.99          # > 0: the round keeps the EMA of its weights, not its last step
-    freeze_bn: bool = True           # BatchNorm statistics frozen (network.freeze_batchnorm)
+    freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
     # Weight of the count term: each real crop's predicted count must match
     # the ensemble's count for it (all cells, kept or not). Meant to stop the
     # count drifting from round to round; at 1.0 it did not (BENCHMARKS.md).
@@ -89,10 +89,14 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
-        if self.crop is not None and (self.crop <= 0 or self.crop % 32):
-            raise ValueError(f"crop must be a positive multiple of 32 or None (whole frames), found {self.crop}")
+        check_crop(self.crop)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
+
+
+def check_crop(crop: int | None) -> None:
+    if crop is not None and (crop <= 0 or crop % 32):
+        raise ValueError(f"crop must be a positive multiple of 32 or None (whole frames), found {crop}")
 
 
 @dataclass
@@ -178,8 +182,7 @@ class PseudoLabelled(Dataset):
     """
 
     def __init__(self, labels: PseudoLabels, crop: int | None, max_side: int | None, seed: int = 0):
-        if crop is not None and (crop <= 0 or crop % 32):
-            raise ValueError(f"crop must be a positive multiple of 32 or None (whole frames), found {crop}")
+        check_crop(crop)
         self.labels, self.max_side, self.seed, self.epoch = labels, max_side, seed, 0
         # one size for all frames, so frames of mixed sizes still batch
         limit = [] if crop is None else [crop]
@@ -223,12 +226,8 @@ def finetune_round(
     on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round."""
-    model.train().to(device)
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
+    training_mode(model.to(device), cfg.freeze_bn)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
-    # A 150-step fine-tune moves counts by 4-21% on its own (BENCHMARKS.md);
-    # the average of the round's weights is meant to move less than its last step.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
     total_s = total_r = total_c = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)

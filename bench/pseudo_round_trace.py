@@ -32,7 +32,7 @@ import torch
 from adapt.adapt import AdaptConfig, collect_frames, split_holdout, synthetic_batches
 from adapt.checkpoint import load_checkpoint
 from adapt.flip_stage import loop_forever
-from adapt.network import freeze_batchnorm
+from adapt.network import training_mode
 from adapt.pseudo_label import PseudoLabelConfig, PseudoLabelled, finetune_round, load_padded, predict_frames
 from adaptation import parse_overrides  # bench/adaptation.py, beside this script
 
@@ -55,9 +55,7 @@ def probe(model, images: list[torch.Tensor], labels: list[np.ndarray], keeps: li
         eval_masks += float(per_mask.sum())
         # the round's own objective, every mask against the label on the kept cells
         loss += float((((per_mask - label) * scale) ** 2 * keep).sum() / max(keep.sum() * m, 1))
-        model.train()
-        if freeze_bn:
-            freeze_batchnorm(model)
+        training_mode(model, freeze_bn)
         train_masks += float(model.forward_train(image.repeat(m, 1, 1, 1)).sum())
         model.eval()
     n = len(images)
@@ -101,7 +99,7 @@ def main() -> None:
     print(f"# {len(labels.paths)} frames, mean count {labels.mean_count():.2f}, kept {labels.kept_fraction():.3f}; "
           f"probe labels: kept occupied {start['kept_occupied']:.2f}, unkept occupied {start['unkept_occupied']:.2f}", flush=True)
 
-    synth = synthetic_batches(args.synthetic, cfg.synth_batch, 256, args.seed)
+    synth = synthetic_batches(args.synthetic, cfg.synth_batch, AdaptConfig.synth_crop, args.seed)
     real = loop_forever(torch.utils.data.DataLoader(PseudoLabelled(labels, cfg.crop, cfg.max_side, seed=args.seed),
                                                     batch_size=cfg.real_batch, shuffle=True, drop_last=True))
     trace = [{"step": 0, **probe(model, images, label_maps, keeps, cfg.freeze_bn)}]
@@ -113,9 +111,7 @@ def main() -> None:
             row = {"step": step + 1, **probe(model, images, label_maps, keeps, cfg.freeze_bn),
                    **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
             window.clear()
-            model.train()
-            if cfg.freeze_bn:
-                freeze_batchnorm(model)
+            training_mode(model, cfg.freeze_bn)  # probe() left it in eval mode
             trace.append(row)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 
