@@ -238,7 +238,7 @@ def record(args, result: str, detail: str) -> None:
         print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
     p.add_argument("--camera", required=True)
     p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
@@ -247,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
     p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
     p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
-    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=True,
-                   help="the gate also asks the count std per counted person to drop (default: on)")
+    gate_defaults = GateConfig()
+    p.add_argument("--min-count-ratio", type=float, default=gate_defaults.min_count_ratio,
+                   help="gate: the candidate's mean count over the parent's must be at least this (default: %(default)s)")
+    p.add_argument("--max-count-ratio", type=float, default=gate_defaults.max_count_ratio,
+                   help="gate: ... and at most this (default: %(default)s)")
+    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
+                   help="gate: the count std per counted person must drop too (default: off)")
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
@@ -264,11 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--record", type=Path, default=None, metavar="VAR",
                    help="append the run's result to VAR/adapt/CAMERA/runs.jsonl (what the scheduler does; for cron jobs)")
     p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
         cfg.stages = tuple(s for s in args.stages.split(",") if s)
-        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty)
+        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)
         pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction, "rule": args.pseudo_rule}.items() if v is not None}

@@ -29,8 +29,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
     from adapt.flip_stage import FlipStageConfig
     from adapt.pseudo_label import PseudoLabelConfig
+    from adapt.validation import GateConfig
 
-    classes = {"flip": FlipStageConfig, "pseudo": PseudoLabelConfig}
+    classes = {"flip": FlipStageConfig, "pseudo": PseudoLabelConfig, "gate": GateConfig}
     out: dict[str, dict] = {k: {} for k in classes}
     for item in items:
         key, _, value = item.partition("=")
@@ -69,7 +70,7 @@ def main() -> None:
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
-                   help="override a stage setting, e.g. flip.head_rows=4, flip.freeze_bn=true, pseudo.rule=balanced, pseudo.crop=none (repeatable)")
+                   help="override a stage or gate setting, e.g. flip.head_rows=4, pseudo.crop=none, gate.min_count_ratio=0.5 (repeatable)")
     args = p.parse_args()
     overrides = parse_overrides(args.set)
 
@@ -96,6 +97,7 @@ def main() -> None:
             cfg.pseudo = replace(cfg.pseudo, max_side=args.max_side, **pl)
             cfg.flip = replace(cfg.flip, **overrides["flip"])
             cfg.pseudo = replace(cfg.pseudo, **overrides["pseudo"])
+            cfg.gate = replace(cfg.gate, **overrides["gate"])
             report = adapt_camera(cfg)
             (args.out / f"{key}.json").write_text(json.dumps(report, indent=2, default=str))
             model_path = cfg.save_candidate

@@ -1,12 +1,12 @@
 """Would today's label-free gate have let through the adaptations that made MAE worse?
 
-    python bench/gate_replay.py [--baseline-mae MAE] RUN_DIR [RUN_DIR ...]
+    python bench/gate_replay.py [--baseline-mae MAE] [--set gate.FIELD=VALUE ...] RUN_DIR [RUN_DIR ...]
 
 Each RUN_DIR is a ``bench/adaptation.py --out`` folder: one ``<row>.json``
 report per adapted row (its held-out statistics for parent and candidate)
 and ``rows.json`` (MAE measured with the labels afterwards). The gate only
 ever sees the label-free statistics; this replays ``adapt.validation.gate``
-with the current GateConfig on those stored figures and sets its verdict
+with the current GateConfig (or one changed with ``--set``) on those stored figures and sets its verdict
 next to the verdict given at run time and to whether MAE actually improved
 on NoAdapt (``--baseline-mae``, or the folder's own NoAdapt row).
 """
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from adapt.validation import FrameStats, GateConfig, gate
+from adaptation import parse_overrides
 
 ROWS = {"flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
 
@@ -30,10 +32,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path, nargs="+")
     p.add_argument("--baseline-mae", type=float, default=None, help="NoAdapt MAE, when a folder has no NoAdapt row")
+    p.add_argument("--set", action="append", default=[], metavar="gate.FIELD=VALUE", help="replay a changed gate, e.g. gate.per_person_uncertainty=true")
     args = p.parse_args()
+    overrides = parse_overrides(args.set)
+    if overrides["flip"] or overrides["pseudo"]:
+        raise SystemExit("--set: only gate.FIELD settings change a replay")
+    cfg = replace(GateConfig(), **overrides["gate"])
     print("| run | row | MAE | NoAdapt MAE | better? | verdict then | verdict now | reasons now |")
     print("|---|---|---|---|---|---|---|---|")
-    wrong = {"then": 0, "now": 0}
+    wrong = {"then": [0, 0], "now": [0, 0]}  # [worse accepted, better refused]
+    n = 0
     for run in args.runs:
         rows = {r["row"]: r for r in json.loads((run / "rows.json").read_text())}
         baseline = rows["NoAdapt"]["mae"] if "NoAdapt" in rows else args.baseline_mae
@@ -45,13 +53,18 @@ def main() -> None:
                 continue
             report = json.loads(report_path.read_text())
             v = report["validation"]
-            now = gate(load_stats(v["parent"]), load_stats(v["candidate"]), GateConfig().for_stages(report["stages"]))
+            now = gate(load_stats(v["parent"]), load_stats(v["candidate"]), cfg.for_stages(report["stages"]))
             mae = rows[name]["mae"]
             better = mae < baseline
+            n += 1
             for when, verdict in (("then", v["verdict"]), ("now", now.verdict)):
-                wrong[when] += (verdict == "accept") != better
+                accepted = verdict == "accept"
+                wrong[when][0] += accepted and not better
+                wrong[when][1] += better and not accepted
             print(f"| {run.name} | {name} | {mae:.2f} | {baseline:.2f} | {'yes' if better else 'no'} | {v['verdict']} | {now.verdict} | {'; '.join(now.reasons) or '-'} |")
-    print(f"\nverdicts that disagree with MAE: then {wrong['then']}, now {wrong['now']}")
+    for when, (worse_accepted, better_refused) in wrong.items():
+        print(f"\n{when}: of {n} models, {worse_accepted} worse accepted, {better_refused} better refused", end="")
+    print()
 
 
 if __name__ == "__main__":

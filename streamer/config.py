@@ -167,12 +167,22 @@ class AdaptConfig:
     max_age_s: float = 3 * 86400.0  # last success older than this -> alert
     max_failures_per_day: int = 0  # more failed runs than this in a day -> alert
     labels: Path | None = None  # a few JSON-points frames of this camera: MAE on them decides the gate
-    per_person_uncertainty: bool = True  # gate: the count std per counted person must drop too
+    # label-free gate (adapt.validation.GateConfig holds the same defaults; a test keeps them equal)
+    min_count_ratio: float = 0.67
+    max_count_ratio: float = 1.5
+    per_person_uncertainty: bool = False
 
     def command_args(self) -> list[str]:
         """The ``crowdwatch adapt`` options this camera's settings add."""
+        d = AdaptConfig()
         args = ["--labels", str(self.labels)] if self.labels is not None else []
-        return args + ([] if self.per_person_uncertainty else ["--no-per-person-uncertainty"])
+        if self.min_count_ratio != d.min_count_ratio:
+            args += ["--min-count-ratio", repr(self.min_count_ratio)]
+        if self.max_count_ratio != d.max_count_ratio:
+            args += ["--max-count-ratio", repr(self.max_count_ratio)]
+        if self.per_person_uncertainty != d.per_person_uncertainty:
+            args.append("--per-person-uncertainty" if self.per_person_uncertainty else "--no-per-person-uncertainty")
+        return args
 
 
 @dataclass(frozen=True)
@@ -651,6 +661,8 @@ def _adapt(t: _Table) -> AdaptConfig:
     ut.done()
     gt = t.table("gate")
     per_person = gt.boolean("per_person_uncertainty", d.per_person_uncertainty)
+    min_ratio = gt.number("min_count_ratio", d.min_count_ratio, lo=0, hi=1)
+    max_ratio = gt.number("max_count_ratio", d.max_count_ratio, lo=1)
     gt.done()
     cfg = AdaptConfig(
         enabled=t.boolean("enabled", d.enabled),
@@ -660,6 +672,8 @@ def _adapt(t: _Table) -> AdaptConfig:
         max_age_s=t.duration("max_age", d.max_age_s, minimum=60.0),
         max_failures_per_day=t.number("max_failures_per_day", d.max_failures_per_day, lo=0, hi=1000, integer=True),
         labels=t.optional_path("labels"),
+        min_count_ratio=min_ratio,
+        max_count_ratio=max_ratio,
         per_person_uncertainty=per_person,
     )
     t.done()

@@ -271,12 +271,22 @@ def test_config_is_immutable(tmp_path: Path) -> None:
 
 def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     data = base()
-    data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "gate": {"per_person_uncertainty": False}}
+    from adapt.adapt import build_parser
+    from adapt.validation import GateConfig
+
+    gate = {"per_person_uncertainty": True, "min_count_ratio": 0.4, "max_count_ratio": 3}
+    data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "gate": gate}
     cfg = parse(data, tmp_path)
     lobby, yard = cfg.cameras["lobby"].adapt, cfg.cameras["yard"].adapt
-    assert lobby.labels == tmp_path / "labels" / "lobby" and not lobby.per_person_uncertainty
-    assert lobby.command_args() == ["--labels", str(tmp_path / "labels" / "lobby"), "--no-per-person-uncertainty"]
-    assert yard.labels is None and yard.per_person_uncertainty and yard.command_args() == []
-    data["cameras"]["lobby"]["adapt"]["gate"] = {"per_person_uncertainty": "no"}
-    with pytest.raises(ConfigError, match="cameras.lobby.adapt.gate.per_person_uncertainty"):
-        parse(data, tmp_path)
+    assert lobby.labels == tmp_path / "labels" / "lobby" and lobby.per_person_uncertainty
+    # what the scheduler passes is what `crowdwatch adapt` understands
+    args = build_parser().parse_args(["--camera", "lobby", *lobby.command_args()])
+    assert (args.labels, args.min_count_ratio, args.max_count_ratio, args.per_person_uncertainty) == (tmp_path / "labels" / "lobby", 0.4, 3.0, True)
+    # a camera without overrides adds nothing, and the config's defaults are the gate's
+    assert yard.labels is None and yard.command_args() == []
+    d = GateConfig()
+    assert (yard.min_count_ratio, yard.max_count_ratio, yard.per_person_uncertainty) == (d.min_count_ratio, d.max_count_ratio, d.per_person_uncertainty)
+    for key, bad in (("per_person_uncertainty", "no"), ("min_count_ratio", 1.2), ("max_count_ratio", 0.9)):
+        data["cameras"]["lobby"]["adapt"]["gate"] = {key: bad}
+        with pytest.raises(ConfigError, match=f"cameras.lobby.adapt.gate.{key}"):
+            parse(data, tmp_path)
