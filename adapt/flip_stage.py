@@ -43,6 +43,7 @@ class FlipStageConfig:
     # the count (bench/bn_stats.py). Measured in docs/BENCHMARKS.md.
     head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
+    flatten_rows: bool = False       # EXPERIMENT: remove each row's mean and contrast before the flip task
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -50,8 +51,19 @@ def upside_down(images: torch.Tensor) -> torch.Tensor:
     return images.flip(1)
 
 
-def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def flatten_rows(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC with every row's per-channel mean and spread set to the image's."""
+    x = images.float()
+    row_mean, row_std = x.mean(2, keepdim=True), x.std(2, keepdim=True)
+    g_mean, g_std = x.mean((1, 2), keepdim=True), x.std((1, 2), keepdim=True)
+    y = (x - row_mean) / (row_std + 1.0) * g_std + g_mean
+    return y.round().clamp(0, 255).to(torch.uint8)
+
+
+def flip_batch(real: torch.Tensor, flatten: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Real crops and their upside-down copies, labelled 0 (upright) and 1 (flipped)."""
+    if flatten:
+        real = flatten_rows(real)
     images = torch.cat([real, upside_down(real)])
     labels = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(real), dtype=torch.long)])
     return images, labels
@@ -78,6 +90,7 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     if cfg.synth_batch % model.config.masks:
         raise ValueError(f"synth_batch {cfg.synth_batch} must be a multiple of the number of masks ({model.config.masks})")
     model.set_flip_rows(cfg.head_rows)
+    model.flip_flatten = cfg.flatten_rows
     training_mode(model.to(device), cfg.freeze_bn)
     opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
@@ -87,7 +100,7 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
     for step in bar:
         synth = next(synth_batches)
         real = next(real_batches)["image"]
-        images, labels = flip_batch(real)
+        images, labels = flip_batch(real, cfg.flatten_rows)
         density = model.forward_train(synth["image"].to(device))
         loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
         logits = model.flip_logits(images.to(device))
@@ -118,7 +131,7 @@ def flip_accuracy(model: CrowdCounter, frames, device: torch.device) -> float:
         h, w = (int(v) // 32 * 32 for v in batch["valid_hw"].min(0).values) if "valid_hw" in batch else batch["image"].shape[1:3]
         if h == 0 or w == 0:
             continue
-        images, labels = flip_batch(batch["image"][:, :h, :w])
+        images, labels = flip_batch(batch["image"][:, :h, :w], getattr(model, "flip_flatten", False))
         pred = model.flip_logits(images.to(device)).argmax(1).cpu()
         right += int((pred == labels).sum())
         total += len(labels)
