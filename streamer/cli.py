@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("adapt.export", "write the ONNX model"),
     "adapt": ("adapt.adapt", "self-supervised adaptation of one camera's model"),
     "models": ("adapt.registry", "list or roll back per-camera model versions"),
+    "label": ("adapt.labelling", "click the heads on a few frames of a camera, for the gate"),
 }
 
 

@@ -233,3 +233,19 @@ def test_adapt_from_a_video_file_with_one_command(setup, tmp_path):
     assert code in (0, 3) and report["validation"]["verdict"] in ("accept", "reject")
     assert report["frames"]["train"] + report["frames"]["held_out"] >= 8
     assert len(list((tmp_path / "buffer" / "gate").glob("*.jpg"))) >= 8  # the video was sampled into the buffer
+
+
+def test_frames_labelled_with_crowdwatch_label_decide_the_gate(setup, tmp_path):
+    from adapt.labelling import LabelSet
+
+    labels = LabelSet(tmp_path / "labels")
+    labels.add(sorted((setup / "frames").glob("*.jpg"))[:3])
+    for stem in labels.frames:
+        labels.save(stem, [[10, 10], [50, 40], [100, 80]])
+    report = adapt_camera(tiny_config(setup, camera="hall", labels=tmp_path / "labels", publish=False))
+    v = report["validation"]
+    assert v["decided_by"] == "labelled-mae"
+    parent, cand = v["parent"]["labelled"], v["candidate"]["labelled"]
+    assert parent["frames"] == cand["frames"] == 3
+    assert np.isfinite(parent["mae"]) and np.isfinite(cand["mae"])
+    assert (v["verdict"] == "accept") == (cand["mae"] <= parent["mae"])
