@@ -136,7 +136,7 @@ def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
 def frame_loaders(train: list[Path], held: list[Path], cfg: AdaptConfig):
     from adapt.crowd_dataset import AugmentConfig, FrameFolder, collate
 
-    crop = real_crop_size(train, cfg.max_side)
+    crop = cfg.flip.crop or real_crop_size(train, cfg.max_side)
     real = FrameFolder(train, AugmentConfig(crop=(crop, crop), scale_range=(0.8, 1.2), gray_prob=0.0), seed=cfg.seed)
     real_loader = DataLoader(real, batch_size=cfg.flip.real_batch, shuffle=True, drop_last=True, num_workers=0, collate_fn=collate, generator=torch.Generator().manual_seed(cfg.seed))
     held_loader = DataLoader(FrameFolder(held, None, max_side=cfg.max_side), batch_size=1, num_workers=0, collate_fn=collate)

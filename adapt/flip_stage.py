@@ -43,6 +43,7 @@ class FlipStageConfig:
     # the count (bench/bn_stats.py). Measured in docs/BENCHMARKS.md.
     head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
+    crop: int | None = None          # EXPERIMENT: real crop side for L_a (default: up to 256, fitting every frame)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
