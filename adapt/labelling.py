@@ -99,7 +99,7 @@ class LabelSet:
         return self.frames[stem]
 
     def points(self, stem: str) -> list[list[float]]:
-        path = self.labels / f"{self.frame(stem).stem}.json"
+        path = self.labels / f"{self.frame(stem).stem}.json"  # frame() refuses names not in the set
         if not path.is_file():
             return []
         return check_points(json.loads(path.read_text()).get("points", []), str(path)).astype(np.float64).round(2).tolist()

@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--synthetic", type=Path, default=None,
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
+    p.add_argument("--synth-crop", type=int, default=None, help="side of the synthetic crops L_s trains on (default: AdaptConfig.synth_crop)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="override a stage or gate setting, e.g. flip.head_rows=4, pseudo.crop=none, gate.min_count_ratio=0.5 (repeatable)")
@@ -91,6 +92,8 @@ def main() -> None:
                               registry_root=args.out / "models", buffer_root=args.out / "buffer")
             if args.synthetic is not None:
                 cfg.synthetic = args.synthetic
+            if args.synth_crop is not None:
+                cfg.synth_crop = args.synth_crop
             if args.flip_steps is not None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
             pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}
