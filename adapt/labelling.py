@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -69,7 +68,6 @@ class LabelSet:
         self.root = root
         self.images = root / "images"
         self.labels = root / "labels"
-        self._lock = threading.Lock()
         self.frames: dict[str, Frame] = {}
         self._scan()
 
@@ -99,7 +97,7 @@ class LabelSet:
         return self.frames[stem]
 
     def points(self, stem: str) -> list[list[float]]:
-        path = self.labels / f"{self.frame(stem).stem}.json"  # frame() refuses names not in the set
+        path = self.labels / f"{self.frame(stem).stem}.json"
         if not path.is_file():
             return []
         return check_points(json.loads(path.read_text()).get("points", []), str(path)).astype(np.float64).round(2).tolist()
@@ -117,8 +115,7 @@ class LabelSet:
         if not inside.all():
             raise LabelError(f"point {pts[~inside][0].tolist()} is outside the {frame.width}x{frame.height} frame")
         doc = {"image": frame.image.name, "width": frame.width, "height": frame.height, "points": pts.astype(np.float64).round(2).tolist()}
-        with self._lock:
-            atomic_write(self.labels / f"{stem}.json", lambda f: f.write(json.dumps(doc).encode()))
+        atomic_write(self.labels / f"{stem}.json", lambda f: f.write(json.dumps(doc).encode()))
         return len(pts)
 
     def summary(self) -> list[dict]:

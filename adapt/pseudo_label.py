@@ -117,11 +117,14 @@ class PseudoLabels:
         return float(np.mean(np.concatenate([k.ravel() for k in self.keep]))) if self.keep else 0.0
 
 
-def load_padded(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """A frame resized to fit ``max_side`` and zero-padded to multiples of 32, plus its valid size."""
-    image = load_image(path)
+def fit_and_pad(image: np.ndarray, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image resized to fit ``max_side`` and zero-padded to multiples of 32, plus its valid size."""
     hw = fit_max_side(image.shape[:2], max_side)
     return pad_to(resize(image, hw), padded_hw(hw)), hw
+
+
+def load_padded(path: Path, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    return fit_and_pad(load_image(path), max_side)
 
 
 def lowest_fraction(score: list[np.ndarray], where: list[np.ndarray], fraction: float) -> list[np.ndarray]:

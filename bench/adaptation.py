@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROWS = {"noadapt": (), "flip": ("flip",), "pseudo": ("pseudo",), "both": ("flip", "pseudo")}
 NAMES = {"noadapt": "NoAdapt", "flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
+ADAPTED = {key: name for key, name in NAMES.items() if ROWS[key]}  # rows that save <key>.pt and <key>.json
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:

@@ -19,10 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adapt.validation import FrameStats, GateConfig, gate
-from adaptation import parse_overrides
-
-ROWS = {"flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
-
+from adaptation import ADAPTED, parse_overrides
 
 def load_stats(d: dict) -> FrameStats:
     return FrameStats(**{k: d[k] for k in FrameStats.__dataclass_fields__ if k in d})
@@ -47,7 +44,7 @@ def main() -> None:
         baseline = rows["NoAdapt"]["mae"] if "NoAdapt" in rows else args.baseline_mae
         if baseline is None:
             raise SystemExit(f"{run}: no NoAdapt row; pass --baseline-mae")
-        for key, name in ROWS.items():
+        for key, name in ADAPTED.items():
             report_path = run / f"{key}.json"
             if name not in rows or not report_path.is_file():
                 continue

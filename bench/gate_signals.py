@@ -31,18 +31,16 @@ import torch
 
 from adapt.adapt import split_holdout
 from adapt.checkpoint import load_checkpoint
-from adapt.crowd_dataset import CrowdDataset, fit_max_side, pad_to, padded_hw, resize
+from adapt.crowd_dataset import CrowdDataset
 from adapt.datasets import list_images, load_image, read_dataset
 from adapt.evaluate import count_errors, run_eval
+from adapt.pseudo_label import fit_and_pad
 from adapt.registry import default_base_checkpoint
 from adapt.train import predict_counts
-
-ROWS = {"flip": "flip only", "pseudo": "pseudo-labels only", "both": "flip + pseudo-labels"}
-
+from adaptation import ADAPTED  # bench/adaptation.py, beside this script
 
 def padded(image: np.ndarray, max_side: int | None) -> torch.Tensor:
-    hw = fit_max_side(image.shape[:2], max_side)
-    return torch.from_numpy(pad_to(resize(image, hw), padded_hw(hw)))[None]
+    return torch.from_numpy(fit_and_pad(image, max_side)[0])[None]
 
 
 def quadrants(image: torch.Tensor) -> list[torch.Tensor]:
@@ -82,7 +80,7 @@ def synthetic_mae(model, dataset) -> float:
 def candidates(runs: list[Path]):
     for run in runs:
         rows = {r["row"]: r["mae"] for r in json.loads((run / "rows.json").read_text())}
-        for key, name in ROWS.items():
+        for key, name in ADAPTED.items():
             if (run / f"{key}.pt").is_file() and name in rows:
                 yield f"{run.name}/{key}", run / f"{key}.pt", rows[name]
 

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from test_web import wait_for
 
 from adapt.datasets import read_dataset
 from adapt.labelling import LabelError, LabelSet, main, serve, spread
@@ -150,16 +151,6 @@ class DevTools:
             self("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
 
 
-def wait_for(what, timeout: float = 20.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
-
-
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="chromium is not installed (apt-get install chromium); CI installs it")
 def test_clicks_in_headless_chromium_become_labels(server, tmp_path: Path) -> None:
     pytest.importorskip("websocket", reason="websocket-client is not installed (pip install -e .[dev])")
@@ -171,11 +162,11 @@ def test_clicks_in_headless_chromium_become_labels(server, tmp_path: Path) -> No
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        port = wait_for(lambda: (profile / "DevToolsActivePort").is_file() and (profile / "DevToolsActivePort").read_text().split("\n")[0])
+        port = wait_for(lambda: (profile / "DevToolsActivePort").is_file() and (profile / "DevToolsActivePort").read_text().split("\n")[0], 20.0, "chromium's DevTools port")
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = DevTools(next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"])
         page("Page.navigate", url=url + "/")
-        wait_for(lambda: page.js("document.getElementById('status').textContent") == "ready")
+        wait_for(lambda: page.js("document.getElementById('status').textContent") == "ready", 20.0, "the page to load its first frame")
         rect = page.js("(() => { const r = document.getElementById('view').getBoundingClientRect(); return [r.left, r.top, r.width]; })()")
         left, top, shown = rect
         s = shown / 160  # the 160x120 frame as the page shows it
@@ -185,11 +176,11 @@ def test_clicks_in_headless_chromium_become_labels(server, tmp_path: Path) -> No
 
         page.click(*at(40, 30))
         page.click(*at(120, 90))
-        wait_for(lambda: len(labels.points("frame_000")) == 2)
+        wait_for(lambda: len(labels.points("frame_000")) == 2, what="two saved points")
         got = np.array(labels.points("frame_000"))
         assert np.abs(got - [[40, 30], [120, 90]]).max() < 1.5
         page.click(*at(41, 31))  # on a mark: removes it
-        wait_for(lambda: len(labels.points("frame_000")) == 1)
+        wait_for(lambda: len(labels.points("frame_000")) == 1, what="one saved point")
         assert np.abs(np.array(labels.points("frame_000")) - [[120, 90]]).max() < 1.5
         assert "saved (1)" in page.js("document.getElementById('status').textContent")
     finally:
