@@ -52,6 +52,10 @@ class AdaptConfig:
     synthetic: Path = REPO_ROOT / "var" / "synth-source"
     synthetic_n: int = 400
     synth_crop: int = 256
+    # L_s batch of both stages, rounded to a multiple of the masks. 8 = two renders
+    # per mask: with one, L_s-only steps alone move the synthetic validation count
+    # by -16% to +1% depending on the seed (bench/source_drift.py, BENCHMARKS.md).
+    synth_batch: int = 8
     labels: Path | None = None           # optional JSON-points frames of this camera
     registry_root: Path | None = None
     buffer_root: Path = REPO_ROOT / "var" / "buffer"
@@ -174,9 +178,9 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 
     paths = collect_frames(cfg)
     train_paths, held_paths = split_holdout(paths, cfg.holdout_every)
-    flip_cfg = replace(cfg.flip, synth_batch=masks * max(1, cfg.flip.synth_batch // masks))
+    synth_batch = masks * max(1, cfg.synth_batch // masks)
     real_loader, held_loader = frame_loaders(train_paths, held_paths, cfg)
-    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), flip_cfg.synth_batch, cfg.synth_crop, cfg.seed)
+    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), synth_batch, cfg.synth_crop, cfg.seed)
 
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
@@ -187,7 +191,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     report["parent_stats"] = asdict(parent_stats)
     model = copy.deepcopy(parent_model)
     if "flip" in cfg.stages:
-        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), flip_cfg, device)
+        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
     cand_stats = frame_stats(model, held_loader, device)

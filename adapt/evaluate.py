@@ -43,6 +43,9 @@ class EvalSummary:
     skipped: int
     model: str
     dataset: str
+    # the means say which way a model is off: MAE alone hides a global over- or undercount
+    mean_true: float = float("nan")
+    mean_pred: float = float("nan")
 
 
 def count_errors(true: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -162,6 +165,8 @@ def evaluate_dataset(model_path: Path, dataset_dir: Path, fmt: str, out_dir: Pat
         mean_uncertainty=float(np.mean([r.count_std for r in results])) if results else float("nan"),
         uncertainty_error_spearman=rank_correlation([r.count_std for r in results], [r.abs_error for r in results]),
         skipped=len(index.skipped) + len(unreadable), model=str(model_path), dataset=str(dataset_dir),
+        mean_true=float(np.mean([r.true_count for r in results])) if results else float("nan"),
+        mean_pred=float(np.mean([r.pred_count for r in results])) if results else float("nan"),
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--format", choices=FORMATS, default="shanghaitech")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the shipped base model")
-    p.add_argument("--json", type=Path, default=None, help='write {"mae", "rmse", "n", "mean_uncertainty"} here')
+    p.add_argument("--json", type=Path, default=None, help='write the summary ({"mae", "rmse", "n", "mean_uncertainty", "mean_pred", "mean_true", ...}) here')
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--out", type=Path, default=Path("runs/eval"), help="per-image CSV, scatter plot and density views")
     p.add_argument("--max-side", type=int, default=1024, help="downscale larger images so the longer side fits")
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crowdwatch eval: {exc}", file=sys.stderr)
         return 1
     print(f"{s.dataset}: n={s.n}  MAE {s.mae:.2f}  RMSE {s.rmse:.2f} (papers call this MSE)  mean count std {s.mean_uncertainty:.2f}  "
-          f"rank corr(std, |error|) {s.uncertainty_error_spearman:.2f}  skipped {s.skipped}")
+          f"rank corr(std, |error|) {s.uncertainty_error_spearman:.2f}  mean count {s.mean_pred:.1f} (true {s.mean_true:.1f})  skipped {s.skipped}")
     print(f"per-image CSV, scatter plot and density views in {args.out}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

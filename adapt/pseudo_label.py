@@ -33,7 +33,6 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from adapt.progress import progress
 
@@ -41,7 +40,7 @@ from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
 from adapt.network import STRIDE, CrowdCounter, training_mode
-from adapt.train import density_loss, optimizer_step
+from adapt.train import ParameterEMA, count_loss, density_loss, optimizer_step
 
 RULES = ("balanced", "fraction", "threshold")
 
@@ -60,7 +59,6 @@ class PseudoLabelConfig:
     keep_fraction: float = 0.5
     threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
-    synth_batch: int = 4
     real_batch: int = 4              # multiple of the number of masks
     # Real training views, in pixels (a multiple of 32, clamped to the frame),
     # or None for whole frames. The labels come from whole frames, and on
@@ -80,6 +78,7 @@ class PseudoLabelConfig:
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
+    warmup_steps: int = 0            # linear learning-rate warm-up of each round (flip_stage.make_optimizer)
     real_weight: float = 1.0
     synth_weight: float = 1.0        # weight of L_s, the labelled synthetic crops
     max_side: int | None = 1024
@@ -92,6 +91,8 @@ class PseudoLabelConfig:
         check_crop(self.crop)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, found {self.warmup_steps}")
 
 
 def check_crop(crop: int | None) -> None:
@@ -218,20 +219,14 @@ class PseudoLabelled(Dataset):
         }
 
 
-def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Squared count error per crop over (count + 1), a Poisson-like scale: people per crop, not per cell."""
-    predicted = density.float().sum(dim=(1, 2, 3))
-    return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
-
-
 def finetune_round(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round."""
     training_mode(model.to(device), cfg.freeze_bn)
-    opt = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) if cfg.ema_decay > 0 else None
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, cfg.warmup_steps)
+    ema = ParameterEMA(model, cfg.ema_decay)
     total_s = total_r = total_c = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
@@ -247,18 +242,14 @@ def finetune_round(
             loss = loss + cfg.count_weight * loss_c
             total_c += loss_c.item()
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
-        if ema is not None:
-            ema.update_parameters(model)
+        schedule.step()
+        ema.update(model)
         total_s += loss_s.item()
         total_r += loss_r.item()
         if on_step is not None:
             on_step(step, {"loss_s": loss_s.item(), "loss_pseudo": loss_r.item()})
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
-    if ema is not None:
-        # parameters only: BatchNorm statistics stay those of the last step
-        with torch.no_grad():
-            for averaged, p in zip(ema.module.parameters(), model.parameters()):
-                p.copy_(averaged)
+    ema.apply(model)
     n = max(cfg.steps_per_round, 1)
     losses = {"loss_s": total_s / n, "loss_pseudo": total_r / n}
     return {**losses, "loss_count": total_c / n} if cfg.count_weight else losses
@@ -266,8 +257,8 @@ def finetune_round(
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0) -> list[dict]:
     """Rounds of pseudo labelling and fine-tuning; returns per-round statistics."""
-    if cfg.real_batch % model.config.masks or cfg.synth_batch % model.config.masks:
-        raise ValueError(f"real_batch and synth_batch must be multiples of the number of masks ({model.config.masks})")
+    if cfg.real_batch % model.config.masks:
+        raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
     rounds: list[dict] = []
     previous = None
     for r in range(cfg.rounds):

@@ -107,6 +107,12 @@ def density_loss(pred: torch.Tensor, target: torch.Tensor, scale: float, mask: t
     return (err.pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Squared count error per crop over (count + 1), a Poisson-like scale: people per crop, not per cell."""
+    predicted = density.float().sum(dim=(1, 2, 3))
+    return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
+
+
 def build_optimizer(model: CrowdCounter, cfg: TrainConfig) -> torch.optim.Optimizer:
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     enc_ids = {id(p) for p in enc}
@@ -148,6 +154,31 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
     else:
         scaler.step(optimizer)
         scaler.update()
+
+
+class ParameterEMA:
+    """Exponential moving average of a model's parameters during a run of steps.
+
+    ``apply`` writes the average back into the model. Parameters only: the
+    BatchNorm statistics stay those of the last step. A decay of 0 is off.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), found {decay}")
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
+
+    def update(self, model: torch.nn.Module) -> None:
+        if self.average is not None:
+            self.average.update_parameters(model)
+
+    @torch.no_grad()
+    def apply(self, model: torch.nn.Module) -> None:
+        if self.average is not None:
+            for averaged, p in zip(self.average.module.parameters(), model.parameters()):
+                p.copy_(averaged)
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, amp: bool) -> dict:

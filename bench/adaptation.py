@@ -3,7 +3,7 @@
     python bench/adaptation.py --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
         [--rows noadapt,flip,pseudo,both] [--flip-steps N] [--rounds K] [--steps-per-round N]
         [--set STAGE.FIELD=VALUE ...]
-        [--max-frames N] [--max-side PX] [--synthetic DIR] [--out runs/bench-adapt]
+        [--max-frames N] [--max-side PX] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--out runs/bench-adapt]
 
 The frames are the unlabeled target buffer; the labels of the same images are
 used only to measure each row afterwards (MAE, RMSE, and the rank correlation
@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--synthetic", type=Path, default=None,
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--synth-crop", type=int, default=None, help="side of the synthetic crops L_s trains on (default: AdaptConfig.synth_crop)")
+    p.add_argument("--synth-batch", type=int, default=None, help="synthetic crops per L_s step (default: AdaptConfig.synth_batch)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="override a stage or gate setting, e.g. flip.head_rows=4, pseudo.crop=none, gate.min_count_ratio=0.5 (repeatable)")
@@ -95,6 +96,8 @@ def main() -> None:
                 cfg.synthetic = args.synthetic
             if args.synth_crop is not None:
                 cfg.synth_crop = args.synth_crop
+            if args.synth_batch is not None:
+                cfg.synth_batch = args.synth_batch
             if args.flip_steps is not None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
             pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}

@@ -99,7 +99,7 @@ def main() -> None:
     print(f"# {len(labels.paths)} frames, mean count {labels.mean_count():.2f}, kept {labels.kept_fraction():.3f}; "
           f"probe labels: kept occupied {start['kept_occupied']:.2f}, unkept occupied {start['unkept_occupied']:.2f}", flush=True)
 
-    synth = synthetic_batches(args.synthetic, cfg.synth_batch, AdaptConfig.synth_crop, args.seed)
+    synth = synthetic_batches(args.synthetic, AdaptConfig.synth_batch, AdaptConfig.synth_crop, args.seed)
     real = loop_forever(torch.utils.data.DataLoader(PseudoLabelled(labels, cfg.crop, cfg.max_side, seed=args.seed),
                                                     batch_size=cfg.real_batch, shuffle=True, drop_last=True))
     trace = [{"step": 0, **probe(model, images, label_maps, keeps, cfg.freeze_bn)}]

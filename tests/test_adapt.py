@@ -93,7 +93,7 @@ def test_balanced_rule_keeps_occupied_cells_even_when_empty_ones_have_zero_std()
 
 
 def test_count_loss_pulls_a_crop_count_back_from_either_side():
-    from adapt.pseudo_label import count_loss
+    from adapt.train import count_loss
 
     label = torch.tensor([20.0, 20.0])
     assert count_loss(torch.full((2, 1, 4, 5), 1.0), label).item() == 0.0
@@ -140,6 +140,55 @@ def test_pseudo_label_config_refuses_bad_values():
             PseudoLabelConfig(crop=crop)
     with pytest.raises(ValueError, match="ema_decay"):
         PseudoLabelConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        PseudoLabelConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="ema_decay"):
+        FlipStageConfig(ema_decay=-0.1)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        FlipStageConfig(warmup_steps=-5)
+
+
+def test_warm_up_bounds_the_first_adam_step():
+    # Adam's first update is lr * sign(gradient) for every weight; the warm-up scales it down
+    from adapt.flip_stage import make_optimizer
+
+    for warmup, bound in ((0, 1e-3), (9, 1e-4)):
+        model = perturbed_model()
+        before = [p.detach().clone() for p in model.parameters()]
+        opt, schedule = make_optimizer(model, lr=1e-3, encoder_lr_mult=1.0, weight_decay=0.0, warmup_steps=warmup)
+        model.train()
+        model.forward_train(torch.rand(4, 64, 64, 3)).pow(2).sum().backward()
+        opt.step()
+        schedule.step()
+        moved = max(float((p.detach() - b).abs().max()) for p, b in zip(model.parameters(), before))
+        assert bound * 0.5 < moved <= bound * 1.001, (warmup, moved)
+    for _ in range(20):
+        opt.step()
+        schedule.step()
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-3]  # warm-up over, full rate
+
+
+def test_parameter_ema_ends_on_the_average_and_is_off_at_zero():
+    from adapt.train import ParameterEMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ParameterEMA(model, 0.5)
+    for value in (1.0, 3.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+    ema.apply(model)
+    assert torch.allclose(model.weight, torch.full((1, 2), 2.0))  # first update copies 1, then 0.5 * 1 + 0.5 * 3
+    off = ParameterEMA(model, 0.0)
+    off.update(model)
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    off.apply(model)
+    assert torch.equal(model.weight, torch.full((1, 2), 7.0))
+    with pytest.raises(ValueError, match="decay"):
+        ParameterEMA(model, 1.0)
 
 
 def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
@@ -160,6 +209,9 @@ def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
     assert model.config.flip_rows == 4 and model.flip_head[-1].in_features == 4 * 128
     run_flip_stage(model, synth, real, FlipStageConfig(steps=2, freeze_bn=False), torch.device("cpu"))
     assert not torch.equal(bn.running_mean, before)
+    # the L_s-only control trains on renders alone: it must not need a real frame
+    stats = run_flip_stage(model, synth, iter(()), FlipStageConfig(steps=2, lam=0.0, warmup_steps=1, ema_decay=0.5), torch.device("cpu"))
+    assert stats["mean_loss_a"] == 0.0 and stats["mean_loss_s"] > 0
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
