@@ -191,7 +191,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     report["parent_stats"] = asdict(parent_stats)
     model = copy.deepcopy(parent_model)
     if "flip" in cfg.stages:
-        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device)
+        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
     cand_stats = frame_stats(model, held_loader, device)

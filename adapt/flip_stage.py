@@ -46,6 +46,9 @@ class FlipStageConfig:
     ema_decay: float = 0.0           # > 0: the stage ends on the EMA of its weights, not its last step
     warmup_steps: int = 0            # linear learning-rate warm-up (make_optimizer)
     synth_count_weight: float = 0.0  # weight of a count term in L_s (train.count_loss on each synthetic crop)
+    # Weight of an L2 term holding the density of the real crops at the parent's:
+    # L_s alone holds the count of renders, not of real frames (BENCHMARKS.md).
+    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
@@ -92,13 +95,18 @@ def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weigh
     return opt, schedule
 
 
-def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device) -> dict:
-    """Train in place; returns loss and flip-accuracy statistics."""
+def run_flip_stage(
+    model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
+    parent: CrowdCounter | None = None,
+) -> dict:
+    """Train in place; returns loss and flip-accuracy statistics. ``parent`` is needed for ``anchor_weight``."""
+    if cfg.anchor_weight and parent is None:
+        raise ValueError("anchor_weight needs the parent model")
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
     opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, cfg.warmup_steps)
     ema = ParameterEMA(model, cfg.ema_decay)
-    sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
+    sums = {"loss_s": 0.0, "loss_a": 0.0, "loss_anchor": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
     tail_from = cfg.steps - max(1, cfg.steps // 4)
     bar = progress(range(cfg.steps), "flip stage")
@@ -108,18 +116,25 @@ def run_flip_stage(model: CrowdCounter, synth_batches: Iterator[dict], real_batc
         loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
         if cfg.synth_count_weight:
             loss_s = loss_s + cfg.synth_count_weight * count_loss(density, synth["count"].to(device))
+        # the L_s-only control (λ = 0, no anchor) reads no real frame
+        real = next(real_batches)["image"] if cfg.lam or cfg.anchor_weight else None
+        loss_anchor = torch.zeros((), device=device)
+        if cfg.anchor_weight:
+            with torch.no_grad():
+                held = parent.eval().forward_train(real.to(device))
+            loss_anchor = density_loss(model.forward_train(real.to(device)), held, model.config.density_scale)
         if cfg.lam:
-            images, labels = flip_batch(next(real_batches)["image"])
+            images, labels = flip_batch(real)
             logits = model.flip_logits(images.to(device))
             loss_a = F.cross_entropy(logits, labels.to(device))
             acc = (logits.argmax(1).cpu() == labels).float().mean().item()
-        else:  # the L_s-only control: no flip loss, so no real frames to read
+        else:
             loss_a, acc = torch.zeros((), device=device), float("nan")
-        loss = loss_s + cfg.lam * loss_a
+        loss = loss_s + cfg.lam * loss_a + cfg.anchor_weight * loss_anchor
         optimizer_step(model, opt, loss, f"flip stage step {step}")
         schedule.step()
         ema.update(model)
-        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
+        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("loss_anchor", loss_anchor.item()), ("flip_acc", acc)):
             sums[k] += v
             if step >= tail_from:
                 tail[k] += v

@@ -212,6 +212,13 @@ def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
     # the L_s-only control trains on renders alone: it must not need a real frame
     stats = run_flip_stage(model, synth, iter(()), FlipStageConfig(steps=2, lam=0.0, warmup_steps=1, ema_decay=0.5), torch.device("cpu"))
     assert stats["mean_loss_a"] == 0.0 and stats["mean_loss_s"] > 0
+    with pytest.raises(ValueError, match="parent"):
+        run_flip_stage(model, synth, real, FlipStageConfig(steps=1, anchor_weight=1.0), torch.device("cpu"))
+    # the anchor starts at zero (the model is its own parent) and grows as the model moves
+    parent = perturbed_model(ModelConfig(flip_rows=4))
+    parent.load_state_dict(model.state_dict())
+    stats = run_flip_stage(model, synth, real, FlipStageConfig(steps=3, anchor_weight=1.0, lr=1e-2), torch.device("cpu"), parent=parent)
+    assert stats["mean_loss_anchor"] > 0 and not parent.training
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):
