@@ -54,7 +54,7 @@ class AdaptConfig:
     synth_crop: int = 256
     # L_s batch of both stages, rounded to a multiple of the masks. 8 = two renders
     # per mask: with one, L_s-only steps alone move the synthetic validation count
-    # by -16% to +1% depending on the seed (bench/source_drift.py, BENCHMARKS.md).
+    # by -16% to +22% depending on the seed (bench/source_drift.py, BENCHMARKS.md).
     synth_batch: int = 8
     labels: Path | None = None           # optional JSON-points frames of this camera
     registry_root: Path | None = None
