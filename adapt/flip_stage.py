@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from adapt.progress import progress
 
 from adapt.network import CrowdCounter, training_mode
-from adapt.train import ParameterEMA, count_loss, density_loss, optimizer_step
+from adapt.train import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,7 @@ class FlipStageConfig:
     anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, found {self.warmup_steps}")
+        check_step_settings(self.ema_decay, self.warmup_steps)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -107,6 +104,8 @@ def run_flip_stage(
         raise ValueError("anchor_weight needs the parent model")
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
+    if parent is not None:
+        parent.to(device).eval()
     opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, cfg.warmup_steps)
     ema = ParameterEMA(model, cfg.ema_decay)
     sums = {"loss_s": 0.0, "loss_a": 0.0, "loss_anchor": 0.0, "flip_acc": 0.0}
@@ -120,15 +119,15 @@ def run_flip_stage(
         if cfg.synth_count_weight:
             loss_s = loss_s + cfg.synth_count_weight * count_loss(density, synth["count"].to(device))
         # the L_s-only control (λ = 0, no anchor) reads no real frame
-        real = next(real_batches)["image"] if cfg.lam or cfg.anchor_weight else None
+        real = next(real_batches)["image"].to(device) if cfg.lam or cfg.anchor_weight else None
         loss_anchor = torch.zeros((), device=device)
         if cfg.anchor_weight:
             with torch.no_grad():
-                held = parent.eval().forward_train(real.to(device))
-            loss_anchor = density_loss(model.forward_train(real.to(device)), held, model.config.density_scale)
+                held = parent.forward_train(real)
+            loss_anchor = density_loss(model.forward_train(real), held, model.config.density_scale)
         if cfg.lam:
             images, labels = flip_batch(real)
-            logits = model.flip_logits(images.to(device))
+            logits = model.flip_logits(images)
             loss_a = F.cross_entropy(logits, labels.to(device))
             acc = (logits.argmax(1).cpu() == labels).float().mean().item()
         else:

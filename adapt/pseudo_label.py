@@ -40,7 +40,7 @@ from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.datasets import BadImage, load_image
 from adapt.flip_stage import loop_forever, make_optimizer
 from adapt.network import STRIDE, CrowdCounter, training_mode
-from adapt.train import ParameterEMA, count_loss, density_loss, optimizer_step
+from adapt.train import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 
 RULES = ("balanced", "fraction", "threshold")
 
@@ -89,10 +89,7 @@ class PseudoLabelConfig:
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
         check_crop(self.crop)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), found {self.ema_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, found {self.warmup_steps}")
+        check_step_settings(self.ema_decay, self.warmup_steps)
 
 
 def check_crop(crop: int | None) -> None:

@@ -156,6 +156,14 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
         scaler.update()
 
 
+def check_step_settings(ema_decay: float, warmup_steps: int) -> None:
+    """Validate the EMA decay and warm-up shared by the adaptation stages' configs."""
+    if not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), found {ema_decay}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, found {warmup_steps}")
+
+
 class ParameterEMA:
     """Exponential moving average of a model's parameters during a run of steps.
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from adapt.validation import FrameStats, GateConfig, gate
 from adaptation import ADAPTED, parse_overrides
 
+
 def load_stats(d: dict) -> FrameStats:
     return FrameStats(**{k: d[k] for k in FrameStats.__dataclass_fields__ if k in d})
 

@@ -39,6 +39,7 @@ from adapt.registry import default_base_checkpoint
 from adapt.train import predict_counts
 from adaptation import ADAPTED  # bench/adaptation.py, beside this script
 
+
 def padded(image: np.ndarray, max_side: int | None) -> torch.Tensor:
     return torch.from_numpy(fit_and_pad(image, max_side)[0])[None]
 
