@@ -3,7 +3,7 @@
     python bench/adaptation.py --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
         [--rows noadapt,flip,pseudo,both] [--flip-steps N] [--rounds K] [--steps-per-round N]
         [--set STAGE.FIELD=VALUE ...]
-        [--max-frames N] [--max-side PX] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--out runs/bench-adapt]
+        [--max-frames N] [--max-side PX] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--seed N] [--out runs/bench-adapt]
 
 The frames are the unlabeled target buffer; the labels of the same images are
 used only to measure each row afterwards (MAE, RMSE, and the rank correlation
@@ -71,6 +71,7 @@ def main() -> None:
                    help="labelled source renders for L_s (default: adapt's all-style set); a day-only source benchmark must pass day-only renders here")
     p.add_argument("--synth-crop", type=int, default=None, help="side of the synthetic crops L_s trains on (default: AdaptConfig.synth_crop)")
     p.add_argument("--synth-batch", type=int, default=None, help="synthetic crops per L_s step (default: AdaptConfig.synth_batch)")
+    p.add_argument("--seed", type=int, default=0, help="AdaptConfig.seed: batch order, crops and augmentation of every stage")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="override a stage or gate setting, e.g. flip.head_rows=4, pseudo.crop=none, gate.min_count_ratio=0.5 (repeatable)")
@@ -89,7 +90,7 @@ def main() -> None:
         report = None
         model_path = base
         if ROWS[key]:
-            cfg = AdaptConfig(camera="bench", frames=args.frames, base=base, stages=ROWS[key], publish=False, device=args.device,
+            cfg = AdaptConfig(camera="bench", frames=args.frames, base=base, stages=ROWS[key], publish=False, device=args.device, seed=args.seed,
                               max_frames=args.max_frames, max_side=args.max_side, save_candidate=args.out / f"{key}.pt",
                               registry_root=args.out / "models", buffer_root=args.out / "buffer")
             if args.synthetic is not None:
