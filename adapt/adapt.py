@@ -213,20 +213,25 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 
 
 def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:
+    card = {
+        "parent": parent_version, "recipe": report["config"], "frames": report["frames"],
+        "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds")},
+        "validation": report["validation"],
+    }
+    return publish_version(registry, camera, model, parent_version, card)
+
+
+def publish_version(registry: Registry, camera: str, model, parent_version: str | None, card: dict) -> str:
+    """Checkpoint, ONNX and card of a new version, switched to atomically (adapt and calibrate both publish here)."""
     from adapt.export import export_onnx
     from adapt.registry import new_version_name
 
     version = new_version_name()
-    meta = {"version": version, "parent": parent_version, "camera": camera, "recipe": report["config"]}
+    meta = {"version": version, "parent": parent_version, "camera": camera, "recipe": card["recipe"]}
     with tempfile.TemporaryDirectory(prefix="crowdwatch-publish-") as tmp:
         ckpt = Path(tmp) / "model.pt"
         save_checkpoint(ckpt, model.cpu(), meta)
         onnx = export_onnx(model, Path(tmp) / "model.onnx", meta)
-        card = {
-            "parent": parent_version, "recipe": report["config"], "frames": report["frames"],
-            "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds")},
-            "validation": report["validation"],
-        }
         registry.publish(camera, {"model.pt": ckpt, "model.onnx": onnx}, card, version)
     return version
 

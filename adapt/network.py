@@ -26,6 +26,7 @@ from adapt.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, VGG16
 ARCHES = ("lite0", "vgg16_sfcn")
 STRIDE = 8
 INPUT_MULTIPLE = 32
+MIN_COUNT_SCALE, MAX_COUNT_SCALE = 0.05, 20.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,11 @@ class ModelConfig:
     # a 1-band head can only learn local "upside-down person" cues. The flip
     # stage sets it (FlipStageConfig.head_rows).
     flip_rows: int = 1
+    # Per-camera count calibration (crowdwatch calibrate): served counts are
+    # the network's x this. Training and pseudo labels stay in the synthetic
+    # source's units (ensemble(calibrated=False)), so L_s never pulls the
+    # calibration back to the source's scale.
+    count_scale: float = 1.0
 
     def __post_init__(self):
         if self.arch not in ARCHES:
@@ -57,6 +63,8 @@ class ModelConfig:
             raise ValueError(f"mask_scale must be in [1, 6], found {self.mask_scale}")
         if not (1 <= self.flip_rows <= 8):
             raise ValueError(f"flip_rows must be in 1..8, found {self.flip_rows}")
+        if not (MIN_COUNT_SCALE <= self.count_scale <= MAX_COUNT_SCALE):
+            raise ValueError(f"count_scale must be in [{MIN_COUNT_SCALE}, {MAX_COUNT_SCALE}], found {self.count_scale}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -188,6 +196,10 @@ class CrowdCounter(nn.Module):
         y = self.decoder_out(x) / self.config.density_scale
         return y if raw else F.relu(y)
 
+    def set_count_scale(self, scale: float) -> None:
+        """Serve counts at ``scale`` x the network's (crowdwatch calibrate); training is unaffected."""
+        self.config = replace(self.config, count_scale=float(scale))
+
     def set_flip_rows(self, rows: int) -> None:
         """Give the model a fresh flip head with ``rows`` bands (the flip stage trains it)."""
         if rows != self.config.flip_rows:
@@ -215,14 +227,20 @@ class CrowdCounter(nn.Module):
         return self.flip_head(self.encoder(self.normalise(image))[self.flip_tap])
 
     # -- inference: the whole ensemble in one batched decoder pass ------------------
-    def ensemble(self, image: torch.Tensor, raw: bool = False) -> torch.Tensor:
-        """Density of every mask: (M, N, 1, H/8, W/8); ``raw`` as in ``head``."""
+    def ensemble(self, image: torch.Tensor, raw: bool = False, calibrated: bool = True) -> torch.Tensor:
+        """Density of every mask: (M, N, 1, H/8, W/8); ``raw`` as in ``head``.
+
+        ``calibrated`` applies the camera's ``count_scale`` (what is served);
+        without it the density is in the source's units, as in training.
+        """
         m = self.config.masks
         x, _ = self.trunk(image)
         n = x.shape[0]
         # Masksembles gives the k-th contiguous chunk of the batch mask k, so
         # tiling the batch M times evaluates every frame under every mask.
         y = self.head(self.masksembles(x.repeat(m, 1, 1, 1)), raw=raw)
+        if calibrated and self.config.count_scale != 1.0:
+            y = y * self.config.count_scale
         return y.reshape(m, n, *y.shape[1:])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +254,7 @@ class CrowdCounter(nn.Module):
         for k in range(self.config.masks):
             x, _ = self.trunk(image)
             mask = self.masksembles.masks[k].view(1, -1, 1, 1)
-            outs.append(self.head(x * mask))
+            outs.append(self.head(x * mask) * self.config.count_scale)
         return torch.stack(outs)
 
 

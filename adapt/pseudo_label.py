@@ -162,7 +162,8 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
             image, (h, w) = load_padded(path, cfg.max_side)
         except BadImage:
             continue
-        raw = model.ensemble(torch.from_numpy(image)[None].to(device), raw=True)[:, 0, 0]
+        # source units: the rounds train through forward_train, which the count calibration does not touch
+        raw = model.ensemble(torch.from_numpy(image)[None].to(device), raw=True, calibrated=False)[:, 0, 0]
         per_mask = F.relu(raw)
         mean = per_mask.mean(0).cpu().numpy()
         valid = np.zeros(mean.shape, dtype=bool)

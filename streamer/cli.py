@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "adapt": ("adapt.adapt", "self-supervised adaptation of one camera's model"),
     "models": ("adapt.registry", "list or roll back per-camera model versions"),
     "label": ("adapt.labelling", "click the heads on a few frames of a camera, for the gate"),
+    "calibrate": ("adapt.calibration", "fit a camera's count scale on its labelled frames"),
 }
 
 
