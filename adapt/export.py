@@ -27,7 +27,7 @@ INPUT_NAME = "image"
 # count across masks is not derivable from the per-cell std).
 OUTPUT_NAMES = ("density", "uncertainty", "mask_counts")
 # Metadata keys every exported model carries (see DESIGN.md).
-METADATA_KEYS = ("version", "parent", "camera", "masks", "stride", "recipe", "weights_sha256", "arch", "density_scale")
+METADATA_KEYS = ("version", "parent", "camera", "masks", "stride", "recipe", "weights_sha256", "arch", "density_scale", "count_scale")
 
 
 class InferenceGraph(nn.Module):
@@ -54,6 +54,8 @@ def model_metadata(model: CrowdCounter, meta: dict) -> dict[str, str]:
         "weights_sha256": weights_hash(state),
         "arch": model.config.arch,
         "density_scale": str(model.config.density_scale),
+        # the per-camera calibration already applied inside the graph (crowdwatch calibrate)
+        "count_scale": str(model.config.count_scale),
     }
     return out
 

@@ -91,7 +91,7 @@ def test_count_scale_scales_what_is_served_not_what_is_trained():
 
 def test_count_scale_survives_a_checkpoint_and_goes_into_the_onnx_graph(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from adapt.export import export_onnx
+    from adapt.export import export_onnx, read_metadata
 
     m = counting_model()
     m.set_count_scale(0.25)
@@ -99,6 +99,7 @@ def test_count_scale_survives_a_checkpoint_and_goes_into_the_onnx_graph(tmp_path
     loaded = load_checkpoint(tmp_path / "m.pt").build()
     assert loaded.config.count_scale == 0.25
     onnx = export_onnx(loaded, tmp_path / "m.onnx", {"version": "x"})
+    assert read_metadata(onnx)["count_scale"] == "0.25"
     x = np.zeros((1, 96, 128, 3), np.uint8)
     density = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(["density"], {"image": x})[0]
     assert density.sum() == pytest.approx(0.25 * PER_CELL * CELLS, rel=1e-4)
