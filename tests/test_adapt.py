@@ -10,7 +10,7 @@ import scipy.io
 import torch
 
 from adapt.adapt import AdaptConfig, AdaptError, adapt_camera, main
-from adapt.checkpoint import save_checkpoint
+from adapt.checkpoint import load_checkpoint, save_checkpoint
 from adapt.flip_stage import FlipStageConfig, flip_batch
 from adapt.pseudo_label import PseudoLabelConfig, select_confident
 from adapt.registry import BASE, Registry
@@ -308,3 +308,17 @@ def test_frames_labelled_with_crowdwatch_label_decide_the_gate(setup, tmp_path):
     assert parent["frames"] == cand["frames"] == 3
     assert np.isfinite(parent["mae"]) and np.isfinite(cand["mae"])
     assert (v["verdict"] == "accept") == (cand["mae"] <= parent["mae"])
+
+
+def test_adaptation_keeps_the_parents_count_calibration(setup, tmp_path):
+    # a calibrated parent (crowdwatch calibrate): the stages train in source units,
+    # so the candidate must keep the factor, and the gate compares served counts
+    parent = perturbed_model()
+    plain = adapt_camera(tiny_config(setup, camera="calibrated", publish=False, base=setup / "base.pt", save_candidate=tmp_path / "plain.pt"))
+    parent.set_count_scale(0.5)
+    save_checkpoint(tmp_path / "calibrated.pt", parent, {"version": "v1"})
+    report = adapt_camera(tiny_config(setup, camera="calibrated", publish=False, base=tmp_path / "calibrated.pt", save_candidate=tmp_path / "cand.pt"))
+    assert load_checkpoint(tmp_path / "cand.pt").model_config.count_scale == 0.5
+    assert report["parent_stats"]["mean_count"] == pytest.approx(0.5 * plain["parent_stats"]["mean_count"], rel=1e-5)
+    # same seed, same source-unit training: the rounds saw the same pseudo labels
+    assert report["pseudo_label_rounds"][0]["mean_count"] == pytest.approx(plain["pseudo_label_rounds"][0]["mean_count"], rel=1e-4)
