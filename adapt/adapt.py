@@ -155,6 +155,14 @@ def labelled_loader(path: Path, max_side: int):
     return DataLoader(CrowdDataset(items, None, max_side=max_side), batch_size=1, num_workers=0, collate_fn=collate)
 
 
+def resolve_parent(registry: Registry, camera: str, base: Path | None) -> tuple[Path, str | None]:
+    """Checkpoint and version to start from: ``base`` if given, else the camera's current model, else the base model."""
+    if base is not None:
+        return base, load_checkpoint(base).meta.get("version")
+    parent = registry.resolve(camera)
+    return parent.checkpoint, parent.version
+
+
 def adapt_camera(cfg: AdaptConfig) -> dict:
     """Run the whole adaptation; returns the report (also the ``--json`` output)."""
     from adapt.train import seed_everything, select_device
@@ -167,11 +175,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     registry = Registry(cfg.registry_root)
-    if cfg.base is not None:
-        parent_path, parent_version = cfg.base, load_checkpoint(cfg.base).meta.get("version")
-    else:
-        parent = registry.resolve(camera)
-        parent_path, parent_version = parent.checkpoint, parent.version
+    parent_path, parent_version = resolve_parent(registry, camera, cfg.base)
     parent_ckpt = load_checkpoint(parent_path)
     parent_model = parent_ckpt.build(device)
     masks = parent_model.config.masks

@@ -129,7 +129,7 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
 def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = None, base: Path | None = None,
                      max_side: int = 1024, device: str = "auto", publish: bool = True, cfg: CalibrationConfig = CalibrationConfig()) -> dict:
     """Fit, judge and (if accepted) publish a calibrated version of the camera's model; returns the report."""
-    from adapt.adapt import publish_version
+    from adapt.adapt import publish_version, resolve_parent
     from adapt.checkpoint import load_checkpoint
     from adapt.names import validate_camera_name
     from adapt.registry import Registry
@@ -138,11 +138,7 @@ def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = Non
     camera = validate_camera_name(camera)
     dev = select_device(device)
     registry = Registry(registry_root)
-    if base is not None:
-        parent_path, parent_version = base, load_checkpoint(base).meta.get("version")
-    else:
-        parent = registry.resolve(camera)
-        parent_path, parent_version = parent.checkpoint, parent.version
+    parent_path, parent_version = resolve_parent(registry, camera, base)
     model = load_checkpoint(parent_path).build(dev)
     predicted, true, names, unreadable = labelled_counts(model, labels, max_side, dev)
     parent_scale = model.config.count_scale
