@@ -36,10 +36,14 @@ def load(folder: Path) -> dict[str, np.ndarray]:
 
 
 def summary(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    scale = true.sum() / pred.sum() if pred.sum() > 0 else float("nan")
+    from adapt.calibration import fit_scale
+    from adapt.evaluate import count_errors
+
+    scale = fit_scale(pred, true)
+    mae, rmse = count_errors(true, pred)
     return {
-        "mae": float(np.abs(pred - true).mean()),
-        "rmse": float(np.sqrt(((pred - true) ** 2).mean())),
+        "mae": mae,
+        "rmse": rmse,
         "mean_pred": float(pred.mean()),
         "mean_true": float(true.mean()),
         "corr": float(np.corrcoef(pred, true)[0, 1]) if len(true) > 1 else float("nan"),
