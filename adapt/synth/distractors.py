@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from .camera import Camera
@@ -281,11 +282,54 @@ def make_sprite(obj: Distractor, cam: Camera, look: Look, max_area: float = 0.25
         draw_prim(rgb, p, (X0, Y0))
         mp = Prim(p.kind, p.pts, p.size, (255,), p.depth)
         draw_prim(alpha, mp, (X0, Y0))
+    prem = rgb.astype(np.float32)
+    if obj.kind in FOLIAGE:
+        leaves = [p for p in prims if p.kind == "disc"]
+        canopy = np.zeros_like(alpha)
+        for p in leaves:
+            draw_prim(canopy, Prim("disc", p.pts, p.size, (255,), p.depth), (X0, Y0), aa=False)
+        leaf_px = LEAF_M * cam.focal_px / float(np.median([p.depth for p in leaves]))
+        factor, holes = leaf_texture(canopy.shape, leaf_px, _object_seed(obj), look.style.thermal)
+        inside = canopy > 0
+        prem[inside] *= factor[inside][:, None]
+        gaps = inside & holes
+        prem[gaps] = 0.0
+        alpha[gaps] = 0
     a = alpha.astype(np.float32)[..., None] / 255.0
     # the rgb canvas is black-backed, so its AA edges are already colour * coverage
-    prem = rgb.astype(np.float32)
     ground = cam.project(np.array([[obj.x, obj.y, 0.0]]))[1][0]
     return Sprite(float(ground), X0, Y0, prem.astype(np.float32), (1.0 - a).astype(np.float32), alpha > 127)
+
+
+# -- foliage --------------------------------------------------------------------------
+
+# Real tree crowns are clumps of lit and shaded leaves with gaps: blob texture at
+# about head scale. Smooth discs taught the base model that any such texture is a
+# crowd (ShanghaiTech B: most of its overcount sat on trees and signs).
+FOLIAGE = ("tree", "planter")
+LEAF_M = 0.22  # size of a leaf clump in metres
+
+
+def _object_seed(obj: Distractor) -> int:
+    # the sprite is drawn once per scene; its texture must not depend on draw order
+    return int(abs(obj.x * 7919.0 + obj.y * 104729.0 + obj.yaw * 1301.0)) % (1 << 31)
+
+
+def leaf_texture(shape: tuple[int, int], leaf_px: float, seed: int, thermal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(brightness factor, see-through gaps) over a sprite box for leaf clumps of ``leaf_px`` pixels."""
+    rng = np.random.default_rng(seed)
+
+    def blob_noise(sigma: float) -> np.ndarray:
+        n = cv2.GaussianBlur(rng.standard_normal(shape).astype(np.float32), (0, 0), max(sigma, 0.5))
+        return n / (n.std() + 1e-6)
+
+    leaf_px = float(np.clip(leaf_px, 0.7, 14.0))
+    fine, coarse = blob_noise(0.5 * leaf_px), blob_noise(2.0 * leaf_px)
+    t = 0.8 * fine + 0.45 * coarse
+    amp = 0.25 if thermal else 0.5
+    factor = np.exp(amp * np.tanh(1.5 * t))
+    factor[fine > 1.6] *= 1.0 if thermal else 1.35  # sunlit clusters
+    return factor.astype(np.float32), t < -1.9
 
 
 # -- shadows --------------------------------------------------------------------------

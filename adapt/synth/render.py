@@ -25,7 +25,7 @@ from .people import FEET, HEAD, FigureBatch, Person
 from .scene import Scene, apply_shadow_mask, sample_scene
 from .styles import get_style
 
-RENDERER_VERSION = "crowdwatch-synth-1"
+RENDERER_VERSION = "crowdwatch-synth-2"
 VISIBLE_FRACTION = 0.5
 _LAYOUT_WEIGHTS = {"mixed": 0.4, "uniform": 0.2, "clustered": 0.2, "flow": 0.15, "queue": 0.05}
 

@@ -343,6 +343,15 @@ def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray
     interior = np.array([0.18, 0.16, 0.15], np.float32) * (1 + noise(s, z, fp, 0.5, fb.seed + 4, 2.0) * 0.3)[:, None]
     wall = _mix(wall, interior, shop_glass.astype(np.float32))
     wall = _mix(wall, fb.sign[blk], sign_band.astype(np.float32))
+    wall = _mix(wall, _ink(fb.sign[blk]), (sign_band * lettering(s, z, gh - 1.0, gh - 0.25, fp, fb.seed + 7)).astype(np.float32))
+    # some window bays carry banners and billboards instead: saturated colour and lettering
+    panel_p = 0.35 * hash2(blk, np.zeros_like(blk), fb.seed + 6) ** 2
+    panel = win * (hash2(cell_i, cell_j, fb.seed + 5) < panel_p)
+    if panel.any():
+        colour = _SIGN_COLORS[(hash2(cell_i, cell_j, fb.seed + 8) * len(_SIGN_COLORS)).astype(np.int64)]
+        z0 = gh + cell_j * fh + sill
+        text = lettering(s, z, z0 + 0.1 * wh, z0 + 0.9 * wh, fp, fb.seed + 9, char_h=0.3)
+        wall = _mix(wall, _mix(colour, _ink(colour), text.astype(np.float32)), panel.astype(np.float32))
     if fb.lit > 0 or fb.interior:
         glow = 0.5 if fb.interior else fb.lit
         emis = emis + (shop_glass * glow)[:, None] * np.array([1.0, 0.9, 0.7], np.float32) * 0.6
@@ -351,6 +360,37 @@ def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray
     parapet = coverage(z - (top - 0.4), fp)
     wall = wall * (1 - 0.3 * parapet)[:, None]
     return np.clip(wall, 0, 1).astype(np.float32), emis.astype(np.float32)
+
+
+def _ink(colour: np.ndarray) -> np.ndarray:
+    """Lettering colour that reads on a sign: white on dark signs, near black on light ones."""
+    light = (colour @ np.array([0.3, 0.59, 0.11], np.float32)) > 0.5
+    return np.where(light[:, None], np.float32(0.08), np.float32(0.95)).astype(np.float32)
+
+
+def lettering(s: np.ndarray, z: np.ndarray, z0, z1, fp: np.ndarray, seed: int, char_h: float | None = None) -> np.ndarray:
+    """Ink coverage of block-glyph text between heights z0 and z1 (one line, or lines of ``char_h`` metres).
+
+    Real shop signs and banners are dense high-contrast strokes at about the
+    scale of a far head; a counting model must learn that they are not people.
+    """
+    z0 = np.broadcast_to(np.asarray(z0, np.float32), z.shape)
+    z1 = np.broadcast_to(np.asarray(z1, np.float32), z.shape)
+    h = np.maximum(z1 - z0, 1e-3) if char_h is None else np.full(z.shape, char_h, np.float32)
+    cw = 0.65 * h
+    ci = np.floor(s / cw)
+    fx = s / cw - ci
+    line = np.floor((z - z0) / h)
+    fz = (z - z0) / h - line
+    gx = np.floor(fx * 3).astype(np.int64)
+    gz = np.floor(fz * 5).astype(np.int64)
+    on = hash2(ci.astype(np.int64) * 4 + gx, gz + 8 * line.astype(np.int64), seed) < 0.45
+    word = hash2(ci, line, seed + 1) >= 0.15
+    inner = (fx > 0.12) & (fx < 0.88) & (fz > 0.12) & (fz < 0.88) & (z >= z0) & (z <= z1)
+    ink = (on & word & inner).astype(np.float32)
+    # strokes finer than a pixel grey out to their mean (the analytic anti-aliasing of this module)
+    far = np.clip((fp / (cw / 4) - 0.5) / 0.5, 0, 1)
+    return ink * (1 - far) + far * 0.3 * inner
 
 
 def shade_ceiling(u: np.ndarray, v: np.ndarray, fp: np.ndarray, spacing: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
