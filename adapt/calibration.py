@@ -108,22 +108,20 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
     import torch
 
     from adapt.adapt import labelled_loader
+    from adapt.crowd_dataset import readable_batches
     from adapt.train import predict_counts
 
     loader = labelled_loader(labels, max_side)
     items = loader.dataset.items
-    predicted, true, names, unreadable = [], [], [], 0
+    predicted, true, names, unreadable = [], [], [], []
     model.eval()
     with torch.inference_mode():
-        for batch in loader:
-            if bool(batch["replaced"].any()):  # a stand-in for an unreadable frame: counted, not used twice
-                unreadable += 1
-                continue
+        for batch in readable_batches(loader, unreadable):
             count, _, _ = predict_counts(model, batch["image"].to(device))
             predicted.append(float(count[0]))
             true.append(float(batch["count"][0]))
             names.append(items[int(batch["index"][0])].image_path.name)
-    return np.asarray(predicted), np.asarray(true), names, unreadable
+    return np.asarray(predicted), np.asarray(true), names, len(unreadable)
 
 
 def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = None, base: Path | None = None,

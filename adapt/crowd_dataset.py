@@ -412,6 +412,22 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def readable_batches(loader, unreadable: list[str] | None = None):
+    """Batches of one whole frame from ``loader``, without stand-ins for unreadable frames.
+
+    Evaluation loops use this so that a stand-in (the next frame, loaded in
+    place of an unreadable one) is not scored twice; each dropped stand-in's
+    reason is appended to ``unreadable``.
+    """
+    for batch in loader:
+        replaced = batch.get("replaced")
+        if replaced is not None and bool(replaced.any()):
+            if unreadable is not None:
+                unreadable.append(batch["skipped"][0] if batch["skipped"] else "unreadable")
+            continue
+        yield batch
+
+
 __all__ = [
     "AugmentConfig",
     "CropPlan",
@@ -425,6 +441,7 @@ __all__ = [
     "pad_to",
     "padded_hw",
     "plan_crop",
+    "readable_batches",
     "render_crop",
     "resize",
     "sample_rng",

@@ -62,16 +62,12 @@ def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[
     Reasons for unreadable images are appended to ``unreadable``.
     """
     unreadable = [] if unreadable is None else unreadable
-    from adapt.crowd_dataset import collate
+    from adapt.crowd_dataset import collate, readable_batches
     from adapt.train import predict_counts
 
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1, collate_fn=collate)
     results, views = [], []
-    for batch in progress(loader, "eval", total=len(dataset)):
-        if bool(batch["replaced"][0]):
-            # stand-in for an unreadable image: that image is counted as skipped, not scored twice
-            unreadable.append(batch["skipped"][0] if batch["skipped"] else "unreadable")
-            continue
+    for batch in progress(readable_batches(loader, unreadable), "eval", total=len(dataset)):
         image = batch["image"].to(device)
         count, count_std, per_mask = predict_counts(model, image)
         idx = int(batch["index"][0]) if "index" in batch else len(results)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from adapt.progress import progress
 
+from adapt.crowd_dataset import readable_batches
 from adapt.network import CrowdCounter, training_mode
 from adapt.train import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 
@@ -155,7 +156,7 @@ def flip_accuracy(model: CrowdCounter, frames, device: torch.device) -> float:
     """Accuracy of the flip head on whole frames and their upside-down copies."""
     model.eval()
     right = total = 0
-    for batch in frames:
+    for batch in readable_batches(frames):
         # drop the zero padding: flipped, it would sit on top and give the answer away
         h, w = (int(v) // 32 * 32 for v in batch["valid_hw"].min(0).values) if "valid_hw" in batch else batch["image"].shape[1:3]
         if h == 0 or w == 0:

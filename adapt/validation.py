@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from adapt.crowd_dataset import readable_batches
 from adapt.flip_stage import flip_accuracy
 from adapt.network import CrowdCounter
 from adapt.train import predict_counts
@@ -58,6 +59,7 @@ class FrameStats:
     flip_accuracy: float | None = None
     mae: float | None = None              # only with labelled frames
     rmse: float | None = None
+    unreadable: int = 0                   # frames that failed to load, left out of every figure
 
     @property
     def relative_uncertainty(self) -> float:
@@ -85,14 +87,14 @@ class GateReport:
 def frame_stats(model: CrowdCounter, frames, device: torch.device, with_flip: bool = True) -> FrameStats:
     """Count and uncertainty over a loader of whole frames (batch size 1), plus flip accuracy."""
     model.eval()
-    counts, stds, errors = [], [], []
-    for batch in frames:
+    counts, stds, errors, unreadable = [], [], [], []
+    for batch in readable_batches(frames, unreadable):
         count, std, _ = predict_counts(model, batch["image"].to(device))
         counts += count.cpu().tolist()
         stds += std.cpu().tolist()
         if "count" in batch:
             errors += (count.cpu() - batch["count"]).tolist()
-    stats = FrameStats(len(counts), float(np.mean(counts)) if counts else float("nan"), float(np.mean(stds)) if stds else float("nan"))
+    stats = FrameStats(len(counts), float(np.mean(counts)) if counts else float("nan"), float(np.mean(stds)) if stds else float("nan"), unreadable=len(unreadable))
     if errors:
         e = np.asarray(errors)
         stats.mae, stats.rmse = float(np.abs(e).mean()), float(np.sqrt((e**2).mean()))

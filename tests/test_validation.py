@@ -66,3 +66,29 @@ def test_labelled_frames_decide_by_mae():
     r = gate(PARENT, candidate(mean_count_std=5.0), labelled=(lp, better))
     assert r.accepted and r.decided_by == "labelled-mae"
     assert not gate(PARENT, candidate(), labelled=(lp, worse)).accepted
+
+
+def test_frame_stats_leave_an_unreadable_frame_out_instead_of_scoring_its_stand_in_twice(tmp_path):
+    import cv2
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from adapt.crowd_dataset import FrameFolder, collate
+    from adapt.validation import frame_stats
+    from tests.test_network import perturbed_model
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"f{i}.jpg")
+        cv2.imwrite(str(paths[-1]), rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    (tmp_path / "f1.jpg").write_bytes(b"not a jpeg")
+    loader = DataLoader(FrameFolder(paths, None, max_side=96), batch_size=1, collate_fn=collate)
+    model = perturbed_model()
+    stats = frame_stats(model, loader, torch.device("cpu"))
+    assert stats.frames == 2 and stats.unreadable == 1 and 0.0 <= stats.flip_accuracy <= 1.0
+    # the same figures as over the two readable frames alone
+    clean = DataLoader(FrameFolder([paths[0], paths[2]], None, max_side=96), batch_size=1, collate_fn=collate)
+    alone = frame_stats(model, clean, torch.device("cpu"))
+    assert stats.mean_count == pytest.approx(alone.mean_count) and stats.flip_accuracy == alone.flip_accuracy
