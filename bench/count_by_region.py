@@ -30,21 +30,13 @@ import torch
 from scipy.spatial import cKDTree
 
 from adapt.checkpoint import load_checkpoint
-from adapt.crowd_dataset import fit_max_side
 from adapt.datasets import load_image, read_dataset
-from adapt.density import density_map
 from adapt.network import STRIDE
 from adapt.pseudo_label import PseudoLabelConfig, predict_frames
 from adapt.registry import default_base_checkpoint
+from pseudo_label_quality import scaled_points, true_density
 
 SPACING_EDGES = (0, 8, 16, 32, 64, np.inf)
-
-
-def scaled_points(item, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Head points in the frame as predict_frames resized it, and that size."""
-    h0, w0 = load_image(item.image_path).shape[:2]
-    h, w = fit_max_side((h0, w0), max_side)
-    return item.points * np.array([w / w0, h / h0], dtype=np.float32), (h, w)
 
 
 def cell_regions(points: np.ndarray, shape: tuple[int, int], near_px: float) -> np.ndarray:
@@ -107,7 +99,7 @@ def main() -> None:
     for path, mean, valid in zip(labels.paths, labels.mean, labels.valid):
         pred, valid = np.asarray(mean, np.float64), np.asarray(valid)
         points, size = scaled_points(by_path[path], args.max_side)
-        true = density_map(points, (pred.shape[0] * STRIDE, pred.shape[1] * STRIDE)).density
+        true = true_density(points, pred.shape)
         region = cell_regions(points, pred.shape, args.near)
         for k in np.unique(region):
             cells = (region == k) & valid

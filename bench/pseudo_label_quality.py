@@ -38,11 +38,15 @@ from adapt.pseudo_label import PseudoLabelConfig, predict_frames
 from adapt.registry import default_base_checkpoint
 
 
-def true_density(item, max_side: int | None, shape: tuple[int, int]) -> np.ndarray:
-    """True density on the network's cell grid, for the frame as predict_frames resized it."""
+def scaled_points(item, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Head points in the frame as predict_frames resized it, and that size."""
     h0, w0 = load_image(item.image_path).shape[:2]
     h, w = fit_max_side((h0, w0), max_side)
-    points = item.points * np.array([w / w0, h / h0], dtype=np.float32)
+    return item.points * np.array([w / w0, h / h0], dtype=np.float32), (h, w)
+
+
+def true_density(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """True density of (resized) head points on the network's cell grid of ``shape``."""
     hc, wc = shape
     return density_map(points, (hc * STRIDE, wc * STRIDE)).density
 
@@ -69,7 +73,7 @@ def main() -> None:
     cfg = PseudoLabelConfig(max_side=args.max_side)
     labels = predict_frames(model, [it.image_path for it in items], torch.device("cpu"), cfg)
     by_path = {it.image_path: it for it in items}
-    truth = [true_density(by_path[path], args.max_side, m.shape) for path, m in zip(labels.paths, labels.mean)]
+    truth = [true_density(scaled_points(by_path[path], args.max_side)[0], m.shape) for path, m in zip(labels.paths, labels.mean)]
 
     def flat(maps) -> np.ndarray:
         return np.concatenate([np.asarray(m)[v] for m, v in zip(maps, labels.valid)])
