@@ -322,3 +322,24 @@ def test_adaptation_keeps_the_parents_count_calibration(setup, tmp_path):
     assert report["parent_stats"]["mean_count"] == pytest.approx(0.5 * plain["parent_stats"]["mean_count"], rel=1e-5)
     # same seed, same source-unit training: the rounds saw the same pseudo labels
     assert report["pseudo_label_rounds"][0]["mean_count"] == pytest.approx(plain["pseudo_label_rounds"][0]["mean_count"], rel=1e-4)
+
+
+def test_source_renders_of_an_older_renderer_are_rendered_again(tmp_path):
+    from adapt.adapt import ensure_synthetic
+    from adapt.synth.render import RENDERER_VERSION
+
+    ours = tmp_path / "synth-source"
+    ensure_synthetic(ours, 2, 0)
+    meta = json.loads((ours / "meta.json").read_text())
+    assert meta["renderer_version"] == RENDERER_VERSION and len(list((ours / "images").iterdir())) == 2
+    stamp = (ours / "images" / "IMG_1.jpg").stat().st_mtime_ns
+    ensure_synthetic(ours, 2, 0)  # current: kept as it is
+    assert (ours / "images" / "IMG_1.jpg").stat().st_mtime_ns == stamp
+    (ours / "meta.json").write_text(json.dumps({**meta, "renderer_version": "crowdwatch-synth-0"}))
+    ensure_synthetic(ours, 2, 0)
+    assert json.loads((ours / "meta.json").read_text())["renderer_version"] == RENDERER_VERSION
+    # a labelled set from elsewhere is never rendered over
+    theirs = tmp_path / "gcc"
+    write_shanghaitech(theirs, 1, np.random.default_rng(0))
+    ensure_synthetic(theirs, 2, 0)
+    assert (theirs / "meta.json").read_text() == "{}"
