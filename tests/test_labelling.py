@@ -182,7 +182,8 @@ def test_clicks_in_headless_chromium_become_labels(server, tmp_path: Path) -> No
         page.click(*at(41, 31))  # on a mark: removes it
         wait_for(lambda: len(labels.points("frame_000")) == 1, what="one saved point")
         assert np.abs(np.array(labels.points("frame_000")) - [[120, 90]]).max() < 1.5
-        assert "saved (1)" in page.js("document.getElementById('status').textContent")
+        # the file is written before the page hears back, so the status can lag the saved points
+        wait_for(lambda: "saved (1)" in page.js("document.getElementById('status').textContent"), what="the page to report one saved point")
     finally:
         proc.terminate()
         proc.wait(timeout=10)
