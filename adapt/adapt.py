@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import tempfile
 import time
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from adapt.flip_stage import FlipStageConfig, loop_forever, run_flip_stage
 from adapt.names import InvalidCameraName, validate_camera_name
+from adapt.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
 from adapt.pseudo_label import RULES, PseudoLabelConfig, run_pseudo_label_stage
 from adapt.registry import Registry, RegistryError
 from adapt.validation import GateConfig, frame_stats, gate
@@ -69,6 +71,11 @@ class AdaptConfig:
     flip: FlipStageConfig = field(default_factory=FlipStageConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    # Hold the parent's mean count on the training frames (one factor in count_scale):
+    # the stages refine where people are counted, not how many the camera sees in all.
+    # The uncertainty says nothing about a camera-wide scale error, and on the real
+    # target the stages moved it the wrong way (docs/ADAPTATION.md, "The count level").
+    keep_count: bool = True
 
 
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
@@ -160,6 +167,32 @@ def frame_loaders(train: list[Path], held: list[Path], cfg: AdaptConfig):
     return real_loader, held_loader
 
 
+def keep_parent_count(parent: CrowdCounter, model: CrowdCounter, train_paths: list[Path], cfg: AdaptConfig, device: torch.device) -> dict:
+    """Scale the candidate's served count so its mean on the training frames is the parent's.
+
+    Measured on the frames the stages trained on, so the gate's held-out
+    frames still test it independently; the factor joins any calibration
+    the parent carried (count_scale multiplies).
+    """
+    from adapt.crowd_dataset import FrameFolder, collate
+
+    loader = DataLoader(FrameFolder(train_paths, None, max_side=cfg.max_side), batch_size=1, num_workers=0, collate_fn=collate)
+    before = frame_stats(parent, loader, device, with_flip=False).mean_count
+    after = frame_stats(model, loader, device, with_flip=False).mean_count
+    out = {"parent_mean_count": before, "candidate_mean_count": after, "count_ratio": (after + 1.0) / (before + 1.0)}
+    if not (math.isfinite(before) and math.isfinite(after)) or after <= 0 or before <= 0:
+        out["factor"] = None  # nothing to hold: the gate judges the counts as they are
+        return out
+    factor = before / after
+    scale = model.config.count_scale * factor
+    if not MIN_COUNT_SCALE <= scale <= MAX_COUNT_SCALE:
+        out["factor"] = None
+        return out
+    model.set_count_scale(scale)
+    out["factor"], out["count_scale"] = factor, scale
+    return out
+
+
 def labelled_loader(path: Path, max_side: int):
     from adapt.crowd_dataset import CrowdDataset, collate
     from adapt.datasets import read_dataset
@@ -211,6 +244,10 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
+    moved = None
+    if cfg.keep_count:
+        report["keep_count"] = keep_parent_count(parent_model, model, train_paths, cfg, device)
+        moved = report["keep_count"]["count_ratio"]
     cand_stats = frame_stats(model, held_loader, device)
     report["candidate_stats"] = asdict(cand_stats)
 
@@ -218,7 +255,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     if cfg.labels is not None:
         lab = labelled_loader(cfg.labels, cfg.max_side)
         labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
-    verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled)
+    verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled, count_ratio_before_keep=moved)
     report["validation"] = verdict.to_dict()
     if cfg.save_candidate is not None:
         save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})
@@ -280,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate: ... and at most this (default: %(default)s)")
     p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
                    help="gate: the count std per counted person must drop too (default: off)")
+    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=AdaptConfig.keep_count,
+                   help="hold the parent's mean count on the training frames (default: on; docs/ADAPTATION.md)")
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
@@ -303,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
         cfg.stages = tuple(s for s in args.stages.split(",") if s)
+        cfg.keep_count = args.keep_count
         cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)

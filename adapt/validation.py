@@ -109,8 +109,15 @@ def chance_bound(n_frames: int, floor: float) -> float:
     return max(floor, 0.5 + 2 * math.sqrt(0.25 / n))
 
 
-def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig(), labelled: tuple[FrameStats, FrameStats] | None = None) -> GateReport:
-    """Pure decision from the measured statistics."""
+def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig(), labelled: tuple[FrameStats, FrameStats] | None = None,
+         count_ratio_before_keep: float | None = None) -> GateReport:
+    """Pure decision from the measured statistics.
+
+    ``count_ratio_before_keep`` is the (count + 1) ratio the stages produced
+    on the training frames before the parent's count was held
+    (adapt.keep_parent_count): without labels, a collapse or explosion is
+    refused even when the served count no longer shows it.
+    """
     reasons: list[str] = []
     if labelled is not None:
         lp, lc = labelled
@@ -120,6 +127,8 @@ def gate(parent: FrameStats, candidate: FrameStats, cfg: GateConfig = GateConfig
             reasons.append(f"MAE on labelled frames rose from {lp.mae:.2f} to {lc.mae:.2f}")
         report = GateReport("reject" if reasons else "accept", reasons, "labelled-mae", {"label_free": asdict(parent), "labelled": asdict(lp)}, {"label_free": asdict(candidate), "labelled": asdict(lc)})
         return report
+    if count_ratio_before_keep is not None and not cfg.min_count_ratio <= count_ratio_before_keep <= cfg.max_count_ratio:
+        reasons.append(f"counts moved too far before the parent's count was held (ratio {count_ratio_before_keep:.2f} outside [{cfg.min_count_ratio}, {cfg.max_count_ratio}])")
     if not all(math.isfinite(v) for v in (candidate.mean_count, candidate.mean_count_std)):
         reasons.append("candidate produced non-finite counts")
     else:

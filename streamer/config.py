@@ -167,6 +167,7 @@ class AdaptConfig:
     max_age_s: float = 3 * 86400.0  # last success older than this -> alert
     max_failures_per_day: int = 0  # more failed runs than this in a day -> alert
     labels: Path | None = None  # a few JSON-points frames of this camera: MAE on them decides the gate
+    keep_count: bool = True  # hold the parent's mean count (adapt.adapt.AdaptConfig.keep_count)
     # label-free gate (adapt.validation.GateConfig holds the same defaults; a test keeps them equal)
     min_count_ratio: float = 0.67
     max_count_ratio: float = 1.5
@@ -176,6 +177,8 @@ class AdaptConfig:
         """The ``crowdwatch adapt`` options this camera's settings add."""
         d = AdaptConfig()
         args = ["--labels", str(self.labels)] if self.labels is not None else []
+        if self.keep_count != d.keep_count:
+            args.append("--keep-count" if self.keep_count else "--no-keep-count")
         if self.min_count_ratio != d.min_count_ratio:
             args += ["--min-count-ratio", repr(self.min_count_ratio)]
         if self.max_count_ratio != d.max_count_ratio:
@@ -672,6 +675,7 @@ def _adapt(t: _Table) -> AdaptConfig:
         max_age_s=t.duration("max_age", d.max_age_s, minimum=60.0),
         max_failures_per_day=t.number("max_failures_per_day", d.max_failures_per_day, lo=0, hi=1000, integer=True),
         labels=t.optional_path("labels"),
+        keep_count=t.boolean("keep_count", d.keep_count),
         min_count_ratio=min_ratio,
         max_count_ratio=max_ratio,
         per_person_uncertainty=per_person,

@@ -318,7 +318,9 @@ def test_adaptation_keeps_the_parents_count_calibration(setup, tmp_path):
     parent.set_count_scale(0.5)
     save_checkpoint(tmp_path / "calibrated.pt", parent, {"version": "v1"})
     report = adapt_camera(tiny_config(setup, camera="calibrated", publish=False, base=tmp_path / "calibrated.pt", save_candidate=tmp_path / "cand.pt"))
-    assert load_checkpoint(tmp_path / "cand.pt").model_config.count_scale == 0.5
+    # the factor that holds the parent's count multiplies the parent's calibration
+    assert report["keep_count"]["factor"] == pytest.approx(plain["keep_count"]["factor"], rel=1e-4)
+    assert load_checkpoint(tmp_path / "cand.pt").model_config.count_scale == pytest.approx(0.5 * report["keep_count"]["factor"], rel=1e-6)
     assert report["parent_stats"]["mean_count"] == pytest.approx(0.5 * plain["parent_stats"]["mean_count"], rel=1e-5)
     # same seed, same source-unit training: the rounds saw the same pseudo labels
     assert report["pseudo_label_rounds"][0]["mean_count"] == pytest.approx(plain["pseudo_label_rounds"][0]["mean_count"], rel=1e-4)
@@ -343,3 +345,36 @@ def test_source_renders_of_an_older_renderer_are_rendered_again(tmp_path):
     write_shanghaitech(theirs, 1, np.random.default_rng(0))
     ensure_synthetic(theirs, 2, 0)
     assert (theirs / "meta.json").read_text() == "{}"
+
+
+def test_keep_count_holds_the_parents_mean_count_on_the_training_frames(setup):
+    import copy
+
+    from adapt.adapt import keep_parent_count
+    from adapt.crowd_dataset import FrameFolder, collate
+    from adapt.validation import frame_stats
+    from torch.utils.data import DataLoader
+
+    parent = perturbed_model()
+    model = copy.deepcopy(parent)
+    with torch.no_grad():  # a candidate that counts twice as many everywhere (the head ends in a ReLU)
+        for p in model.decoder_out[-1].parameters():
+            p.mul_(2.0)
+    paths = sorted((setup / "frames").iterdir())[:6]
+    cfg = tiny_config(setup)
+    loader = DataLoader(FrameFolder(paths, None, max_side=cfg.max_side), batch_size=1, collate_fn=collate)
+    before = frame_stats(parent, loader, torch.device("cpu"), with_flip=False).mean_count
+    assert before > 0 and frame_stats(model, loader, torch.device("cpu"), with_flip=False).mean_count == pytest.approx(2 * before, rel=1e-4)
+    held = keep_parent_count(parent, model, paths, cfg, torch.device("cpu"))
+    assert held["factor"] == pytest.approx(0.5, rel=1e-4) and held["count_ratio"] == pytest.approx((2 * before + 1) / (before + 1), rel=1e-4)
+    assert model.config.count_scale == pytest.approx(0.5, rel=1e-4)
+    assert frame_stats(model, loader, torch.device("cpu"), with_flip=False).mean_count == pytest.approx(before, rel=1e-4)
+
+
+def test_the_pipeline_holds_the_count_and_the_gate_still_sees_how_far_it_moved(setup):
+    report = adapt_camera(tiny_config(setup, publish=False))
+    held = report["keep_count"]
+    assert held["factor"] is not None and held["candidate_mean_count"] > 0
+    assert report["candidate_stats"]["mean_count"] > 0
+    off = adapt_camera(tiny_config(setup, publish=False, keep_count=False))
+    assert "keep_count" not in off

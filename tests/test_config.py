@@ -275,15 +275,18 @@ def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     from adapt.validation import GateConfig
 
     gate = {"per_person_uncertainty": True, "min_count_ratio": 0.4, "max_count_ratio": 3}
-    data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "gate": gate}
+    data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "keep_count": False, "gate": gate}
     cfg = parse(data, tmp_path)
     lobby, yard = cfg.cameras["lobby"].adapt, cfg.cameras["yard"].adapt
-    assert lobby.labels == tmp_path / "labels" / "lobby" and lobby.per_person_uncertainty
+    assert lobby.labels == tmp_path / "labels" / "lobby" and lobby.per_person_uncertainty and not lobby.keep_count
     # what the scheduler passes is what `crowdwatch adapt` understands
     args = build_parser().parse_args(["--camera", "lobby", *lobby.command_args()])
-    assert (args.labels, args.min_count_ratio, args.max_count_ratio, args.per_person_uncertainty) == (tmp_path / "labels" / "lobby", 0.4, 3.0, True)
-    # a camera without overrides adds nothing, and the config's defaults are the gate's
-    assert yard.labels is None and yard.command_args() == []
+    assert (args.labels, args.min_count_ratio, args.max_count_ratio, args.per_person_uncertainty, args.keep_count) == (tmp_path / "labels" / "lobby", 0.4, 3.0, True, False)
+    # a camera without overrides adds nothing, and the config's defaults are the gate's and adapt's
+    from adapt.adapt import AdaptConfig
+
+    assert yard.labels is None and yard.command_args() == [] and yard.keep_count == AdaptConfig.keep_count
+    assert build_parser().parse_args(["--camera", "yard"]).keep_count == AdaptConfig.keep_count
     d = GateConfig()
     assert (yard.min_count_ratio, yard.max_count_ratio, yard.per_person_uncertainty) == (d.min_count_ratio, d.max_count_ratio, d.per_person_uncertainty)
     for key, bad in (("per_person_uncertainty", "no"), ("min_count_ratio", 1.2), ("max_count_ratio", 0.9)):

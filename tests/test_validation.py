@@ -92,3 +92,14 @@ def test_frame_stats_leave_an_unreadable_frame_out_instead_of_scoring_its_stand_
     clean = DataLoader(FrameFolder([paths[0], paths[2]], None, max_side=96), batch_size=1, collate_fn=collate)
     alone = frame_stats(model, clean, torch.device("cpu"))
     assert stats.mean_count == pytest.approx(alone.mean_count) and stats.flip_accuracy == alone.flip_accuracy
+
+
+def test_a_held_count_does_not_hide_a_collapse_from_the_label_free_gate():
+    # the served counts look fine, but the stages had halved them before they were held
+    r = gate(PARENT, candidate(mean_count=50.0), count_ratio_before_keep=0.5)
+    assert not r.accepted and "before the parent's count was held" in r.reasons[0]
+    assert gate(PARENT, candidate(mean_count=50.0), count_ratio_before_keep=1.2).accepted
+    # labelled frames decide on their own
+    lp = FrameStats(frames=5, mean_count=50, mean_count_std=4, mae=10.0)
+    lc = FrameStats(frames=5, mean_count=50, mean_count_std=4, mae=8.0)
+    assert gate(PARENT, candidate(), labelled=(lp, lc), count_ratio_before_keep=0.3).accepted
