@@ -1,0 +1,60 @@
+"""What ``keep_count`` serves, from a run made without it: MAE and RMSE of the held counts.
+
+    python bench/held_count.py --frames DIR --parent EVAL_DIR [--holdout-every 5] RUN_EVAL_DIR ...
+
+``crowdwatch adapt`` holds the parent's mean count on the training frames by
+multiplying the candidate's served density by one factor (adapt.adapt.
+keep_parent_count). ``count_scale`` is linear, so a candidate's held counts
+are its per-image counts times that factor, computed here from the per-image
+CSVs of ``crowdwatch eval`` (the parent's and each candidate's, on the same
+frames at the same size): factor = mean parent count / mean candidate count
+over the training frames, i.e. the frames ``split_holdout`` did not hold out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from adapt.adapt import split_holdout
+from adapt.datasets import list_images
+from adapt.evaluate import count_errors
+
+
+def per_image(eval_dir: Path) -> dict[str, tuple[float, float]]:
+    """image name -> (predicted, true) count."""
+    with (eval_dir / "per_image.csv").open() as f:
+        return {r["image"]: (float(r["pred_count"]), float(r["true_count"])) for r in csv.DictReader(f)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=Path, required=True, help="the folder the runs adapted on")
+    p.add_argument("--parent", type=Path, required=True, help="crowdwatch eval --out folder of the parent model")
+    p.add_argument("--holdout-every", type=int, default=5)
+    p.add_argument("runs", nargs="+", type=Path, help="crowdwatch eval --out folders of candidates adapted without keep_count")
+    args = p.parse_args()
+
+    train, _ = split_holdout(list_images(args.frames), args.holdout_every)
+    train_names = [t.name for t in train]
+    parent = per_image(args.parent)
+    parent_mean = np.mean([parent[n][0] for n in train_names])
+    print(f"# held counts: parent {args.parent}, mean count on the {len(train_names)} training frames {parent_mean:.1f}")
+    print("| candidate | MAE / RMSE as adapted | mean count | factor | MAE / RMSE held | mean count held |")
+    print("|---|---|---|---|---|---|")
+    for run in args.runs:
+        cand = per_image(run)
+        factor = parent_mean / np.mean([cand[n][0] for n in train_names])
+        names = sorted(cand)
+        pred = np.array([cand[n][0] for n in names])
+        true = np.array([cand[n][1] for n in names])
+        mae, rmse = count_errors(true, pred)
+        mae_h, rmse_h = count_errors(true, pred * factor)
+        print(f"| {run} | {mae:.2f} / {rmse:.2f} | {pred.mean():.1f} | {factor:.3f} | {mae_h:.2f} / {rmse_h:.2f} | {pred.mean() * factor:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
