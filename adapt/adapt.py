@@ -269,7 +269,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:
     card = {
         "parent": parent_version, "recipe": report["config"], "frames": report["frames"],
-        "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds")},
+        "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds", "keep_count")},
         "validation": report["validation"],
     }
     return publish_version(registry, camera, model, parent_version, card)
