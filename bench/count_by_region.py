@@ -26,15 +26,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from scipy.spatial import cKDTree
 
-from adapt.checkpoint import load_checkpoint
-from adapt.datasets import load_image, read_dataset
+from adapt.datasets import load_image
 from adapt.network import STRIDE
-from adapt.pseudo_label import PseudoLabelConfig, predict_frames
-from adapt.registry import default_base_checkpoint
-from pseudo_label_quality import scaled_points, true_density
+from adapt.pseudo_label import PseudoLabelConfig
+from pseudo_label_quality import add_frame_options, predict_labelled, scaled_points, true_density
 
 SPACING_EDGES = (0, 8, 16, 32, 64, np.inf)
 
@@ -77,21 +74,13 @@ def save_view(path: Path, image_path: Path, size: tuple[int, int], pred: np.ndar
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=Path, required=True)
-    p.add_argument("--format", default="shanghaitech")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped base model)")
-    p.add_argument("--max-side", type=int, default=1024)
-    p.add_argument("--n", type=int, default=40, help="frames, spread evenly over the dataset")
+    add_frame_options(p)
     p.add_argument("--near", type=float, default=32.0, help="pixels from the nearest head beyond which a cell is background")
     p.add_argument("--views", type=Path, default=None, help="write the 6 frames with the most background count here")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    items = read_dataset(args.labels, args.format).items
-    items = items[:: max(1, len(items) // args.n)][: args.n]
-    model = load_checkpoint(args.model or default_base_checkpoint()).build()
-    labels = predict_frames(model, [it.image_path for it in items], torch.device("cpu"), PseudoLabelConfig(max_side=args.max_side))
-    by_path = {it.image_path: it for it in items}
+    labels, by_path = predict_labelled(args, PseudoLabelConfig(max_side=args.max_side))
 
     regions: dict[int, np.ndarray] = {}
     bands = np.zeros((4, 2))

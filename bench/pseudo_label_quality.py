@@ -51,28 +51,38 @@ def true_density(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return density_map(points, (hc * STRIDE, wc * STRIDE)).density
 
 
+def add_frame_options(p: argparse.ArgumentParser) -> None:
+    """The labelled frames and the model the region benchmarks run on."""
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--format", default="shanghaitech")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped base model)")
+    p.add_argument("--max-side", type=int, default=1024)
+    p.add_argument("--n", type=int, default=40, help="frames, spread evenly over the dataset")
+
+
+def predict_labelled(args: argparse.Namespace, cfg: PseudoLabelConfig):
+    """(pseudo labels of N evenly spread labelled frames, their items by image path)."""
+    items = read_dataset(args.labels, args.format).items
+    items = items[:: max(1, len(items) // args.n)][: args.n]
+    model = load_checkpoint(args.model or default_base_checkpoint()).build()
+    labels = predict_frames(model, [it.image_path for it in items], torch.device("cpu"), cfg)
+    return labels, {it.image_path: it for it in items}
+
+
 def ratio(pred: float, true: float) -> float:
     return pred / true if true > 0 else float("nan")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--labels", type=Path, required=True)
-    p.add_argument("--format", default="shanghaitech")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped base model)")
-    p.add_argument("--max-side", type=int, default=1024)
-    p.add_argument("--n", type=int, default=40)
+    add_frame_options(p)
     p.add_argument("--bins", type=int, default=5)
     p.add_argument("--blur", type=float, default=2.0, help="Gaussian sigma in cells applied to both maps before comparing")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
-    items = read_dataset(args.labels, args.format).items
-    items = items[:: max(1, len(items) // args.n)][: args.n]
-    model = load_checkpoint(args.model or default_base_checkpoint()).build()
     cfg = PseudoLabelConfig(max_side=args.max_side)
-    labels = predict_frames(model, [it.image_path for it in items], torch.device("cpu"), cfg)
-    by_path = {it.image_path: it for it in items}
+    labels, by_path = predict_labelled(args, cfg)
     truth = [true_density(scaled_points(by_path[path], args.max_side)[0], m.shape) for path, m in zip(labels.paths, labels.mean)]
 
     def flat(maps) -> np.ndarray:
