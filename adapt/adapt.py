@@ -180,13 +180,14 @@ def keep_parent_count(parent: CrowdCounter, model: CrowdCounter, train_paths: li
     before = frame_stats(parent, loader, device, with_flip=False).mean_count
     after = frame_stats(model, loader, device, with_flip=False).mean_count
     out = {"parent_mean_count": before, "candidate_mean_count": after, "count_ratio": (after + 1.0) / (before + 1.0)}
+    # when nothing can be held, the gate judges the counts as they are (and refuses a collapse)
     if not (math.isfinite(before) and math.isfinite(after)) or after <= 0 or before <= 0:
-        out["factor"] = None  # nothing to hold: the gate judges the counts as they are
+        out["factor"], out["not_held"] = None, "a mean count is zero or not finite"
         return out
     factor = before / after
     scale = model.config.count_scale * factor
     if not MIN_COUNT_SCALE <= scale <= MAX_COUNT_SCALE:
-        out["factor"] = None
+        out["factor"], out["not_held"] = None, f"count_scale {scale:.3g} would leave [{MIN_COUNT_SCALE}, {MAX_COUNT_SCALE}]"
         return out
     model.set_count_scale(scale)
     out["factor"], out["count_scale"] = factor, scale
