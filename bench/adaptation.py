@@ -72,7 +72,7 @@ def main() -> None:
     p.add_argument("--synth-crop", type=int, default=None, help="side of the synthetic crops L_s trains on (default: AdaptConfig.synth_crop)")
     p.add_argument("--synth-batch", type=int, default=None, help="synthetic crops per L_s step (default: AdaptConfig.synth_batch)")
     p.add_argument("--seed", type=int, default=0, help="AdaptConfig.seed: batch order, crops and augmentation of every stage")
-    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=True, help="AdaptConfig.keep_count")
+    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=None, help="AdaptConfig.keep_count (default: its default)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-adapt"))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="override a stage or gate setting, e.g. flip.head_rows=4, pseudo.crop=none, gate.min_count_ratio=0.5 (repeatable)")
@@ -94,7 +94,8 @@ def main() -> None:
             cfg = AdaptConfig(camera="bench", frames=args.frames, base=base, stages=ROWS[key], publish=False, device=args.device, seed=args.seed,
                               max_frames=args.max_frames, max_side=args.max_side, save_candidate=args.out / f"{key}.pt",
                               registry_root=args.out / "models", buffer_root=args.out / "buffer")
-            cfg.keep_count = args.keep_count
+            if args.keep_count is not None:
+                cfg.keep_count = args.keep_count
             if args.synthetic is not None:
                 cfg.synthetic = args.synthetic
             if args.synth_crop is not None:

@@ -1,6 +1,6 @@
 """Split count errors into one global scale and the rest, and see where confidence points.
 
-    python bench/count_errors.py EVAL_DIR [EVAL_DIR ...] [--quartiles]
+    python bench/count_errors.py EVAL_DIR [EVAL_DIR ...] [--quartiles] [--every K [--rest]]
 
 Each EVAL_DIR is the ``--out`` folder of ``crowdwatch eval`` (its
 ``per_image.csv``). For each it prints MAE, RMSE, the mean predicted and true
@@ -14,6 +14,9 @@ per-image structure can still fix.
 uncertainty (count std across the masks / predicted count) and prints how
 much each quartile over- or undercounts: the pseudo-label stage trusts the
 confident ones.
+
+``--every K`` keeps only the images in rows 0, K, 2K, ... of the CSV (the
+frames a K-spaced diagnosis looked at); with ``--rest``, only the others.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ import numpy as np
 
 
 def load(folder: Path) -> dict[str, np.ndarray]:
+    """The per-image columns of ``crowdwatch eval --out FOLDER``, in the CSV's (dataset) order."""
     path = folder / "per_image.csv"
     if not path.is_file():
         raise SystemExit(f"{path}: not found (run crowdwatch eval with --out {folder})")
     rows = list(csv.DictReader(path.open()))
     if not rows:
         raise SystemExit(f"{path}: no images")
-    return {k: np.array([float(r[k]) for r in rows]) for k in ("true_count", "pred_count", "count_std")}
+    out = {k: np.array([float(r[k]) for r in rows]) for k in ("true_count", "pred_count", "count_std")}
+    out["image"] = np.array([r["image"] for r in rows])
+    return out
 
 
 def summary(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -66,10 +72,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", type=Path, nargs="+")
     p.add_argument("--quartiles", action="store_true")
+    p.add_argument("--every", type=int, default=None, help="keep rows 0, K, 2K, ... only")
+    p.add_argument("--rest", action="store_true", help="with --every: keep the other rows instead")
     args = p.parse_args()
     print("| eval | MAE | RMSE | mean predicted | mean true | corr(pred, true) | best global scale | MAE after it |")
     print("|---|---|---|---|---|---|---|---|")
     data = {folder: load(folder) for folder in args.folders}
+    if args.every:
+        for folder, d in data.items():
+            picked = (np.arange(len(d["image"])) % args.every == 0) != args.rest
+            data[folder] = {k: v[picked] for k, v in d.items()}
     for folder, d in data.items():
         s = summary(d["true_count"], d["pred_count"])
         print(f"| {folder} | {s['mae']:.2f} | {s['rmse']:.2f} | {s['mean_pred']:.1f} | {s['mean_true']:.1f} | {s['corr']:.3f} | {s['scale']:.3f} | {s['mae_rescaled']:.2f} |")

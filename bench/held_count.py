@@ -14,7 +14,6 @@ over the training frames, i.e. the frames ``split_holdout`` did not hold out.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,12 @@ import numpy as np
 from adapt.adapt import split_holdout
 from adapt.datasets import list_images
 from adapt.evaluate import count_errors
+from count_errors import load
 
 
-def per_image(eval_dir: Path) -> dict[str, tuple[float, float]]:
-    """image name -> (predicted, true) count."""
-    with (eval_dir / "per_image.csv").open() as f:
-        return {r["image"]: (float(r["pred_count"]), float(r["true_count"])) for r in csv.DictReader(f)}
+def training_mean(d: dict[str, np.ndarray], train_names: list[str]) -> float:
+    """Mean predicted count over the training frames (by image name)."""
+    return float(d["pred_count"][np.isin(d["image"], train_names)].mean())
 
 
 def main() -> None:
@@ -40,17 +39,15 @@ def main() -> None:
 
     train, _ = split_holdout(list_images(args.frames), args.holdout_every)
     train_names = [t.name for t in train]
-    parent = per_image(args.parent)
-    parent_mean = np.mean([parent[n][0] for n in train_names])
+    parent = load(args.parent)
+    parent_mean = training_mean(parent, train_names)
     print(f"# held counts: parent {args.parent}, mean count on the {len(train_names)} training frames {parent_mean:.1f}")
     print("| candidate | MAE / RMSE as adapted | mean count | factor | MAE / RMSE held | mean count held |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
-        cand = per_image(run)
-        factor = parent_mean / np.mean([cand[n][0] for n in train_names])
-        names = sorted(cand)
-        pred = np.array([cand[n][0] for n in names])
-        true = np.array([cand[n][1] for n in names])
+        cand = load(run)
+        factor = parent_mean / training_mean(cand, train_names)
+        pred, true = cand["pred_count"], cand["true_count"]
         mae, rmse = count_errors(true, pred)
         mae_h, rmse_h = count_errors(true, pred * factor)
         print(f"| {run} | {mae:.2f} / {rmse:.2f} | {pred.mean():.1f} | {factor:.3f} | {mae_h:.2f} / {rmse_h:.2f} | {pred.mean() * factor:.1f} |")

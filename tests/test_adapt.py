@@ -371,7 +371,7 @@ def test_keep_count_holds_the_parents_mean_count_on_the_training_frames(setup):
     assert frame_stats(model, loader, torch.device("cpu"), with_flip=False).mean_count == pytest.approx(before, rel=1e-4)
 
 
-def test_the_pipeline_holds_the_count_and_the_gate_still_sees_how_far_it_moved(setup):
+def test_the_pipeline_reports_the_held_count_only_when_keep_count_is_on(setup):
     report = adapt_camera(tiny_config(setup, publish=False))
     held = report["keep_count"]
     assert held["factor"] is not None and held["candidate_mean_count"] > 0
