@@ -1,7 +1,7 @@
 """How far do synthetic-only (L_s) steps move the source model's count calibration?
 
     python bench/source_drift.py [--base PATH] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--seeds 0,1,2]
-        [--variant NAME:flip.FIELD=VALUE,...] ... [--val DIR] [--real DIR] [--real-limit N]
+        [--variant NAME:[synth_batch=N,]flip.FIELD=VALUE,...] ... [--val DIR] [--real DIR] [--real-limit N]
         [--out runs/source-drift]
 
 Every adaptation step also trains on labelled renders (L_s), so every real-
@@ -11,7 +11,10 @@ per variant and seed, and measures each result's mean count and MAE on the
 synthetic validation renders and on a labelled real set. A variant whose
 results scatter across seeds, or sit away from the parent, moves the
 calibration by itself; a real-target gain smaller than that scatter is not
-evidence of adaptation. Prints a markdown table; ``rows.json`` keeps each run.
+evidence of adaptation. Each set also gets the mean count std across the
+Masksembles masks, which the gate requires to drop: steps that train each
+mask on few renders spread the masks apart by themselves. Prints a markdown
+table; ``rows.json`` keeps each run.
 """
 
 from __future__ import annotations
@@ -29,15 +32,24 @@ def measure(model_path: Path, dataset: Path, fmt: str, limit: int | None, max_si
     from adapt.evaluate import evaluate_dataset
 
     s = evaluate_dataset(model_path, dataset, fmt, None, limit, max_side, device)
-    return {"mae": s.mae, "rmse": s.rmse, "n": s.n, "mean_count": s.mean_pred, "true_mean": s.mean_true}
+    return {"mae": s.mae, "rmse": s.rmse, "n": s.n, "mean_count": s.mean_pred, "true_mean": s.mean_true, "std": s.mean_uncertainty}
 
 
-def parse_variant(spec: str) -> tuple[str, list[str]]:
-    """``ema:flip.ema_decay=0.99,flip.lr=5e-5`` -> ("ema", ["flip.ema_decay=0.99", "flip.lr=5e-5"])."""
+def parse_variant(spec: str) -> tuple[str, list[str], int | None]:
+    """``ema:synth_batch=16,flip.ema_decay=0.99`` -> ("ema", ["flip.ema_decay=0.99"], 16); no synth_batch: None."""
     name, _, sets = spec.partition(":")
     if not name:
-        raise SystemExit(f"--variant {spec!r}: expected NAME[:flip.FIELD=VALUE,...]")
-    return name, [s for s in sets.split(",") if s]
+        raise SystemExit(f"--variant {spec!r}: expected NAME[:[synth_batch=N,]flip.FIELD=VALUE,...]")
+    items, batch = [], None
+    for item in (s for s in sets.split(",") if s):
+        key, _, value = item.partition("=")
+        if key != "synth_batch":
+            items.append(item)
+        elif value.isdigit() and int(value) > 0:
+            batch = int(value)
+        else:
+            raise SystemExit(f"--variant {spec!r}: synth_batch takes a positive whole number")
+    return name, items, batch
 
 
 def main() -> None:
@@ -70,7 +82,7 @@ def main() -> None:
     crop = args.synth_crop or defaults.synth_crop
     batch = args.synth_batch or defaults.synth_batch
     device = select_device(args.device)
-    variants = [parse_variant(v) for v in args.variant] or [("default", [])]
+    variants = [parse_variant(v) for v in args.variant] or [("default", [], None)]
     seeds = [int(s) for s in args.seeds.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -82,31 +94,31 @@ def main() -> None:
 
     rows = [{"variant": "parent", "seed": None, "sets": [], **evaluate(base)}]
     print(json.dumps(rows[-1]), flush=True)
-    for name, sets in variants:
+    for name, sets, variant_batch in variants:
         flip = replace(defaults.flip, **parse_overrides(sets)["flip"], lam=0.0)
         for seed in seeds:
             seed_everything(seed)
             model = load_checkpoint(base).build(device)
             t0 = time.time()
-            synth = synthetic_batches(synthetic, batch, crop, seed)
+            synth = synthetic_batches(synthetic, variant_batch or batch, crop, seed)
             stats = run_flip_stage(model, synth, iter(()), flip, device)
             path = args.out / f"{name}-seed{seed}.pt"
             save_checkpoint(path, model, {"version": f"source-drift-{name}-seed{seed}", "flip": sets})
-            rows.append({"variant": name, "seed": seed, "sets": sets, "train_s": round(time.time() - t0), "final_loss_s": stats["final_loss_s"], **evaluate(path)})
+            rows.append({"variant": name, "seed": seed, "sets": sets, "synth_batch": variant_batch or batch, "train_s": round(time.time() - t0), "final_loss_s": stats["final_loss_s"], **evaluate(path)})
             print(json.dumps(rows[-1]), flush=True)
             (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
 
     parent = rows[0]
     sets_ = ["val"] + (["real"] if args.real is not None else [])
     print(f"\n# parent {base}, L_s on {synthetic} ({batch} {crop}-px crops a step), seeds {seeds}, device {device}")
-    head = " | ".join(f"{s} mean count | {s} MAE" for s in sets_)
-    print(f"| variant | seed | {head} |")
-    print("|---|---|" + "---|---|" * len(sets_))
+    head = " | ".join(f"{s} mean count | {s} MAE | {s} count std" for s in sets_)
+    print(f"| variant | renders a step | seed | {head} |")
+    print("|---|---|---|" + "---|---|---|" * len(sets_))
     for r in rows:
-        cells = " | ".join(f"{r[s]['mean_count']:.1f} | {r[s]['mae']:.2f}" for s in sets_)
-        print(f"| {r['variant']} {' '.join(r['sets'])} | {'-' if r['seed'] is None else r['seed']} | {cells} |")
+        cells = " | ".join(f"{r[s]['mean_count']:.1f} | {r[s]['mae']:.2f} | {r[s]['std']:.3f}" for s in sets_)
+        print(f"| {r['variant']} {' '.join(r['sets'])} | {r.get('synth_batch', '-')} | {'-' if r['seed'] is None else r['seed']} | {cells} |")
     print("\nparent: " + ", ".join(f"{s} true mean {parent[s]['true_mean']:.1f}" for s in sets_))
-    for name, _ in variants:
+    for name, _, _ in variants:
         runs = [r for r in rows if r["variant"] == name]
         summary = ", ".join(
             f"{s} mean count {np.mean([r[s]['mean_count'] for r in runs]):.1f} (range {min(r[s]['mean_count'] for r in runs):.1f}-{max(r[s]['mean_count'] for r in runs):.1f}),"
