@@ -54,10 +54,12 @@ class AdaptConfig:
     synthetic: Path = REPO_ROOT / "var" / "synth-source"
     synthetic_n: int = 400
     synth_crop: int = 256
-    # L_s batch of both stages, rounded to a multiple of the masks. 8 = two renders
-    # per mask: with one, L_s-only steps alone move the synthetic validation count
-    # by -16% to +22% depending on the seed (bench/source_drift.py, BENCHMARKS.md).
-    synth_batch: int = 8
+    # L_s batch of both stages, rounded to a multiple of the masks. Each mask learns
+    # from batch / masks renders a step, and that noise spreads the masks apart:
+    # with 8 (two per mask) the count std across masks rose on ShanghaiTech B and the
+    # gate refused every run; with 16 it fell and the gate accepted a better model.
+    # With one per mask the count itself wandered with the seed (BENCHMARKS.md).
+    synth_batch: int = 16
     labels: Path | None = None           # optional JSON-points frames of this camera
     registry_root: Path | None = None
     buffer_root: Path = REPO_ROOT / "var" / "buffer"
@@ -140,6 +142,8 @@ def synthetic_batches(path: Path, batch: int, crop: int, seed: int):
     from adapt.datasets import read_dataset
 
     items = read_dataset(path, "shanghaitech").items
+    if len(items) < batch:
+        raise AdaptError(f"{path}: {len(items)} labelled renders, fewer than one L_s batch ({batch}); render more or lower synth_batch")
     ds = CrowdDataset(items, AugmentConfig(crop=(crop, crop)), seed=seed)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=1, collate_fn=collate, persistent_workers=True, generator=torch.Generator().manual_seed(seed))
     return loop_forever(loader)

@@ -71,11 +71,17 @@ def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def loop_forever(loader) -> Iterator[dict]:
+    """Batches of ``loader``, epoch after epoch; an epoch without a batch is an error, not a silent hang."""
     epoch = 0
     while True:
         if hasattr(loader.dataset, "set_epoch"):
             loader.dataset.set_epoch(epoch)
-        yield from loader
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"a whole pass over {len(loader.dataset)} samples gave no batch of {loader.batch_size}")
         epoch += 1
 
 

@@ -35,7 +35,7 @@ def write_shanghaitech(root, n, rng, hw=(96, 128)):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
     rng = np.random.default_rng(0)
-    write_shanghaitech(root / "synth", 8, rng)
+    write_shanghaitech(root / "synth", 16, rng)  # one L_s batch (AdaptConfig.synth_batch)
     frames = root / "frames"
     frames.mkdir()
     for i in range(12):
@@ -268,6 +268,20 @@ def test_bad_inputs_publish_nothing(setup, tmp_path):
 
     assert main(["--camera", "lobby", "--frames", str(tmp_path / "few"), "--models", str(setup / "models"), "--record", str(tmp_path / "var")]) == 4
     assert [r["result"] for r in read_runs(tmp_path / "var", "lobby")] == ["skipped"]
+
+
+def test_fewer_renders_than_one_batch_is_a_clear_error_not_a_hang(setup, tmp_path):
+    from adapt.flip_stage import loop_forever
+
+    reg = Registry(setup / "models")
+    before = reg.current("lobby")
+    with pytest.raises(AdaptError, match="16 labelled renders, fewer than one L_s batch \\(32\\)"):
+        adapt_camera(tiny_config(setup, synth_batch=32))
+    assert reg.current("lobby") == before
+    # any loader that cannot fill one batch stops the loop instead of spinning in it
+    loader = torch.utils.data.DataLoader(list(range(3)), batch_size=4, drop_last=True)
+    with pytest.raises(ValueError, match="a whole pass over 3 samples gave no batch of 4"):
+        next(loop_forever(loader))
 
 
 def test_divergence_publishes_nothing(setup):
