@@ -54,11 +54,11 @@ class AdaptConfig:
     synthetic: Path = REPO_ROOT / "var" / "synth-source"
     synthetic_n: int = 400
     synth_crop: int = 256
-    # L_s batch of both stages, rounded to a multiple of the masks. Each mask learns
-    # from batch / masks renders a step, and that noise spreads the masks apart:
-    # with 8 (two per mask) the count std across masks rose on ShanghaiTech B and the
-    # gate refused every run; with 16 it fell and the gate accepted a better model.
-    # With one per mask the count itself wandered with the seed (BENCHMARKS.md).
+    # L_s batch of both stages, rounded to a multiple of the masks; each mask learns
+    # from batch / masks renders a step. With one per mask the count wandered with
+    # the seed; with two the count std across masks rose on ShanghaiTech B and the
+    # gate refused every run; with four it fell and the gate published a better
+    # model (docs/BENCHMARKS.md, "16 renders a step").
     synth_batch: int = 16
     labels: Path | None = None           # optional JSON-points frames of this camera
     registry_root: Path | None = None
