@@ -29,6 +29,11 @@ def training_mean(d: dict[str, np.ndarray], train_names: list[str]) -> float:
     return float(d["pred_count"][np.isin(d["image"], train_names)].mean())
 
 
+def held_factor(parent: dict[str, np.ndarray], cand: dict[str, np.ndarray], train_names: list[str]) -> float:
+    """The factor keep_count applies: parent's mean training-frame count over the candidate's."""
+    return training_mean(parent, train_names) / training_mean(cand, train_names)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=Path, required=True, help="the folder the runs adapted on")
@@ -40,13 +45,12 @@ def main() -> None:
     train, _ = split_holdout(list_images(args.frames), args.holdout_every)
     train_names = [t.name for t in train]
     parent = load(args.parent)
-    parent_mean = training_mean(parent, train_names)
-    print(f"# held counts: parent {args.parent}, mean count on the {len(train_names)} training frames {parent_mean:.1f}")
+    print(f"# held counts: parent {args.parent}, mean count on the {len(train_names)} training frames {training_mean(parent, train_names):.1f}")
     print("| candidate | MAE / RMSE as adapted | mean count | factor | MAE / RMSE held | mean count held |")
     print("|---|---|---|---|---|---|")
     for run in args.runs:
         cand = load(run)
-        factor = parent_mean / training_mean(cand, train_names)
+        factor = held_factor(parent, cand, train_names)
         pred, true = cand["pred_count"], cand["true_count"]
         mae, rmse = count_errors(true, pred)
         mae_h, rmse_h = count_errors(true, pred * factor)

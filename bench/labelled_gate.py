@@ -4,8 +4,8 @@
         [--held] [--seed 0] CANDIDATE_EVAL_DIR ...
 
 Given ``--labels``, ``crowdwatch adapt`` lets MAE on the labelled frames
-decide (adapt.validation.gate): the candidate is published when its MAE on
-them is not above the parent's. This replays that decision over many random
+decide: adapt.validation.gate publishes the candidate when its MAE on them
+is not above the parent's. This replays that function over many random
 draws of N labelled frames from the per-image CSVs of ``crowdwatch eval``
 (the parent's and each candidate's, on the same frames), and reports:
 
@@ -28,17 +28,25 @@ import numpy as np
 
 from adapt.adapt import split_holdout
 from adapt.datasets import list_images
+from adapt.validation import FrameStats, gate
 from count_errors import load
-from held_count import training_mean
+from held_count import held_factor
+
+
+def labelled_stats(true: np.ndarray, pred: np.ndarray) -> FrameStats:
+    """What the gate is given for the labelled frames (only MAE decides)."""
+    return FrameStats(len(true), float(pred.mean()), float("nan"), mae=float(np.abs(pred - true).mean()))
 
 
 def replay(true: np.ndarray, parent: np.ndarray, cand: np.ndarray, n: int, draws: int, rng: np.random.Generator) -> dict[str, float]:
-    """Labelled-MAE decisions over ``draws`` random sets of ``n`` frames; MAE measured on the frames left."""
+    """The gate's labelled decisions over ``draws`` random sets of ``n`` frames; MAE measured on the frames left."""
     published, served, parent_rest, cand_rest = [], [], [], []
+    unused = FrameStats(0, float("nan"), float("nan"))  # the label-free figures play no part once labels decide
     for _ in range(draws):
         pick = np.zeros(len(true), bool)
         pick[rng.choice(len(true), n, replace=False)] = True
-        accept = np.abs(cand[pick] - true[pick]).mean() <= np.abs(parent[pick] - true[pick]).mean()
+        labelled = (labelled_stats(true[pick], parent[pick]), labelled_stats(true[pick], cand[pick]))
+        accept = gate(unused, unused, labelled=labelled).accepted
         rest_p = np.abs(parent[~pick] - true[~pick]).mean()
         rest_c = np.abs(cand[~pick] - true[~pick]).mean()
         published.append(accept)
@@ -72,7 +80,7 @@ def main() -> None:
             raise SystemExit(f"{folder}: not the parent's frames in the parent's order")
         pred = cand["pred_count"]
         if args.held:
-            pred = pred * training_mean(parent, train_names) / training_mean(cand, train_names)
+            pred = pred * held_factor(parent, cand, train_names)
         r = replay(parent["true_count"], parent["pred_count"], pred, args.n, args.draws, np.random.default_rng(args.seed))
         print(f"| {folder}{' (held)' if args.held else ''} | {r['published']:.0%} | {r['served']:.2f} | {r['parent']:.2f} | {r['candidate']:.2f} |")
 

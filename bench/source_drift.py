@@ -12,9 +12,9 @@ synthetic validation renders and on a labelled real set. A variant whose
 results scatter across seeds, or sit away from the parent, moves the
 calibration by itself; a real-target gain smaller than that scatter is not
 evidence of adaptation. Each set also gets the mean count std across the
-Masksembles masks, which the gate requires to drop: steps that train each
-mask on few renders spread the masks apart by themselves. Prints a markdown
-table; ``rows.json`` keeps each run.
+Masksembles masks, which the gate requires to drop: what the synthetic steps
+alone do to it is the baseline for the real frames' effect. Prints a
+markdown table; ``rows.json`` keeps each run.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def main() -> None:
     p.add_argument("--synthetic", type=Path, default=None, help="labelled renders L_s trains on (default: adapt's var/synth-source)")
     p.add_argument("--synth-crop", type=int, default=None)
     p.add_argument("--synth-batch", type=int, default=None, help="renders per L_s step (default: AdaptConfig.synth_batch)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME[:flip.FIELD=VALUE,...]",
-                   help="flip-stage settings to test (repeatable; λ is forced to 0); default: the adaptation's own")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME[:[synth_batch=N,]flip.FIELD=VALUE,...]",
+                   help="settings to test: the L_s batch and flip-stage fields (repeatable; λ is forced to 0); default: the adaptation's own")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--val", type=Path, default=Path("data/synth-val"), help="labelled renders (shanghaitech format)")
     p.add_argument("--real", type=Path, default=None, help="labelled real set (shanghaitech format), e.g. ShanghaiTech B train_data")
@@ -100,17 +100,18 @@ def main() -> None:
             seed_everything(seed)
             model = load_checkpoint(base).build(device)
             t0 = time.time()
-            synth = synthetic_batches(synthetic, variant_batch or batch, crop, seed)
+            run_batch = variant_batch or batch
+            synth = synthetic_batches(synthetic, run_batch, crop, seed)
             stats = run_flip_stage(model, synth, iter(()), flip, device)
             path = args.out / f"{name}-seed{seed}.pt"
             save_checkpoint(path, model, {"version": f"source-drift-{name}-seed{seed}", "flip": sets})
-            rows.append({"variant": name, "seed": seed, "sets": sets, "synth_batch": variant_batch or batch, "train_s": round(time.time() - t0), "final_loss_s": stats["final_loss_s"], **evaluate(path)})
+            rows.append({"variant": name, "seed": seed, "sets": sets, "synth_batch": run_batch, "train_s": round(time.time() - t0), "final_loss_s": stats["final_loss_s"], **evaluate(path)})
             print(json.dumps(rows[-1]), flush=True)
             (args.out / "rows.json").write_text(json.dumps(rows, indent=2))
 
     parent = rows[0]
     sets_ = ["val"] + (["real"] if args.real is not None else [])
-    print(f"\n# parent {base}, L_s on {synthetic} ({batch} {crop}-px crops a step), seeds {seeds}, device {device}")
+    print(f"\n# parent {base}, L_s on {synthetic} ({batch} {crop}-px crops a step unless a variant says), seeds {seeds}, device {device}")
     head = " | ".join(f"{s} mean count | {s} MAE | {s} count std" for s in sets_)
     print(f"| variant | renders a step | seed | {head} |")
     print("|---|---|---|" + "---|---|---|" * len(sets_))
