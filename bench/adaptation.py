@@ -28,9 +28,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``flip.head_rows=4`` -> {"flip": {"head_rows": 4}}, typed by the config dataclass."""
     from dataclasses import fields
 
-    from adapt.flip_stage import FlipStageConfig
-    from adapt.pseudo_label import PseudoLabelConfig
-    from adapt.validation import GateConfig
+    from adapt.selfsup.flip_stage import FlipStageConfig
+    from adapt.selfsup.pseudo_label import PseudoLabelConfig
+    from adapt.selfsup.gate import GateConfig
 
     classes = {"flip": FlipStageConfig, "pseudo": PseudoLabelConfig, "gate": GateConfig}
     out: dict[str, dict] = {k: {} for k in classes}
@@ -79,9 +79,9 @@ def main() -> None:
     args = p.parse_args()
     overrides = parse_overrides(args.set)
 
-    from adapt.adapt import AdaptConfig, adapt_camera
-    from adapt.evaluate import evaluate_dataset
-    from adapt.registry import default_base_checkpoint
+    from adapt.selfsup.adaptation import AdaptConfig, adapt_camera
+    from adapt.training.evaluate import evaluate_dataset
+    from adapt.store.registry import default_base_checkpoint
 
     base = args.base or default_base_checkpoint()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapt.checkpoint import load_checkpoint
-from adapt.datasets import read_dataset
-from adapt.pseudo_label import load_padded
-from adapt.registry import default_base_checkpoint
-from adapt.train import predict_counts
+from adapt.model.checkpoint import load_checkpoint
+from adapt.data.datasets import read_dataset
+from adapt.selfsup.pseudo_label import load_padded
+from adapt.store.registry import default_base_checkpoint
+from adapt.training.engine import predict_counts
 
 
 def frames(items, max_side: int):

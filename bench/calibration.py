@@ -5,7 +5,7 @@
 
 Each subset is N frames drawn at random (seeded) from a labelled dataset and
 written as a ``crowdwatch label`` folder (JSON points; images linked, not
-copied). ``adapt.calibration.calibrate_camera`` fits, judges and publishes
+copied). ``adapt.selfsup.calibration.calibrate_camera`` fits, judges and publishes
 into ``OUT/models``, exactly as the command does. The other frames measure
 the result: MAE and RMSE before and after, from one evaluation of the parent
 (``crowdwatch eval``) with every count multiplied by the published factor.
@@ -47,11 +47,11 @@ def main() -> None:
 
     import csv
 
-    from adapt.calibration import calibrate_camera
-    from adapt.datasets import read_dataset
-    from adapt.evaluate import count_errors as errors
-    from adapt.evaluate import evaluate_dataset
-    from adapt.registry import Registry, default_base_checkpoint
+    from adapt.selfsup.calibration import calibrate_camera
+    from adapt.data.datasets import read_dataset
+    from adapt.training.evaluate import count_errors as errors
+    from adapt.training.evaluate import evaluate_dataset
+    from adapt.store.registry import Registry, default_base_checkpoint
 
     model = args.model or default_base_checkpoint()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from adapt.datasets import load_image
-from adapt.network import STRIDE
-from adapt.pseudo_label import PseudoLabelConfig
+from adapt.data.datasets import load_image
+from adapt.model.network import STRIDE
+from adapt.selfsup.pseudo_label import PseudoLabelConfig
 from pseudo_label_quality import add_frame_options, predict_labelled, scaled_points, true_density
 
 SPACING_EDGES = (0, 8, 16, 32, 64, np.inf)

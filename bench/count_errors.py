@@ -42,8 +42,8 @@ def load(folder: Path) -> dict[str, np.ndarray]:
 
 
 def summary(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    from adapt.calibration import fit_scale
-    from adapt.evaluate import count_errors
+    from adapt.selfsup.calibration import fit_scale
+    from adapt.training.evaluate import count_errors
 
     scale = fit_scale(pred, true)
     mae, rmse = count_errors(true, pred)

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.checkpoint import load_checkpoint
-from adapt.datasets import list_images
-from adapt.network import STRIDE
-from adapt.pseudo_label import load_padded
-from adapt.registry import default_base_checkpoint
+from adapt.model.checkpoint import load_checkpoint
+from adapt.data.datasets import list_images
+from adapt.model.network import STRIDE
+from adapt.selfsup.pseudo_label import load_padded
+from adapt.store.registry import default_base_checkpoint
 
 
 @torch.inference_mode()

@@ -5,7 +5,7 @@
 Each RUN_DIR is a ``bench/adaptation.py --out`` folder: one ``<row>.json``
 report per adapted row (its held-out statistics for parent and candidate)
 and ``rows.json`` (MAE measured with the labels afterwards). The gate only
-ever sees the label-free statistics; this replays ``adapt.validation.gate``
+ever sees the label-free statistics; this replays ``adapt.selfsup.gate.gate``
 with the current GateConfig (or one changed with ``--set``) on those stored figures and sets its verdict
 next to the verdict given at run time and to whether MAE actually improved
 on NoAdapt (``--baseline-mae``, or the folder's own NoAdapt row).
@@ -18,7 +18,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from adapt.validation import FrameStats, GateConfig, gate
+from adapt.selfsup.gate import FrameStats, GateConfig, gate
 from adaptation import ADAPTED, parse_overrides
 
 

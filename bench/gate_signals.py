@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.adapt import split_holdout
-from adapt.checkpoint import load_checkpoint
-from adapt.crowd_dataset import CrowdDataset
-from adapt.datasets import list_images, load_image, read_dataset
-from adapt.evaluate import count_errors, run_eval
-from adapt.pseudo_label import fit_and_pad
-from adapt.registry import default_base_checkpoint
-from adapt.train import predict_counts
+from adapt.selfsup.adaptation import split_holdout
+from adapt.model.checkpoint import load_checkpoint
+from adapt.data.crowd_dataset import CrowdDataset
+from adapt.data.datasets import list_images, load_image, read_dataset
+from adapt.training.evaluate import count_errors, run_eval
+from adapt.selfsup.pseudo_label import fit_and_pad
+from adapt.store.registry import default_base_checkpoint
+from adapt.training.engine import predict_counts
 from adaptation import ADAPTED  # bench/adaptation.py, beside this script
 
 

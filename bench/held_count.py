@@ -3,7 +3,7 @@
     python bench/held_count.py --frames DIR --parent EVAL_DIR [--holdout-every 5] RUN_EVAL_DIR ...
 
 ``crowdwatch adapt`` holds the parent's mean count on the training frames by
-multiplying the candidate's served density by one factor (adapt.adapt.
+multiplying the candidate's served density by one factor (adapt.selfsup.adaptation.
 keep_parent_count). ``count_scale`` is linear, so a candidate's held counts
 are its per-image counts times that factor, computed here from the per-image
 CSVs of ``crowdwatch eval`` (the parent's and each candidate's, on the same
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.adapt import split_holdout
-from adapt.datasets import list_images
-from adapt.evaluate import count_errors
+from adapt.selfsup.adaptation import split_holdout
+from adapt.data.datasets import list_images
+from adapt.training.evaluate import count_errors
 from count_errors import load
 
 

@@ -4,7 +4,7 @@
         [--held] [--seed 0] CANDIDATE_EVAL_DIR ...
 
 Given ``--labels``, ``crowdwatch adapt`` lets MAE on the labelled frames
-decide: adapt.validation.gate publishes the candidate when its MAE on them
+decide: adapt.selfsup.gate.gate publishes the candidate when its MAE on them
 is not above the parent's. This replays that function over many random
 draws of N labelled frames from the per-image CSVs of ``crowdwatch eval``
 (the parent's and each candidate's, on the same frames), and reports:
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.adapt import split_holdout
-from adapt.datasets import list_images
-from adapt.validation import FrameStats, gate
+from adapt.selfsup.adaptation import split_holdout
+from adapt.data.datasets import list_images
+from adapt.selfsup.gate import FrameStats, gate
 from count_errors import load
 from held_count import held_factor
 

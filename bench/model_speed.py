@@ -42,8 +42,8 @@ def main() -> None:
     args = p.parse_args()
     import onnxruntime as ort
 
-    from adapt.export import export_onnx
-    from adapt.network import CrowdCounter, ModelConfig
+    from adapt.model.export import export_onnx
+    from adapt.model.network import CrowdCounter, ModelConfig
     from streamer.backends import resolve_providers
 
     h, w = (int(v) for v in args.size.split("x"))

@@ -3,7 +3,7 @@
     python bench/pseudo_label_cells.py --frames DIR [--model PATH] [--max-side PX] [--n 40] [--rules balanced,fraction]
 
 Runs the ensemble on N frames spread over the folder, applies each
-pseudo-label rule (adapt.pseudo_label.select_confident, keep_fraction 0.5)
+pseudo-label rule (adapt.selfsup.pseudo_label.select_confident, keep_fraction 0.5)
 and prints the share of cells kept, of cells with zero std across the masks,
 of occupied cells kept, and of the predicted count that lies in kept cells.
 No labels are read.
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.checkpoint import load_checkpoint
-from adapt.datasets import list_images
-from adapt.pseudo_label import PseudoLabelConfig, predict_frames, select_confident
-from adapt.registry import default_base_checkpoint
+from adapt.model.checkpoint import load_checkpoint
+from adapt.data.datasets import list_images
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, predict_frames, select_confident
+from adapt.store.registry import default_base_checkpoint
 
 
 def main() -> None:

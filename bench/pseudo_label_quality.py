@@ -5,8 +5,8 @@
 The pseudo-label stage trusts the cells whose ensemble spread is low. That
 only helps if those cells are nearer the truth than the rest. This runs the
 ensemble on N labelled frames, selects cells with the default rule
-(adapt.pseudo_label.select_confident) and compares the pseudo density with
-the true density (head points, adapt.density) over groups of cells. Both maps
+(adapt.selfsup.pseudo_label.select_confident) and compares the pseudo density with
+the true density (head points, adapt.data.density) over groups of cells. Both maps
 are blurred by ``--blur`` cells first, so that neither a head a cell away
 from its mark nor a prediction sharper or flatter than the labels' kernels
 reads as a count error; cells are grouped by their unblurred statistics:
@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from adapt.checkpoint import load_checkpoint
-from adapt.crowd_dataset import fit_max_side
-from adapt.datasets import load_image, read_dataset
-from adapt.density import density_map
-from adapt.network import STRIDE
-from adapt.pseudo_label import PseudoLabelConfig, predict_frames
-from adapt.registry import default_base_checkpoint
+from adapt.model.checkpoint import load_checkpoint
+from adapt.data.crowd_dataset import fit_max_side
+from adapt.data.datasets import load_image, read_dataset
+from adapt.data.density import density_map
+from adapt.model.network import STRIDE
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, predict_frames
+from adapt.store.registry import default_base_checkpoint
 
 
 def scaled_points(item, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.adapt import AdaptConfig, collect_frames, split_holdout, synthetic_batches
-from adapt.checkpoint import load_checkpoint
-from adapt.flip_stage import loop_forever
-from adapt.network import training_mode
-from adapt.pseudo_label import PseudoLabelConfig, PseudoLabelled, finetune_round, load_padded, predict_frames
+from adapt.selfsup.adaptation import AdaptConfig, collect_frames, split_holdout, synthetic_batches
+from adapt.model.checkpoint import load_checkpoint
+from adapt.training.engine import loop_forever
+from adapt.model.network import training_mode
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, finetune_round, load_padded, predict_frames
 from adaptation import parse_overrides  # bench/adaptation.py, beside this script
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 
 def measure(model_path: Path, dataset: Path, fmt: str, limit: int | None, max_side: int, device: str) -> dict:
-    from adapt.evaluate import evaluate_dataset
+    from adapt.training.evaluate import evaluate_dataset
 
     s = evaluate_dataset(model_path, dataset, fmt, None, limit, max_side, device)
     return {"mae": s.mae, "rmse": s.rmse, "n": s.n, "mean_count": s.mean_pred, "true_mean": s.mean_true, "std": s.mean_uncertainty}
@@ -69,11 +69,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/source-drift"))
     args = p.parse_args()
 
-    from adapt.adapt import AdaptConfig, ensure_synthetic, synthetic_batches
-    from adapt.checkpoint import load_checkpoint, save_checkpoint
-    from adapt.flip_stage import run_flip_stage
-    from adapt.registry import default_base_checkpoint
-    from adapt.train import seed_everything, select_device
+    from adapt.selfsup.adaptation import AdaptConfig, ensure_synthetic, synthetic_batches
+    from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+    from adapt.selfsup.flip_stage import run_flip_stage
+    from adapt.store.registry import default_base_checkpoint
+    from adapt.training.engine import seed_everything, select_device
     from adaptation import parse_overrides  # bench/adaptation.py, beside this script
 
     base = args.base or default_base_checkpoint()

@@ -119,8 +119,8 @@ class TorchBackend:
     def __init__(self, checkpoint: Path, device: str = "auto"):
         import torch
 
-        from adapt.checkpoint import load_checkpoint
-        from adapt.train import select_device
+        from adapt.model.checkpoint import load_checkpoint
+        from adapt.training.engine import select_device
 
         self.torch = torch
         self.device = select_device(device)
@@ -149,7 +149,7 @@ def load_backend(kind: str, version_dir: Path, providers=DEFAULT_PROVIDERS, devi
         onnx = version_dir / "model.onnx"
         if not onnx.is_file():
             # shipped versions carry only the checkpoint; export once
-            from adapt.registry import ModelVersion, ensure_onnx
+            from adapt.store.registry import ModelVersion, ensure_onnx
 
             ensure_onnx(ModelVersion(version_dir.parent.name, version_dir.name, version_dir))
         return OnnxBackend(onnx, providers)

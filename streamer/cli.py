@@ -1,6 +1,6 @@
 """The ``crowdwatch`` entry point: one thin dispatcher over per-command modules.
 
-Each command lives in the module that owns the concept and exposes
+Each command of the learning side lives in ``adapt/commands/`` and exposes
 ``main(argv: list[str] | None) -> int``. Modules are imported lazily so that
 ``crowdwatch --help`` and the online stages do not pay for torch.
 """
@@ -16,14 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("streamer.ingest", "decode one camera and publish its frames"),
     "infer": ("streamer.infer", "density inference stage with metrics"),
     "web": ("streamer.web", "live overlay and JSON API"),
-    "synth": ("adapt.synth.cli", "render a labelled synthetic crowd dataset"),
-    "train": ("adapt.train", "train the density network on labelled data"),
-    "eval": ("adapt.evaluate", "MAE and RMSE on a labelled dataset"),
-    "export": ("adapt.export", "write the ONNX model"),
-    "adapt": ("adapt.adapt", "self-supervised adaptation of one camera's model"),
-    "models": ("adapt.registry", "list or roll back per-camera model versions"),
-    "label": ("adapt.labelling", "click the heads on a few frames of a camera, for the gate"),
-    "calibrate": ("adapt.calibration", "fit a camera's count scale on its labelled frames"),
+    "synth": ("adapt.commands.synth", "render a labelled synthetic crowd dataset"),
+    "train": ("adapt.commands.train", "train the density network on labelled data"),
+    "eval": ("adapt.commands.eval", "MAE and RMSE on a labelled dataset"),
+    "export": ("adapt.commands.export", "write the ONNX model"),
+    "adapt": ("adapt.commands.adapt", "self-supervised adaptation of one camera's model"),
+    "models": ("adapt.commands.models", "list or roll back per-camera model versions"),
+    "label": ("adapt.commands.label", "click the heads on a few frames of a camera, for the gate"),
+    "calibrate": ("adapt.commands.calibrate", "fit a camera's count scale on its labelled frames"),
 }
 
 

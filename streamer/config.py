@@ -34,8 +34,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import numpy as np
 
-from adapt.buffer import BufferConfig  # the buffer's settings, parsed here per camera
-from adapt.names import InvalidCameraName, validate_camera_name
+from adapt.store.buffer import BufferConfig  # the buffer's settings, parsed here per camera
+from adapt.store.names import InvalidCameraName, validate_camera_name
 
 from . import crowd_metrics
 

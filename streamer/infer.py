@@ -50,7 +50,7 @@ class ModelPool:
     """Per-camera models from the registry, hot-swapped on pointer changes."""
 
     def __init__(self, registry_root: Path, cameras: list[str], backend: str, providers, torch_device: str, poll_s: float = 2.0):
-        from adapt.registry import Registry
+        from adapt.store.registry import Registry
 
         self.registry = Registry(registry_root)
         self.kind, self.providers, self.torch_device, self.poll_s = backend, providers, torch_device, poll_s
@@ -178,7 +178,7 @@ class InferStage:
 
     def _poll_adaptation_runs(self, now: float) -> None:
         """Export runs the scheduler appended to var/adapt/<camera>/runs.jsonl."""
-        from adapt.runs import RESULTS, read_runs, run_log_path
+        from adapt.store.runs import RESULTS, read_runs, run_log_path
 
         if now - self._last_adapt_poll < 5.0:
             return
@@ -198,7 +198,7 @@ class InferStage:
             self._adapt_seen[cam] = (size, len(runs))
 
     def _open_buffers(self) -> dict:
-        from adapt.buffer import FrameBuffer
+        from adapt.store.buffer import FrameBuffer
 
         return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
 

@@ -7,7 +7,7 @@ device), as ``crowdwatch adapt`` subprocesses, so a crash or a leak in
 training never reaches the online stages.
 
 Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``
-(``adapt/runs.py``); the inference stage reads these files to export the adaptation metrics from the
+(``adapt/store/runs.py``); the inference stage reads these files to export the adaptation metrics from the
 same /metrics endpoint as everything else.
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from adapt.runs import append_run, read_runs
+from adapt.store.runs import append_run, read_runs
 
 log = logging.getLogger("crowdwatch.scheduler")
 

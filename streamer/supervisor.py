@@ -118,7 +118,7 @@ def scrape_uncertainty(url: str) -> dict[str, float]:
 
 
 def build_scheduler(config: Config):
-    from adapt.buffer import FrameBuffer
+    from adapt.store.buffer import FrameBuffer
     from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, adapt_command
 
     scheds = {}

@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import zmq
 from prometheus_client.exposition import choose_encoder
 
-from adapt.names import InvalidCameraName, validate_camera_name
+from adapt.store.names import InvalidCameraName, validate_camera_name
 
 from . import overlay
 from .config import CameraConfig, Config, load_stage_config

@@ -9,12 +9,13 @@ import pytest
 import scipy.io
 import torch
 
-from adapt.adapt import AdaptConfig, AdaptError, adapt_camera, main
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.flip_stage import FlipStageConfig, flip_batch
-from adapt.pseudo_label import PseudoLabelConfig, select_confident
-from adapt.registry import BASE, Registry
-from adapt.validation import GateConfig
+from adapt.commands.adapt import main
+from adapt.selfsup.adaptation import AdaptConfig, AdaptError, adapt_camera
+from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+from adapt.selfsup.flip_stage import FlipStageConfig, flip_batch
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, select_confident
+from adapt.store.registry import BASE, Registry
+from adapt.selfsup.gate import GateConfig
 from tests.test_network import perturbed_model
 
 
@@ -93,7 +94,7 @@ def test_balanced_rule_keeps_occupied_cells_even_when_empty_ones_have_zero_std()
 
 
 def test_count_loss_pulls_a_crop_count_back_from_either_side():
-    from adapt.train import count_loss
+    from adapt.training.engine import count_loss
 
     label = torch.tensor([20.0, 20.0])
     assert count_loss(torch.full((2, 1, 4, 5), 1.0), label).item() == 0.0
@@ -104,7 +105,7 @@ def test_count_loss_pulls_a_crop_count_back_from_either_side():
 
 
 def test_pseudo_labelled_crops_carry_the_count_of_all_their_cells(tmp_path):
-    from adapt.pseudo_label import PseudoLabelled, PseudoLabels
+    from adapt.selfsup.pseudo_label import PseudoLabelled, PseudoLabels
 
     img = tmp_path / "f.jpg"
     cv2.imwrite(str(img), np.zeros((64, 96, 3), np.uint8))
@@ -118,7 +119,7 @@ def test_pseudo_labelled_crops_carry_the_count_of_all_their_cells(tmp_path):
 
 
 def test_pseudo_labelled_whole_frames_are_the_labelled_frames(tmp_path):
-    from adapt.pseudo_label import PseudoLabelled, PseudoLabels
+    from adapt.selfsup.pseudo_label import PseudoLabelled, PseudoLabels
 
     img = tmp_path / "f.jpg"
     cv2.imwrite(str(img), np.full((64, 96, 3), 90, np.uint8))
@@ -150,7 +151,7 @@ def test_pseudo_label_config_refuses_bad_values():
 
 def test_warm_up_bounds_the_first_adam_step():
     # Adam's first update is lr * sign(gradient) for every weight; the warm-up scales it down
-    from adapt.flip_stage import make_optimizer
+    from adapt.training.engine import make_optimizer
 
     for warmup, bound in ((0, 1e-3), (9, 1e-4)):
         model = perturbed_model()
@@ -169,7 +170,7 @@ def test_warm_up_bounds_the_first_adam_step():
 
 
 def test_parameter_ema_ends_on_the_average_and_is_off_at_zero():
-    from adapt.train import ParameterEMA
+    from adapt.training.engine import ParameterEMA
 
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
@@ -192,10 +193,11 @@ def test_parameter_ema_ends_on_the_average_and_is_off_at_zero():
 
 
 def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
-    from adapt.crowd_dataset import AugmentConfig, FrameFolder, collate
-    from adapt.adapt import synthetic_batches
-    from adapt.flip_stage import loop_forever, run_flip_stage
-    from adapt.network import ModelConfig
+    from adapt.data.crowd_dataset import AugmentConfig, FrameFolder, collate
+    from adapt.selfsup.adaptation import synthetic_batches
+    from adapt.training.engine import loop_forever
+    from adapt.selfsup.flip_stage import run_flip_stage
+    from adapt.model.network import ModelConfig
     from torch.utils.data import DataLoader
 
     model = perturbed_model(ModelConfig(flip_rows=1))
@@ -264,14 +266,14 @@ def test_bad_inputs_publish_nothing(setup, tmp_path):
     assert json.loads(out.read_text())["published"] is None
     assert main(["--camera", "../etc", "--frames", str(setup / "frames")]) == 1
     # a buffer still filling is a skip (exit 4), recorded for the metrics
-    from adapt.runs import read_runs
+    from adapt.store.runs import read_runs
 
     assert main(["--camera", "lobby", "--frames", str(tmp_path / "few"), "--models", str(setup / "models"), "--record", str(tmp_path / "var")]) == 4
     assert [r["result"] for r in read_runs(tmp_path / "var", "lobby")] == ["skipped"]
 
 
 def test_fewer_renders_than_one_batch_is_a_clear_error_not_a_hang(setup, tmp_path):
-    from adapt.flip_stage import loop_forever
+    from adapt.training.engine import loop_forever
 
     reg = Registry(setup / "models")
     before = reg.current("lobby")
@@ -309,7 +311,7 @@ def test_adapt_from_a_video_file_with_one_command(setup, tmp_path):
 
 
 def test_frames_labelled_with_crowdwatch_label_decide_the_gate(setup, tmp_path):
-    from adapt.labelling import LabelSet
+    from adapt.selfsup.labelling import LabelSet
 
     labels = LabelSet(tmp_path / "labels")
     labels.add(sorted((setup / "frames").glob("*.jpg"))[:3])
@@ -341,7 +343,7 @@ def test_adaptation_keeps_the_parents_count_calibration(setup, tmp_path):
 
 
 def test_source_renders_of_an_older_renderer_are_rendered_again(tmp_path):
-    from adapt.adapt import ensure_synthetic
+    from adapt.selfsup.adaptation import ensure_synthetic
     from adapt.synth.render import RENDERER_VERSION
 
     ours = tmp_path / "synth-source"
@@ -364,9 +366,9 @@ def test_source_renders_of_an_older_renderer_are_rendered_again(tmp_path):
 def test_keep_count_holds_the_parents_mean_count_on_the_training_frames(setup):
     import copy
 
-    from adapt.adapt import keep_parent_count
-    from adapt.crowd_dataset import FrameFolder, collate
-    from adapt.validation import frame_stats
+    from adapt.selfsup.adaptation import keep_parent_count
+    from adapt.data.crowd_dataset import FrameFolder, collate
+    from adapt.selfsup.gate import frame_stats
     from torch.utils.data import DataLoader
 
     parent = perturbed_model()

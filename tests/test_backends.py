@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adapt.checkpoint import save_checkpoint
+from adapt.model.checkpoint import save_checkpoint
 from streamer.backends import BackendError, OnnxBackend, TorchBackend, load_backend, resolve_providers
 from tests.test_network import perturbed_model
 

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-import adapt.buffer as buffer_mod
-from adapt.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, read_frame, thumbnail, thumb_distance
-from adapt.names import InvalidCameraName
+import adapt.store.buffer as buffer_mod
+from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, read_frame, thumbnail, thumb_distance
+from adapt.store.names import InvalidCameraName
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a plausible epoch time in ns
@@ -236,7 +236,7 @@ def test_disk_full_on_write_is_counted_logged_once_and_recovers(tmp_path, monkey
         raise OSError(err, os.strerror(err))
 
     monkeypatch.setattr(buf, "_write_atomic", full)
-    with caplog.at_level(logging.WARNING, logger="adapt.buffer"):
+    with caplog.at_level(logging.WARNING, logger="adapt.store.buffer"):
         results = [buf.offer(scene(i), T0 + i * S) for i in range(5)]
     assert results == ["disk_full"] * 5  # a failed frame does not use up the interval
     assert buf.stats().disk_full and buf.stats().skipped["disk_full"] == 5

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.calibration import CalibrationConfig, calibrate_camera, fit_scale, judge, leave_one_out_mae, main
-from adapt.checkpoint import load_checkpoint, save_checkpoint
-from adapt.network import ModelConfig
-from adapt.registry import BASE, Registry
-from adapt.train import predict_counts
+from adapt.commands.calibrate import main
+from adapt.selfsup.calibration import CalibrationConfig, calibrate_camera, fit_scale, judge, leave_one_out_mae
+from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+from adapt.model.network import ModelConfig
+from adapt.store.registry import BASE, Registry
+from adapt.training.engine import predict_counts
 from tests.test_network import perturbed_model
 
 CELLS = (96 // 8) * (128 // 8)
@@ -91,7 +92,7 @@ def test_count_scale_scales_what_is_served_not_what_is_trained():
 
 def test_count_scale_survives_a_checkpoint_and_goes_into_the_onnx_graph(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from adapt.export import export_onnx, read_metadata
+    from adapt.model.export import export_onnx, read_metadata
 
     m = counting_model()
     m.set_count_scale(0.25)

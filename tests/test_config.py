@@ -271,8 +271,8 @@ def test_config_is_immutable(tmp_path: Path) -> None:
 
 def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     data = base()
-    from adapt.adapt import build_parser
-    from adapt.validation import GateConfig
+    from adapt.commands.adapt import build_parser
+    from adapt.selfsup.gate import GateConfig
 
     gate = {"per_person_uncertainty": True, "min_count_ratio": 0.4, "max_count_ratio": 3}
     data["cameras"]["lobby"]["adapt"] = {"labels": "labels/lobby", "keep_count": False, "gate": gate}
@@ -283,7 +283,7 @@ def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     args = build_parser().parse_args(["--camera", "lobby", *lobby.command_args()])
     assert (args.labels, args.min_count_ratio, args.max_count_ratio, args.per_person_uncertainty, args.keep_count) == (tmp_path / "labels" / "lobby", 0.4, 3.0, True, False)
     # a camera without overrides adds nothing, and the config's defaults are the gate's and adapt's
-    from adapt.adapt import AdaptConfig
+    from adapt.selfsup.adaptation import AdaptConfig
 
     assert yard.labels is None and yard.command_args() == [] and yard.keep_count == AdaptConfig.keep_count
     assert build_parser().parse_args(["--camera", "yard"]).keep_count == AdaptConfig.keep_count

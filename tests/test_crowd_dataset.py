@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.crowd_dataset import (
+from adapt.data.crowd_dataset import (
     AugmentConfig,
     CrowdDataset,
     FrameFolder,
@@ -18,7 +18,7 @@ from adapt.crowd_dataset import (
     plan_crop,
     sample_rng,
 )
-from adapt.datasets import Annotation, DatasetError, read_dataset
+from adapt.data.datasets import Annotation, DatasetError, read_dataset
 
 
 def _image(path: Path, hw: tuple[int, int], seed: int = 0) -> Path:
@@ -172,7 +172,7 @@ def test_corrupt_image_mid_epoch_is_skipped_counted_and_logged_once(items, tmp_p
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     mixed = [items[0], _ann(bad, [[1, 1]]), items[2]]
     ds = CrowdDataset(mixed, CFG, seed=1)
-    with caplog.at_level(logging.WARNING, logger="adapt.crowd_dataset"):
+    with caplog.at_level(logging.WARNING, logger="adapt.data.crowd_dataset"):
         for epoch in range(2):
             ds.set_epoch(epoch)
             samples = [ds[i] for i in range(3)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from adapt.datasets import (
+from adapt.data.datasets import (
     FORMATS,
     Annotation,
     BadImage,
@@ -17,7 +17,7 @@ from adapt.datasets import (
     natural_key,
     read_dataset,
 )
-from adapt.density import density_map
+from adapt.data.density import density_map
 
 # --------------------------------------------------------------------------- fixture writers
 

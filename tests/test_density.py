@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-import adapt.density as density_mod
-from adapt.density import STRIDE, SigmaRule, density_map, kernel_sigmas
+import adapt.data.density as density_mod
+from adapt.data.density import STRIDE, SigmaRule, density_map, kernel_sigmas
 
 
 def _brute_force(points: np.ndarray, sigmas: np.ndarray, hw: tuple[int, int], stride: int = 8) -> np.ndarray:

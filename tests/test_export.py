@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.export import METADATA_KEYS, export_onnx, read_metadata
+from adapt.model.export import METADATA_KEYS, export_onnx, read_metadata
 from tests.test_network import perturbed_model
 
 # float32 graphs in ORT and torch differ only by op ordering

@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from adapt.checkpoint import save_checkpoint
-from adapt.registry import BASE, Registry
+from adapt.model.checkpoint import save_checkpoint
+from adapt.store.registry import BASE, Registry
 from streamer.infer import ModelPool, group_batches
 from streamer.wire import FrameMessage
 from tests.test_network import perturbed_model

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import zmq
 
-from adapt.checkpoint import save_checkpoint
-from adapt.registry import BASE, Registry
-from adapt.runs import append_run
+from adapt.model.checkpoint import save_checkpoint
+from adapt.store.registry import BASE, Registry
+from adapt.store.runs import append_run
 from streamer.config import parse_config
 from streamer.exporter import Metrics
 from streamer.infer import InferStage

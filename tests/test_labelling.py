@@ -22,8 +22,9 @@ import pytest
 
 from test_web import wait_for
 
-from adapt.datasets import read_dataset
-from adapt.labelling import LabelError, LabelSet, main, serve, spread
+from adapt.data.datasets import read_dataset
+from adapt.commands.label import main
+from adapt.selfsup.labelling import LabelError, LabelSet, serve, spread
 
 
 def write_frames(folder: Path, n: int, size: tuple[int, int] = (160, 120)) -> list[Path]:

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from adapt.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0
-from adapt.network import CrowdCounter, ModelConfig, check_input
+from adapt.model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from adapt.model.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0
+from adapt.model.network import CrowdCounter, ModelConfig, check_input
 
 
 def perturbed_model(config: ModelConfig | None = None, pretrained: bool = False) -> CrowdCounter:
@@ -121,7 +121,7 @@ def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path):
     with torch.no_grad():
         expected = torch.stack(m(x))
     code = (
-        "import sys, torch; from adapt.checkpoint import load_model; "
+        "import sys, torch; from adapt.model.checkpoint import load_model; "
         "m, _ = load_model(sys.argv[1]); x = torch.load(sys.argv[2], weights_only=True); "
         "torch.save(torch.stack(m(x)).detach(), sys.argv[3])"
     )

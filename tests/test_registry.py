@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from adapt.checkpoint import save_checkpoint
-from adapt.names import InvalidCameraName
-from adapt.network import CrowdCounter, ModelConfig
-from adapt.registry import BASE, Registry, RegistryError, ensure_onnx
+from adapt.model.checkpoint import save_checkpoint
+from adapt.store.names import InvalidCameraName
+from adapt.model.network import CrowdCounter, ModelConfig
+from adapt.store.registry import BASE, Registry, RegistryError, ensure_onnx
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_ensure_onnx_exports_once(tmp_path, checkpoint):
 
 
 def test_models_command_lists_and_rolls_back(tmp_path, checkpoint, capsys):
-    from adapt.registry import main
+    from adapt.commands.models import main
 
     reg = Registry(tmp_path)
     reg.publish("lobby", {"model.pt": checkpoint}, {"parent": None}, "v1")

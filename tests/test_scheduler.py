@@ -1,7 +1,7 @@
 import datetime as dt
 import sys
 
-from adapt.runs import append_run, read_runs, run_log_path
+from adapt.store.runs import append_run, read_runs, run_log_path
 from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, next_daily, next_due
 
 UTC = dt.timezone.utc
@@ -86,6 +86,6 @@ def test_adapt_command_carries_each_cameras_own_options(tmp_path):
     assert argv("lobby", tmp_path / "r.json")[-3:] == ["--labels", "/l", "--no-per-person-uncertainty"]
     assert argv("yard", tmp_path / "r.json")[-1] == str(tmp_path / "buffer")
     # the adapt command accepts them: it fails on the missing frames, not on the options
-    from adapt.adapt import main
+    from adapt.commands.adapt import main
 
     assert main(["--camera", "lobby", "--frames", str(tmp_path / "nope"), "--no-per-person-uncertainty", "--models", str(tmp_path / "models")]) == 1

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from adapt.checkpoint import load_checkpoint
-from adapt.train import TrainConfig, load_recipe, parse_dataset_spec, train
+from adapt.model.checkpoint import load_checkpoint
+from adapt.training.train import TrainConfig, load_recipe, parse_dataset_spec, train
 from tests.test_adapt import write_shanghaitech
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from adapt.validation import FrameStats, GateConfig, chance_bound, gate
+from adapt.selfsup.gate import FrameStats, GateConfig, chance_bound, gate
 
 PARENT = FrameStats(frames=40, mean_count=50.0, mean_count_std=4.0, flip_accuracy=0.5)
 
@@ -74,8 +74,8 @@ def test_frame_stats_leave_an_unreadable_frame_out_instead_of_scoring_its_stand_
     import torch
     from torch.utils.data import DataLoader
 
-    from adapt.crowd_dataset import FrameFolder, collate
-    from adapt.validation import frame_stats
+    from adapt.data.crowd_dataset import FrameFolder, collate
+    from adapt.selfsup.gate import frame_stats
     from tests.test_network import perturbed_model
 
     rng = np.random.default_rng(0)

@@ -10,31 +10,30 @@ touched by a failed or refused run.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adapt.flip_stage import FlipStageConfig, loop_forever, run_flip_stage
-from adapt.names import InvalidCameraName, validate_camera_name
-from adapt.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
-from adapt.pseudo_label import RULES, PseudoLabelConfig, run_pseudo_label_stage
-from adapt.registry import Registry, RegistryError
-from adapt.validation import GateConfig, frame_stats, gate
+from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+from adapt.training.engine import loop_forever
+from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
+from adapt.store.names import validate_camera_name
+from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
+from adapt.store.registry import Registry
+from adapt.selfsup.gate import GateConfig, frame_stats, gate
 
 STAGES = ("flip", "pseudo")
 MIN_FRAMES = 8
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".h264", ".mpg"}
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class AdaptError(RuntimeError):
@@ -82,7 +81,7 @@ class AdaptConfig:
 
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
     """Frame paths from a folder, a video (decoded into the camera's buffer) or the buffer."""
-    from adapt.datasets import list_images
+    from adapt.data.datasets import list_images
 
     src = cfg.frames
     if src is not None and not src.exists():
@@ -90,7 +89,7 @@ def collect_frames(cfg: AdaptConfig) -> list[Path]:
     if src is not None and src.is_dir():
         paths = list_images(src)
     else:
-        from adapt.buffer import FrameBuffer
+        from adapt.store.buffer import FrameBuffer
 
         buffer = FrameBuffer(cfg.buffer_root, cfg.camera)
         if src is not None:
@@ -138,8 +137,8 @@ def ensure_synthetic(path: Path, n: int, seed: int) -> Path:
 
 
 def synthetic_batches(path: Path, batch: int, crop: int, seed: int):
-    from adapt.crowd_dataset import AugmentConfig, CrowdDataset, collate
-    from adapt.datasets import read_dataset
+    from adapt.data.crowd_dataset import AugmentConfig, CrowdDataset, collate
+    from adapt.data.datasets import read_dataset
 
     items = read_dataset(path, "shanghaitech").items
     if len(items) < batch:
@@ -154,15 +153,15 @@ def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
 
     Padding would let the flip head cheat: zero rows at the bottom move to the top.
     """
-    from adapt.datasets import load_image
-    from adapt.crowd_dataset import fit_max_side
+    from adapt.data.datasets import load_image
+    from adapt.data.crowd_dataset import fit_max_side
 
     smallest = min(min(fit_max_side(load_image(p).shape[:2], max_side)) for p in paths[:: max(1, len(paths) // 16)])
     return max(64, min(want, int(smallest * 0.8) // 32 * 32))
 
 
 def frame_loaders(train: list[Path], held: list[Path], cfg: AdaptConfig):
-    from adapt.crowd_dataset import AugmentConfig, FrameFolder, collate
+    from adapt.data.crowd_dataset import AugmentConfig, FrameFolder, collate
 
     crop = real_crop_size(train, cfg.max_side)
     real = FrameFolder(train, AugmentConfig(crop=(crop, crop), scale_range=(0.8, 1.2), gray_prob=0.0), seed=cfg.seed)
@@ -178,7 +177,7 @@ def keep_parent_count(parent: CrowdCounter, model: CrowdCounter, train_paths: li
     frames still test it independently; the factor joins any calibration
     the parent carried (count_scale multiplies).
     """
-    from adapt.crowd_dataset import FrameFolder, collate
+    from adapt.data.crowd_dataset import FrameFolder, collate
 
     loader = DataLoader(FrameFolder(train_paths, None, max_side=cfg.max_side), batch_size=1, num_workers=0, collate_fn=collate)
     before = frame_stats(parent, loader, device, with_flip=False).mean_count
@@ -199,8 +198,8 @@ def keep_parent_count(parent: CrowdCounter, model: CrowdCounter, train_paths: li
 
 
 def labelled_loader(path: Path, max_side: int):
-    from adapt.crowd_dataset import CrowdDataset, collate
-    from adapt.datasets import read_dataset
+    from adapt.data.crowd_dataset import CrowdDataset, collate
+    from adapt.data.datasets import read_dataset
 
     items = read_dataset(path, "json").items
     return DataLoader(CrowdDataset(items, None, max_side=max_side), batch_size=1, num_workers=0, collate_fn=collate)
@@ -216,7 +215,7 @@ def resolve_parent(registry: Registry, camera: str, base: Path | None) -> tuple[
 
 def adapt_camera(cfg: AdaptConfig) -> dict:
     """Run the whole adaptation; returns the report (also the ``--json`` output)."""
-    from adapt.train import seed_everything, select_device
+    from adapt.training.engine import seed_everything, select_device
 
     t0 = time.time()
     camera = validate_camera_name(cfg.camera)
@@ -282,8 +281,8 @@ def publish(registry: Registry, camera: str, model, parent_version: str | None, 
 
 def publish_version(registry: Registry, camera: str, model, parent_version: str | None, card: dict) -> str:
     """Checkpoint, ONNX and card of a new version, switched to atomically (adapt and calibrate both publish here)."""
-    from adapt.export import export_onnx
-    from adapt.registry import new_version_name
+    from adapt.model.export import export_onnx
+    from adapt.store.registry import new_version_name
 
     version = new_version_name()
     meta = {"version": version, "parent": parent_version, "camera": camera, "recipe": card["recipe"]}
@@ -293,92 +292,3 @@ def publish_version(registry: Registry, camera: str, model, parent_version: str 
         onnx = export_onnx(model, Path(tmp) / "model.onnx", meta)
         registry.publish(camera, {"model.pt": ckpt, "model.onnx": onnx}, card, version)
     return version
-
-
-def record(args, result: str, detail: str) -> None:
-    if args.record is None:
-        return
-    from adapt.runs import append_run
-
-    try:
-        append_run(args.record, validate_camera_name(args.camera), {"time": time.time(), "result": result, "reason": "command", "detail": detail[:500]})
-    except (InvalidCameraName, OSError) as exc:
-        print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
-    p.add_argument("--camera", required=True)
-    p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
-    p.add_argument("--base", type=Path, help="parent checkpoint (default: the camera's current model, else base)")
-    p.add_argument("--json", type=Path, help="write the report (stages, per-round statistics, verdict) here")
-    p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
-    p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
-    p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
-    gate_defaults = GateConfig()
-    p.add_argument("--min-count-ratio", type=float, default=gate_defaults.min_count_ratio,
-                   help="gate: the candidate's mean count over the parent's must be at least this (default: %(default)s)")
-    p.add_argument("--max-count-ratio", type=float, default=gate_defaults.max_count_ratio,
-                   help="gate: ... and at most this (default: %(default)s)")
-    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
-                   help="gate: the count std per counted person must drop too (default: off)")
-    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=AdaptConfig.keep_count,
-                   help="hold the parent's mean count on the training frames (default: on; docs/ADAPTATION.md)")
-    p.add_argument("--flip-steps", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
-    p.add_argument("--steps-per-round", type=int, default=None)
-    p.add_argument("--keep-fraction", type=float, default=None, help="pseudo labels: keep this lowest-uncertainty fraction of cells")
-    p.add_argument("--pseudo-rule", choices=RULES, default=None, help=f"pseudo labels: how confident cells are chosen (default: {PseudoLabelConfig.rule}; docs/ADAPTATION.md)")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--max-side", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
-    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
-    p.add_argument("--no-publish", action="store_true", help="measure and validate only")
-    p.add_argument("--record", type=Path, default=None, metavar="VAR",
-                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl (what the scheduler does; for cron jobs)")
-    p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
-        cfg.stages = tuple(s for s in args.stages.split(",") if s)
-        cfg.keep_count = args.keep_count
-        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
-        if args.flip_steps is not None:
-            cfg.flip = replace(cfg.flip, steps=args.flip_steps)
-        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction, "rule": args.pseudo_rule}.items() if v is not None}
-        if args.max_side is not None:
-            cfg.max_side = args.max_side
-            pl["max_side"] = args.max_side
-        cfg.pseudo = replace(cfg.pseudo, **pl)
-        if args.max_frames is not None:
-            cfg.max_frames = args.max_frames
-        if args.buffer is not None:
-            cfg.buffer_root = args.buffer
-        if args.synthetic is not None:
-            cfg.synthetic = args.synthetic
-        report = adapt_camera(cfg)
-    except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
-        print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"camera": args.camera, "error": str(exc), "published": None}, indent=2))
-        skipped = isinstance(exc, TooFewFrames)
-        record(args, "skipped" if skipped else "failed", str(exc))
-        return 4 if skipped else 1
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str))
-    v = report["validation"]
-    record(args, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
-    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
-    return 0 if v["verdict"] == "accept" else 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

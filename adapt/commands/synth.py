@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .styles import STYLES
+from adapt.synth.styles import STYLES
 
 PROG = "crowdwatch synth"
 
@@ -49,7 +49,7 @@ def _styles(text: str) -> list[str]:
 
 
 def _formats(text: str) -> list[str]:
-    from .writers import FORMATS
+    from adapt.synth.writers import FORMATS
 
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in names if s not in FORMATS]
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: --contact-sheet must name a .png file, found {str(args.contact_sheet)!r}", file=sys.stderr)
         return 2
 
-    from .writers import contact_sheet, write_dataset
+    from adapt.synth.writers import contact_sheet, write_dataset
 
     w, h = args.size
     try:

@@ -10,10 +10,7 @@ the synthetic dataset if absent, trains, and publishes to the registry.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
-import random
 import sys
 import time
 import tomllib
@@ -23,12 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from adapt.progress import progress
+from adapt.training.progress import progress
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from adapt.network import CrowdCounter, ModelConfig, dataclass_from_dict
+from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+from adapt.model.network import CrowdCounter, ModelConfig, dataclass_from_dict
+from adapt.training.engine import (
+    autocast_for, build_optimizer, cosine_lr, density_loss, optimizer_step, predict_counts, render_if_missing, seed_everything,
+    select_device, worker_init,
+)
 
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
@@ -62,131 +63,14 @@ class TrainConfig:
         return dataclass_from_dict(cls, data, "training config")
 
 
-def select_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def worker_init(_: int) -> None:
-    # cv2's own thread pool inside each DataLoader worker oversubscribes the cores
-    import cv2
-
-    cv2.setNumThreads(0)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def parse_dataset_spec(spec: str) -> tuple[Path, str]:
     """``DIR`` or ``DIR:format``; the default format is shanghaitech."""
-    from adapt.datasets import FORMATS
+    from adapt.data.datasets import FORMATS
 
     head, _, tail = spec.rpartition(":")
     if head and tail in FORMATS:
         return Path(head), tail
     return Path(spec), "shanghaitech"
-
-
-def density_loss(pred: torch.Tensor, target: torch.Tensor, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Pixel-wise L2 on density maps, in the network's scaled units.
-
-    With ``mask`` (same shape, 0/1), only masked cells count: the pseudo-label
-    stage uses this for its confident cells.
-    """
-    err = (pred.float() - target.float()) * scale
-    if mask is None:
-        return err.pow(2).mean()
-    return (err.pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Squared count error per crop over (count + 1), a Poisson-like scale: people per crop, not per cell."""
-    predicted = density.float().sum(dim=(1, 2, 3))
-    return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
-
-
-def build_optimizer(model: CrowdCounter, cfg: TrainConfig) -> torch.optim.Optimizer:
-    enc = [p for p in model.encoder.parameters() if p.requires_grad]
-    enc_ids = {id(p) for p in enc}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
-    return torch.optim.AdamW(
-        [{"params": enc, "lr": cfg.lr * cfg.encoder_lr_mult}, {"params": rest, "lr": cfg.lr}], weight_decay=cfg.weight_decay
-    )
-
-
-def cosine_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], step: int, total: int, warmup: int) -> None:
-    if step < warmup:
-        f = (step + 1) / warmup
-    else:
-        f = 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    for group, base in zip(optimizer.param_groups, base_lrs):
-        group["lr"] = base * max(f, 0.01)
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast(device.type, enabled=False)
-
-
-def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, scaler=None, clip: float = 10.0) -> None:
-    """Backward, clip, step; a non-finite loss stops training with a clear error."""
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the learning rate")
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-    else:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    if scaler is None:
-        optimizer.step()
-    else:
-        scaler.step(optimizer)
-        scaler.update()
-
-
-def check_step_settings(ema_decay: float, warmup_steps: int) -> None:
-    """Validate the EMA decay and warm-up shared by the adaptation stages' configs."""
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), found {ema_decay}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, found {warmup_steps}")
-
-
-class ParameterEMA:
-    """Exponential moving average of a model's parameters during a run of steps.
-
-    ``apply`` writes the average back into the model. Parameters only: the
-    BatchNorm statistics stay those of the last step. A decay of 0 is off.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), found {decay}")
-        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay > 0 else None
-
-    def update(self, model: torch.nn.Module) -> None:
-        if self.average is not None:
-            self.average.update_parameters(model)
-
-    @torch.no_grad()
-    def apply(self, model: torch.nn.Module) -> None:
-        if self.average is not None:
-            for averaged, p in zip(self.average.module.parameters(), model.parameters()):
-                p.copy_(averaged)
 
 
 def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, amp: bool) -> dict:
@@ -205,14 +89,6 @@ def train_one_epoch(model, loader, optimizer, scaler, device, epoch, schedule, a
         n += image.shape[0]
         bar.set_postfix(loss=f"{total / n:.4f}")
     return {"loss": total / max(n, 1)}
-
-
-@torch.inference_mode()
-def predict_counts(model: CrowdCounter, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ensemble prediction: (count (N,), count std across masks (N,), per-mask density)."""
-    per_mask = model.ensemble(image)
-    counts = per_mask.sum(dim=(2, 3, 4))  # (M, N)
-    return counts.mean(0), counts.std(0, unbiased=False), per_mask
 
 
 @torch.inference_mode()
@@ -237,29 +113,9 @@ def load_recipe(name_or_path: str) -> TrainConfig:
         return TrainConfig.from_dict(tomllib.load(f))
 
 
-def render_if_missing(synth: dict) -> None:
-    out = Path(synth["out"])
-    if (out / "meta.json").is_file():
-        return
-    from adapt.synth.writers import write_dataset
-
-    print(f"rendering synthetic dataset into {out} ...", flush=True)
-    write_dataset(
-        out,
-        n=int(synth["n"]),
-        seed=int(synth.get("seed", 0)),
-        width=int(synth.get("width", 640)),
-        height=int(synth.get("height", 480)),
-        styles=list(synth.get("styles", ["day"])),
-        count_range=tuple(synth.get("count", [0, 300])),
-        workers=int(synth.get("workers", 2)),
-        overwrite=True,
-    )
-
-
 def make_loaders(cfg: TrainConfig, masks: int):
-    from adapt.crowd_dataset import AugmentConfig, CrowdDataset, collate
-    from adapt.datasets import read_dataset
+    from adapt.data.crowd_dataset import AugmentConfig, CrowdDataset, collate
+    from adapt.data.datasets import read_dataset
 
     items = []
     for spec in cfg.train:
@@ -345,7 +201,7 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def publish_base(checkpoint: Path, cfg: TrainConfig) -> None:
-    from adapt.registry import BASE, Registry, new_version_name
+    from adapt.store.registry import BASE, Registry, new_version_name
 
     reg = Registry()
     version = new_version_name()
@@ -357,49 +213,3 @@ def publish_base(checkpoint: Path, cfg: TrainConfig) -> None:
     save_checkpoint(staged, model, meta)
     v = reg.publish(BASE, {"model.pt": staged}, {"parent": None, "recipe": asdict(cfg), "validation": {"val": ckpt.meta.get("val")}}, version)
     print(f"published base model {v.version} -> {v.path}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="crowdwatch train", description="Train the density network on labelled data.")
-    p.add_argument("--recipe", help="a named recipe (adapt/recipes/NAME.toml) or a TOML file; flags below override it")
-    p.add_argument("--data", action="append", help="training dataset DIR[:format] (repeatable); formats: shanghaitech, ucf, gcc, json")
-    p.add_argument("--val", help="validation dataset DIR[:format]")
-    p.add_argument("--out", help="run directory for checkpoints and history")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--crop", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--init", help="start from this checkpoint's weights")
-    p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt")
-    p.add_argument("--publish", action="store_true", help="register the best checkpoint as the base model")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
-        overrides = {
-            "train": args.data, "val": args.val, "out": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
-            "lr": args.lr, "crop": args.crop, "workers": args.workers, "seed": args.seed, "device": args.device, "init": args.init,
-        }
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        if args.no_resume:
-            cfg.resume = False
-        if args.publish:
-            cfg.publish = True
-        if not cfg.train and not cfg.synth:
-            p.error("give --data DIR[:format] or a --recipe")
-        if cfg.crop % 32:
-            p.error(f"--crop must be a multiple of 32, found {cfg.crop}")
-        best = train(cfg)
-    except (ValueError, CheckpointError, FloatingPointError) as exc:
-        print(f"crowdwatch train: {exc}", file=sys.stderr)
-        return 1
-    print(f"best checkpoint: {best}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

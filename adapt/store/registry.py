@@ -16,21 +16,19 @@ version and a crash mid-publish leaves the serving model untouched.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapt.atomic import atomic_write
-from adapt.names import InvalidCameraName, validate_camera_name
+from adapt.store.atomic import atomic_write
+from adapt.store.names import InvalidCameraName, validate_camera_name
 
 BASE = "base"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ROOT = REPO_ROOT / "models"
 CHECKPOINT = "model.pt"
 ONNX = "model.onnx"
@@ -184,42 +182,8 @@ def ensure_onnx(version: ModelVersion) -> Path:
     """Export ``model.onnx`` beside the checkpoint when it is missing (shipped models carry only the checkpoint)."""
     if version.onnx.is_file():
         return version.onnx
-    from adapt.checkpoint import load_checkpoint
-    from adapt.export import export_onnx
+    from adapt.model.checkpoint import load_checkpoint
+    from adapt.model.export import export_onnx
 
     ckpt = load_checkpoint(version.checkpoint)
     return export_onnx(ckpt.build(), version.onnx, ckpt.meta)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="crowdwatch models", description="List or roll back per-camera model versions.")
-    p.add_argument("--root", type=Path, default=None, help="registry directory (default: models/ or $CROWDWATCH_MODELS)")
-    sub = p.add_subparsers(dest="action", required=True)
-    ls = sub.add_parser("list", help="versions per camera; * marks the serving one")
-    ls.add_argument("camera", nargs="?")
-    rb = sub.add_parser("rollback", help="point a camera back at its parent (or --to VERSION)")
-    rb.add_argument("camera")
-    rb.add_argument("--to", default=None)
-    args = p.parse_args(argv)
-    reg = Registry(args.root)
-    try:
-        if args.action == "list":
-            for cam in [args.camera] if args.camera else reg.cameras():
-                cur = reg.current(cam)
-                print(f"{cam}:" + ("" if cur else "  (no own version: served by base)"))
-                for v in reversed(reg.versions(cam)):
-                    card = v.card()
-                    verdict = card.get("validation", {}).get("verdict", "")
-                    mark = "*" if cur and cur.version == v.version else " "
-                    print(f"  {mark} {v.version}  parent={card.get('parent') or '-'}  {verdict}")
-        else:
-            v = reg.rollback(args.camera, args.to)
-            print(f"{args.camera}: current is now {v.version}")
-    except (RegistryError, InvalidCameraName) as exc:
-        print(f"crowdwatch models: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

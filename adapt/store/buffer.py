@@ -31,7 +31,7 @@ import av
 import cv2
 import numpy as np
 
-from adapt.names import validate_camera_name
+from adapt.store.names import validate_camera_name
 
 log = logging.getLogger(__name__)
 

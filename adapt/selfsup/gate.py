@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from adapt.crowd_dataset import readable_batches
-from adapt.flip_stage import flip_accuracy
-from adapt.network import CrowdCounter
-from adapt.train import predict_counts
+from adapt.data.crowd_dataset import readable_batches
+from adapt.selfsup.flip_stage import flip_accuracy
+from adapt.model.network import CrowdCounter
+from adapt.training.engine import predict_counts
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,16 @@ training-time auxiliary and costs nothing at inference.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from adapt.checkpoint import CheckpointError, load_checkpoint, weights_hash
-from adapt.network import CrowdCounter
+from adapt.model.checkpoint import weights_hash
+from adapt.model.network import CrowdCounter
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -111,26 +109,3 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     proto = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in proto.metadata_props}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from adapt.registry import default_base_checkpoint
-
-    p = argparse.ArgumentParser(prog="crowdwatch export", description=__doc__.splitlines()[0])
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the shipped base model")
-    p.add_argument("--out", type=Path, default=None, help="ONNX path; default: model.onnx beside the checkpoint")
-    args = p.parse_args(argv)
-    ckpt_path = args.model or default_base_checkpoint()
-    try:
-        ckpt = load_checkpoint(ckpt_path)
-        model = ckpt.build()
-        out = export_onnx(model, args.out or Path(ckpt_path).with_name("model.onnx"), ckpt.meta)
-    except (CheckpointError, ValueError) as exc:
-        print(f"crowdwatch export: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

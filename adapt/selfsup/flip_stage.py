@@ -24,11 +24,11 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from adapt.progress import progress
+from adapt.training.progress import progress
 
-from adapt.crowd_dataset import readable_batches
-from adapt.network import CrowdCounter, training_mode
-from adapt.train import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
+from adapt.data.crowd_dataset import readable_batches
+from adapt.model.network import CrowdCounter, training_mode
+from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, make_optimizer, optimizer_step
 
 
 @dataclass(frozen=True)
@@ -68,38 +68,6 @@ def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.cat([real, upside_down(real)])
     labels = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(real), dtype=torch.long)])
     return images, labels
-
-
-def loop_forever(loader) -> Iterator[dict]:
-    """Batches of ``loader``, epoch after epoch; an epoch without a batch is an error, not a silent hang."""
-    epoch = 0
-    while True:
-        if hasattr(loader.dataset, "set_epoch"):
-            loader.dataset.set_epoch(epoch)
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(f"a whole pass over {len(loader.dataset)} samples gave no batch of {loader.batch_size}")
-        epoch += 1
-
-
-def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weight_decay: float, warmup_steps: int = 0) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW, and a linear warm-up of its learning rate over ``warmup_steps`` (call the scheduler after every step).
-
-    Why the warm-up: Adam's first update moves every weight by the full learning
-    rate whatever its gradient (m/sqrt(v) is the gradient's sign), and on a
-    converged parent that alone shifts every count (one step at 1e-4: synthetic
-    validation mean 127.3 -> 105.3; bench/source_drift.py). The warm-up keeps
-    the steps small until the moment estimates know which gradients are noise.
-    """
-    enc = list(model.encoder.parameters())
-    enc_ids = {id(p) for p in enc}
-    rest = [p for p in model.parameters() if id(p) not in enc_ids]
-    opt = torch.optim.AdamW([{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}], weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
-    return opt, schedule
 
 
 def run_flip_stage(

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from adapt.progress import progress
+from adapt.training.progress import progress
 
-from adapt.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
-from adapt.datasets import BadImage, load_image
-from adapt.flip_stage import loop_forever, make_optimizer
-from adapt.network import STRIDE, CrowdCounter, training_mode
-from adapt.train import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
+from adapt.data.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
+from adapt.data.datasets import BadImage, load_image
+from adapt.training.engine import loop_forever, make_optimizer
+from adapt.model.network import STRIDE, CrowdCounter, training_mode
+from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 
 RULES = ("balanced", "fraction", "threshold")
 

@@ -20,15 +20,12 @@ turn (leave-one-out MAE below the uncalibrated MAE), and if it lies within
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from adapt.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE
+from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE
 
 
 @dataclass(frozen=True)
@@ -107,9 +104,9 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
     """
     import torch
 
-    from adapt.adapt import labelled_loader
-    from adapt.crowd_dataset import readable_batches
-    from adapt.train import predict_counts
+    from adapt.selfsup.adaptation import labelled_loader
+    from adapt.data.crowd_dataset import readable_batches
+    from adapt.training.engine import predict_counts
 
     loader = labelled_loader(labels, max_side)
     items = loader.dataset.items
@@ -127,11 +124,11 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
 def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = None, base: Path | None = None,
                      max_side: int = 1024, device: str = "auto", publish: bool = True, cfg: CalibrationConfig = CalibrationConfig()) -> dict:
     """Fit, judge and (if accepted) publish a calibrated version of the camera's model; returns the report."""
-    from adapt.adapt import publish_version, resolve_parent
-    from adapt.checkpoint import load_checkpoint
-    from adapt.names import validate_camera_name
-    from adapt.registry import Registry
-    from adapt.train import select_device
+    from adapt.selfsup.adaptation import publish_version, resolve_parent
+    from adapt.model.checkpoint import load_checkpoint
+    from adapt.store.names import validate_camera_name
+    from adapt.store.registry import Registry
+    from adapt.training.engine import select_device
 
     camera = validate_camera_name(camera)
     dev = select_device(device)
@@ -158,45 +155,3 @@ def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = Non
         }
         report["published"] = publish_version(registry, camera, model, parent_version, card)
     return report
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crowdwatch calibrate", description="Fit one camera's count scale on a few labelled frames (crowdwatch label).")
-    p.add_argument("--camera", required=True)
-    p.add_argument("--labels", type=Path, default=None, help="JSON-points frames of this camera (default: labels/CAMERA, where crowdwatch label writes)")
-    p.add_argument("--base", type=Path, default=None, help="model to calibrate (default: the camera's current model, else base)")
-    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
-    p.add_argument("--max-side", type=int, default=1024)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, default=None, help="write the report (factor, per-frame counts, verdict) here")
-    p.add_argument("--no-publish", action="store_true", help="fit and judge only")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from adapt.checkpoint import CheckpointError
-    from adapt.datasets import DatasetError
-    from adapt.names import InvalidCameraName, validate_camera_name
-    from adapt.registry import RegistryError
-
-    args = build_parser().parse_args(argv)
-    try:
-        camera = validate_camera_name(args.camera)  # before it becomes a path
-        labels = args.labels or Path("labels") / camera
-        report = calibrate_camera(camera, labels, args.models, args.base, args.max_side, args.device, publish=not args.no_publish)
-    except (CheckpointError, DatasetError, RegistryError, InvalidCameraName, ValueError) as exc:
-        print(f"crowdwatch calibrate: {exc}; nothing was published", file=sys.stderr)
-        return 1
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    c, v = report["calibration"], report["validation"]
-    print(f"{report['camera']}: {c['frames']} labelled frames, {c['true_total']:.0f} people, predicted {c['predicted_total']:.1f}; "
-          f"factor {c['scale']:.3f}; MAE {c['mae_before']:.2f} -> {c['mae_leave_one_out']:.2f} (leave-one-out)")
-    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "")
-          + (f"; published {report['published']}" if report["published"] else "; nothing published"))
-    return 0 if v["verdict"] == "accept" else 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adapt.names import validate_camera_name
+from adapt.store.names import validate_camera_name
 
 RESULTS = ("succeeded", "failed", "rejected", "skipped")
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from masksembles.torch import Masksembles2D
 from torch import nn
 
-from adapt.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, VGG16Frontend
+from adapt.model.encoders import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0, VGG16Frontend
 
 ARCHES = ("lite0", "vgg16_sfcn")
 STRIDE = 8

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adapt.datasets import Annotation, BadImage, DatasetError, list_images, load_image
-from adapt.density import STRIDE, density_map, kernel_sigmas
+from adapt.data.datasets import Annotation, BadImage, DatasetError, list_images, load_image
+from adapt.data.density import STRIDE, density_map, kernel_sigmas
 
 log = logging.getLogger(__name__)
 

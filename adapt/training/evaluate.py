@@ -7,18 +7,15 @@ predicted-vs-true scatter plot and density visualisations.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
-from adapt.progress import progress
+from adapt.training.progress import progress
 
-from adapt.checkpoint import CheckpointError, load_model
+from adapt.model.checkpoint import load_model
 
 
 @dataclass
@@ -62,8 +59,8 @@ def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[
     Reasons for unreadable images are appended to ``unreadable``.
     """
     unreadable = [] if unreadable is None else unreadable
-    from adapt.crowd_dataset import collate, readable_batches
-    from adapt.train import predict_counts
+    from adapt.data.crowd_dataset import collate, readable_batches
+    from adapt.training.engine import predict_counts
 
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=1, collate_fn=collate)
     results, views = [], []
@@ -145,9 +142,9 @@ def save_density_views(views, results: list[ImageResult], out_dir: Path, k: int 
 
 
 def evaluate_dataset(model_path: Path, dataset_dir: Path, fmt: str, out_dir: Path | None, limit: int | None, max_side: int | None, device_name: str = "auto") -> EvalSummary:
-    from adapt.crowd_dataset import CrowdDataset
-    from adapt.datasets import read_dataset
-    from adapt.train import select_device
+    from adapt.data.crowd_dataset import CrowdDataset
+    from adapt.data.datasets import read_dataset
+    from adapt.training.engine import select_device
 
     device = select_device(device_name)
     model, _ = load_model(model_path, device)
@@ -171,36 +168,3 @@ def evaluate_dataset(model_path: Path, dataset_dir: Path, fmt: str, out_dir: Pat
             plot_scatter(results, summary, out_dir / "scatter.png")
             save_density_views(views, results, out_dir / "density")
     return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    from adapt.datasets import FORMATS, DatasetError
-    from adapt.registry import RegistryError, default_base_checkpoint
-
-    p = argparse.ArgumentParser(prog="crowdwatch eval", description="MAE and RMSE of counts on a labelled dataset.")
-    p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--format", choices=FORMATS, default="shanghaitech")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the shipped base model")
-    p.add_argument("--json", type=Path, default=None, help='write the summary ({"mae", "rmse", "n", "mean_uncertainty", "mean_pred", "mean_true", ...}) here')
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--out", type=Path, default=Path("runs/eval"), help="per-image CSV, scatter plot and density views")
-    p.add_argument("--max-side", type=int, default=1024, help="downscale larger images so the longer side fits")
-    p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
-    try:
-        model_path = args.model or default_base_checkpoint()
-        s = evaluate_dataset(model_path, args.dataset, args.format, args.out, args.limit, args.max_side, args.device)
-    except (CheckpointError, DatasetError, RegistryError) as exc:
-        print(f"crowdwatch eval: {exc}", file=sys.stderr)
-        return 1
-    print(f"{s.dataset}: n={s.n}  MAE {s.mae:.2f}  RMSE {s.rmse:.2f} (papers call this MSE)  mean count std {s.mean_uncertainty:.2f}  "
-          f"rank corr(std, |error|) {s.uncertainty_error_spearman:.2f}  mean count {s.mean_pred:.1f} (true {s.mean_true:.1f})  skipped {s.skipped}")
-    print(f"per-image CSV, scatter plot and density views in {args.out}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(asdict(s), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

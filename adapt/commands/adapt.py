@@ -1,0 +1,106 @@
+"""``crowdwatch adapt``: self-supervised adaptation of one camera's model (adapt/selfsup/adaptation.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from adapt.model.checkpoint import CheckpointError
+from adapt.selfsup.adaptation import AdaptConfig, AdaptError, TooFewFrames, adapt_camera
+from adapt.selfsup.gate import GateConfig
+from adapt.selfsup.pseudo_label import RULES, PseudoLabelConfig
+from adapt.store.names import InvalidCameraName, validate_camera_name
+from adapt.store.registry import RegistryError
+
+
+def record(args, result: str, detail: str) -> None:
+    if args.record is None:
+        return
+    from adapt.store.runs import append_run
+
+    try:
+        append_run(args.record, validate_camera_name(args.camera), {"time": time.time(), "result": result, "reason": "command", "detail": detail[:500]})
+    except (InvalidCameraName, OSError) as exc:
+        print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
+    p.add_argument("--camera", required=True)
+    p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
+    p.add_argument("--base", type=Path, help="parent checkpoint (default: the camera's current model, else base)")
+    p.add_argument("--json", type=Path, help="write the report (stages, per-round statistics, verdict) here")
+    p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
+    p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
+    p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
+    gate_defaults = GateConfig()
+    p.add_argument("--min-count-ratio", type=float, default=gate_defaults.min_count_ratio,
+                   help="gate: the candidate's mean count over the parent's must be at least this (default: %(default)s)")
+    p.add_argument("--max-count-ratio", type=float, default=gate_defaults.max_count_ratio,
+                   help="gate: ... and at most this (default: %(default)s)")
+    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
+                   help="gate: the count std per counted person must drop too (default: off)")
+    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=AdaptConfig.keep_count,
+                   help="hold the parent's mean count on the training frames (default: on; docs/ADAPTATION.md)")
+    p.add_argument("--flip-steps", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
+    p.add_argument("--steps-per-round", type=int, default=None)
+    p.add_argument("--keep-fraction", type=float, default=None, help="pseudo labels: keep this lowest-uncertainty fraction of cells")
+    p.add_argument("--pseudo-rule", choices=RULES, default=None, help=f"pseudo labels: how confident cells are chosen (default: {PseudoLabelConfig.rule}; docs/ADAPTATION.md)")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-side", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
+    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
+    p.add_argument("--no-publish", action="store_true", help="measure and validate only")
+    p.add_argument("--record", type=Path, default=None, metavar="VAR",
+                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl (what the scheduler does; for cron jobs)")
+    p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
+        cfg.stages = tuple(s for s in args.stages.split(",") if s)
+        cfg.keep_count = args.keep_count
+        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
+        if args.flip_steps is not None:
+            cfg.flip = replace(cfg.flip, steps=args.flip_steps)
+        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction, "rule": args.pseudo_rule}.items() if v is not None}
+        if args.max_side is not None:
+            cfg.max_side = args.max_side
+            pl["max_side"] = args.max_side
+        cfg.pseudo = replace(cfg.pseudo, **pl)
+        if args.max_frames is not None:
+            cfg.max_frames = args.max_frames
+        if args.buffer is not None:
+            cfg.buffer_root = args.buffer
+        if args.synthetic is not None:
+            cfg.synthetic = args.synthetic
+        report = adapt_camera(cfg)
+    except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
+        print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"camera": args.camera, "error": str(exc), "published": None}, indent=2))
+        skipped = isinstance(exc, TooFewFrames)
+        record(args, "skipped" if skipped else "failed", str(exc))
+        return 4 if skipped else 1
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    v = report["validation"]
+    record(args, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
+    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
+    return 0 if v["verdict"] == "accept" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Images, labelled dataset readers, density maps and the torch datasets built on them."""

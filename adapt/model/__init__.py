@@ -1,0 +1,1 @@
+"""The density network: encoders, CrowdCounter, checkpoints, ONNX export."""

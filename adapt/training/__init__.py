@@ -1,0 +1,1 @@
+"""Supervised training and evaluation, and the training toolkit the adaptation stages share."""
