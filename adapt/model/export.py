@@ -7,9 +7,8 @@ training-time auxiliary and costs nothing at inference.
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 
 from adapt.model.checkpoint import weights_hash
 from adapt.model.network import CrowdCounter
+from adapt.store.atomic import atomic_write
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -69,39 +69,30 @@ def export_onnx(model: CrowdCounter, out: Path, meta: dict | None = None, sample
     # export restores the wrapper's train/eval mode onto every submodule afterwards
     graph = InferenceGraph(model).eval()
     sample = torch.zeros((1, *sample_hw, 3), dtype=torch.uint8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                graph,
-                (sample,),
-                tmp,
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
-                dynamic_axes={
-                    INPUT_NAME: {0: "N", 1: "H", 2: "W"},
-                    "density": {0: "N", 2: "H8", 3: "W8"},
-                    "uncertainty": {0: "N", 2: "H8", 3: "W8"},
-                    "mask_counts": {0: "N"},
-                },
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        proto = onnx.load(tmp)
-        for key, value in model_metadata(model, meta or {}).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "crowdwatch"
-        onnx.checker.check_model(proto)
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    graph_bytes = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (sample,),
+            graph_bytes,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "N", 1: "H", 2: "W"},
+                "density": {0: "N", 2: "H8", 3: "W8"},
+                "uncertainty": {0: "N", 2: "H8", 3: "W8"},
+                "mask_counts": {0: "N"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_model_from_string(graph_bytes.getvalue())
+    for key, value in model_metadata(model, meta or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "crowdwatch"
+    onnx.checker.check_model(proto)
+    return atomic_write(out, proto.SerializeToString())
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -82,7 +82,7 @@ class LabelSet:
                 continue
             h, w = load_image(src).shape[:2]  # unreadable frames fail here, before the copy
             dst = self.images / src.name
-            atomic_write(dst, lambda f, src=src: f.write(src.read_bytes()))
+            atomic_write(dst, src.read_bytes())
             self.frames[src.stem] = Frame(src.stem, dst, w, h)
             added += 1
         return added
@@ -111,7 +111,7 @@ class LabelSet:
         if not inside.all():
             raise LabelError(f"point {pts[~inside][0].tolist()} is outside the {frame.width}x{frame.height} frame")
         doc = {"image": frame.image.name, "width": frame.width, "height": frame.height, "points": pts.astype(np.float64).round(2).tolist()}
-        atomic_write(self.labels / f"{stem}.json", lambda f: f.write(json.dumps(doc).encode()))
+        atomic_write(self.labels / f"{stem}.json", json.dumps(doc).encode())
         return len(pts)
 
     def summary(self) -> list[dict]:

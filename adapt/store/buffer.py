@@ -31,6 +31,7 @@ import av
 import cv2
 import numpy as np
 
+from adapt.store.atomic import atomic_write
 from adapt.store.names import validate_camera_name
 
 log = logging.getLogger(__name__)
@@ -400,22 +401,7 @@ class FrameBuffer:
         return None
 
     def _write_atomic(self, name: str, data: bytes) -> None:
-        self._tmp_seq += 1  # under _io_lock
-        tmp = self.dir / f".{name}.{os.getpid()}.{threading.get_ident()}.{self._tmp_seq}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # frames show people: owner only
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.dir)  # make the rename itself durable
+        atomic_write(self.dir / name, data)  # owner-only temp file: frames show people
 
     def _has_room(self) -> bool:
         try:
@@ -540,19 +526,6 @@ class FrameBuffer:
     @staticmethod
     def _interval_ns(seconds: float) -> int:
         return int(round(seconds * NS_PER_S))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # not supported on every filesystem; the data file itself is synced
-    finally:
-        os.close(fd)
 
 
 def _video_span_s(container, stream, path: Path) -> float | None:

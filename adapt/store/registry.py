@@ -140,7 +140,7 @@ class Registry:
     def set_current(self, camera: str, version: str) -> None:
         if not (self.camera_dir(camera) / version / CHECKPOINT).is_file():
             raise RegistryError(f"{camera} has no version {version!r}")
-        atomic_write(self.camera_dir(camera) / POINTER, lambda f: f.write((version + "\n").encode()))
+        atomic_write(self.camera_dir(camera) / POINTER, (version + "\n").encode())
 
     def rollback(self, camera: str, to: str | None = None) -> ModelVersion:
         """Point ``current`` at ``to``, or at the parent of the current version."""
