@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from adapt.data.datasets import load_image
+from adapt.data.images import load_image
 from adapt.model.network import STRIDE
 from adapt.selfsup.pseudo_label import PseudoLabelConfig
 from pseudo_label_quality import add_frame_options, predict_labelled, scaled_points, true_density

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import adapt.store.buffer as buffer_mod
-from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, read_frame, thumbnail, thumb_distance
+from adapt.data.images import load_image
+from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, thumbnail, thumb_distance
 from adapt.store.names import InvalidCameraName
 
 S = 1_000_000_000
@@ -326,7 +327,7 @@ def test_stored_frame_round_trips_as_rgb(tmp_path):
     img = scene(3)
     img[:20, :20] = (255, 0, 0)  # pure red: catches a BGR/RGB swap
     buf.offer(img, T0)
-    back = read_frame(buf.frames()[0])
+    back = load_image(buf.frames()[0])
     assert back.dtype == np.uint8 and back.shape == img.shape
     assert back[10, 10, 0] > 200 and back[10, 10, 2] < 60
     assert np.abs(back.astype(int) - img).mean() < 3
@@ -336,9 +337,9 @@ def test_read_frame_names_the_file(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match="broken.jpg"):
-        read_frame(bad)
+        load_image(bad)
     with pytest.raises(ValueError, match="missing.jpg"):
-        read_frame(tmp_path / "missing.jpg")
+        load_image(tmp_path / "missing.jpg")
 
 
 def test_concurrent_reader_never_sees_a_partial_frame(tmp_path):
@@ -352,7 +353,7 @@ def test_concurrent_reader_never_sees_a_partial_frame(tmp_path):
         while not stop.is_set():
             for p in reader.frames():
                 try:
-                    img = read_frame(p)
+                    img = load_image(p)
                     assert img.shape == (H, W, 3)
                     reads[0] += 1
                 except ValueError as e:
@@ -417,7 +418,7 @@ def test_fill_from_video_spreads_frames_over_the_pts_timeline(tmp_path):
     buf = make_buffer(tmp_path, clock=clock, min_interval_s=30.0)
     st = buf.fill_from_video(video, every_s=2.0)
     assert st.accepted == 10 and st.frames == 10
-    assert [_decode(read_frame(p)) for p in buf.frames()] == list(range(0, 100, 10))
+    assert [_decode(load_image(p)) for p in buf.frames()] == list(range(0, 100, 10))
     times = [int(p.stem) for p in buf.frames()]
     assert all(b - a == 2 * S for a, b in zip(times, times[1:]))  # the video's clock, not wall time
     assert T0 - 21 * S <= times[0] and times[-1] <= T0  # the video's end is dated at the import
@@ -428,14 +429,14 @@ def test_fill_from_video_seeking_picks_the_same_frames_as_decoding_everything(tm
     video = make_video(tmp_path / "long.mp4", seconds=40, gop=gop)
     buf = make_buffer(tmp_path)
     assert buf.fill_from_video(video, every_s=10.0).accepted == 4
-    assert [_decode(read_frame(p)) for p in buf.frames()] == [0, 50, 100, 150]
+    assert [_decode(load_image(p)) for p in buf.frames()] == [0, 50, 100, 150]
 
 
 def test_fill_from_video_with_a_target_count_covers_the_whole_video(tmp_path):
     video = make_video(tmp_path / "clip.mkv")
     buf = make_buffer(tmp_path)
     st = buf.fill_from_video(video, max_frames=5)
-    idx = [_decode(read_frame(p)) for p in buf.frames()]
+    idx = [_decode(load_image(p)) for p in buf.frames()]
     assert st.accepted == 5 and len(idx) == 5
     assert idx[0] == 0 and idx[-1] >= 75  # not the first five frames
     assert all(b - a >= 15 for a, b in zip(idx, idx[1:]))
@@ -445,7 +446,7 @@ def test_fill_from_raw_stream_without_timestamps_still_spreads(tmp_path):
     video = make_video(tmp_path / "raw.m4v", fmt="m4v")  # elementary stream: no duration, no pts
     buf = make_buffer(tmp_path)
     assert buf.fill_from_video(video, max_frames=5).accepted == 5
-    assert [_decode(read_frame(p)) for p in buf.frames()] == [0, 20, 40, 60, 80]
+    assert [_decode(load_image(p)) for p in buf.frames()] == [0, 20, 40, 60, 80]
 
 
 def test_fill_from_video_default_interval_uses_the_config(tmp_path):
@@ -485,7 +486,7 @@ def test_fill_from_folder_keeps_order_dedups_and_counts_corrupt_files(tmp_path):
     buf = make_buffer(tmp_path, min_interval_s=30.0)  # not applied to folders
     st = buf.fill_from_folder(src)
     assert (st.accepted, st.skipped["bad_frame"], st.skipped["duplicate"], st.skipped["interval"]) == (3, 1, 1, 0)
-    assert [_decode(read_frame(p)) for p in buf.frames()] == [1, 2, 10]
+    assert [_decode(load_image(p)) for p in buf.frames()] == [1, 2, 10]
     assert buf.stats().accepted == 3  # the buffer's own counters include imports
 
 

@@ -9,14 +9,18 @@ import pytest
 import scipy.io
 
 from adapt.data.datasets import (
+
     FORMATS,
+
     Annotation,
-    BadImage,
+
     DatasetError,
-    load_image,
-    natural_key,
+
     read_dataset,
+
 )
+
+from adapt.data.images import BadImage, load_image, natural_key
 from adapt.data.density import density_map
 
 # --------------------------------------------------------------------------- fixture writers

@@ -40,7 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adapt.data.datasets import Annotation, BadImage, DatasetError, list_images, load_image
+from adapt.data.datasets import Annotation, DatasetError, list_images
+
+from adapt.data.images import BadImage, load_image
 from adapt.data.density import STRIDE, density_map, kernel_sigmas
 
 log = logging.getLogger(__name__)

@@ -39,18 +39,19 @@ density map drops and counts them. Image files are listed in natural order
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import scipy.io
 
+from adapt.data.images import DatasetError, natural_key
+
 FORMATS = ("shanghaitech", "ucf", "gcc", "json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# the image files the dataset layouts (and list_images) take; images.IMAGE_SUFFIXES is all that load_image decodes
+DATASET_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 LAYOUTS = {
     "shanghaitech": "root/images/IMG_<n>.jpg + root/ground-truth/GT_IMG_<n>.mat (image_info -> location (x, y))",
@@ -58,25 +59,6 @@ LAYOUTS = {
     "gcc": "[root | root/<scene> | root/<part>/<scene>]/pngs/<name>.png + .../mats/<name>.mat (image_info -> location (y, x))",
     "json": 'root/images/<stem>.<jpg|jpeg|png> + root/labels/<stem>.json ({"points": [[x, y], ...]})',
 }
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be read at all (bad root, unknown format, no images)."""
-
-
-class BadImage(DatasetError):
-    """An image file cannot be read or decoded.
-
-    ``reason`` is short and path-free so that it can key a skip counter.
-    """
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
-
-    def __reduce__(self) -> tuple:  # survive pickling across DataLoader workers
-        return (type(self), (self.path, self.reason))
 
 
 class BadAnnotation(DatasetError):
@@ -116,21 +98,11 @@ class DatasetIndex:
 # --------------------------------------------------------------------------- helpers
 
 
-def natural_key(path: Path) -> tuple:
-    """Sort key comparing digit runs as numbers: IMG_2 < IMG_10.
-
-    ``re.split`` with a capture group alternates text and digits, so keys
-    compare str with str and int with int at every position.
-    """
-    parts = re.split(r"(\d+)", path.name)
-    return tuple(int(p) if i % 2 else p.lower() for i, p in enumerate(parts))
-
-
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, naturally sorted."""
     if not folder.is_dir():
         return []
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATASET_SUFFIXES]
     return sorted(files, key=natural_key)
 
 
@@ -373,22 +345,3 @@ def read_dataset(root: str | Path, format: str, limit: int | None = None) -> Dat
     if limit is None:
         index.skipped += [(p, "label file without a matching image") for p in orphans]
     return index
-
-
-def load_image(path: Path | str) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3); raise BadImage naming the path and reason.
-
-    Grey and alpha images are converted to 3 channels. EXIF orientation is
-    ignored on purpose: annotation tools label the stored pixel grid.
-    """
-    path = Path(path)
-    try:
-        buf = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths, unlike cv2.imread
-    except OSError as e:
-        raise BadImage(path, f"cannot read file: {e.strerror or type(e).__name__}") from None
-    if buf.size == 0:
-        raise BadImage(path, "file is empty")
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if img is None or img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0:
-        raise BadImage(path, "cannot decode image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

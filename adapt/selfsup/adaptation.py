@@ -153,7 +153,7 @@ def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
 
     Padding would let the flip head cheat: zero rows at the bottom move to the top.
     """
-    from adapt.data.datasets import load_image
+    from adapt.data.images import load_image
     from adapt.data.crowd_dataset import fit_max_side
 
     smallest = min(min(fit_max_side(load_image(p).shape[:2], max_side)) for p in paths[:: max(1, len(paths) // 16)])

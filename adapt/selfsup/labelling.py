@@ -29,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from adapt.store.atomic import atomic_write
-from adapt.data.datasets import DatasetError, check_points, list_images, load_image
+from adapt.data.datasets import DatasetError, check_points, list_images
+from adapt.data.images import load_image
 
 MAX_POINTS = 20000          # more heads than any frame of a camera holds
 MAX_BODY = 1 << 20

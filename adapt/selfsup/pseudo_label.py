@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from adapt.training.progress import progress
 
 from adapt.data.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
-from adapt.data.datasets import BadImage, load_image
+from adapt.data.images import BadImage, load_image
 from adapt.training.engine import loop_forever, make_optimizer
 from adapt.model.network import STRIDE, CrowdCounter, training_mode
 from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from adapt.store.atomic import atomic_write
+from adapt.data.images import IMAGE_SUFFIXES, load_image, natural_key
 from adapt.store.names import validate_camera_name
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ STALE_TMP_S = 60.0
 # Seeking a video only pays when the gap to the next sample spans keyframes.
 SEEK_MIN_GAP_S = 10.0
 MAX_DECODE_ERRORS = 100
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _FRAME_RE = re.compile(r"^(\d{20})\.jpg$")  # exactly what frame_name() writes
@@ -92,19 +92,6 @@ class BufferStats:
     disk_full: bool = False          # buffering is paused for lack of space
 
 
-def read_frame(path: Path) -> np.ndarray:
-    """A stored (or any) image file as RGB uint8 (H, W, 3); ValueError naming the file if unreadable."""
-    path = Path(path)
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from e
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise ValueError(f"{path}: not a decodable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def thumbnail(image: np.ndarray) -> np.ndarray:
     """64x36 grayscale float32 thumbnail; area averaging washes out pixel noise."""
     small = cv2.resize(image, (THUMB_W, THUMB_H), interpolation=cv2.INTER_AREA)
@@ -130,10 +117,6 @@ def frame_problem(image: object) -> str | None:
 
 def frame_name(capture_ns: int) -> str:
     return f"{capture_ns:020d}.jpg"
-
-
-def _natural_key(p: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name.lower())]
 
 
 class _Counters:
@@ -307,14 +290,14 @@ class FrameBuffer:
         if not path.is_dir():
             raise ValueError(f"{path}: not a folder")
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()),
-                       key=_natural_key)
+                       key=natural_key)
         sampler = _Sampler(0, self.config.dedup_threshold)
         calls = _Counters()
         step_ns = 1_000_000
         anchor_ns = self._now_ns() - len(files) * step_ns
         for i, p in enumerate(files):
             try:
-                image = read_frame(p)
+                image = load_image(p)
             except ValueError as e:
                 log.warning("buffer %s: skipping %s", self.camera, e)
                 reason: str | None = "bad_frame"
@@ -365,7 +348,7 @@ class FrameBuffer:
         if newest is None:
             return
         try:
-            self._live.accept(newest, thumbnail(read_frame(self.dir / frame_name(newest))))
+            self._live.accept(newest, thumbnail(load_image(self.dir / frame_name(newest))))
         except ValueError:
             self._live.last_ns = newest
 
