@@ -132,12 +132,13 @@ class TorchBackend:
         log.info("torch model %s (version %s) on %s", checkpoint, self.version, self.device)
 
     def infer(self, images: np.ndarray) -> Prediction:
+        from adapt.model.network import ensemble_mean_std
+
         check_batch(images)
         torch = self.torch
         with torch.inference_mode():
             per_mask = self.model.ensemble(torch.from_numpy(images).to(self.device))
-            density = per_mask.mean(0)
-            uncertainty = per_mask.std(0, unbiased=False)
+            density, uncertainty = ensemble_mean_std(per_mask)
             mask_counts = per_mask.sum(dim=(2, 3, 4)).T
         return Prediction(density.cpu().numpy(), uncertainty.cpu().numpy(), mask_counts.cpu().numpy())
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from adapt.model.checkpoint import weights_hash
-from adapt.model.network import CrowdCounter
+from adapt.model.network import CrowdCounter, ensemble_mean_std
 from adapt.store.atomic import atomic_write
 
 OPSET = 17
@@ -35,8 +35,7 @@ class InferenceGraph(nn.Module):
 
     def forward(self, image: torch.Tensor):
         per_mask = self.model.ensemble(image)
-        density = per_mask.mean(dim=0)
-        uncertainty = per_mask.std(dim=0, unbiased=False)
+        density, uncertainty = ensemble_mean_std(per_mask)
         return density, uncertainty, per_mask.sum(dim=(2, 3, 4)).transpose(0, 1)
 
 

@@ -147,6 +147,14 @@ class ConvDULR(nn.Module):
         return self._sweep(x, self.lr, dim=3)
 
 
+def ensemble_mean_std(per_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std over the masks (dim 0) of per-mask outputs (densities or counts).
+
+    Population std: the masks are the whole ensemble, not a sample of one.
+    """
+    return per_mask.mean(dim=0), per_mask.std(dim=0, unbiased=False)
+
+
 class CrowdCounter(nn.Module):
     """Density network with a Masksembles decoder and an upright/upside-down head."""
 
@@ -244,9 +252,7 @@ class CrowdCounter(nn.Module):
         return y.reshape(m, n, *y.shape[1:])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_mask = self.ensemble(image)
-        # population std: the masks are the whole ensemble, not a sample of one
-        return per_mask.mean(dim=0), per_mask.std(dim=0, unbiased=False)
+        return ensemble_mean_std(self.ensemble(image))
 
     def naive_ensemble(self, image: torch.Tensor) -> torch.Tensor:
         """Reference: a full forward pass per mask, masks applied by hand. Slow; for tests."""

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
-from adapt.training.engine import loop_forever
+from adapt.training.engine import loop_forever, render_if_missing
 from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
 from adapt.store.names import validate_camera_name
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
@@ -113,27 +113,11 @@ def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]
 
 
 def ensure_synthetic(path: Path, n: int, seed: int) -> Path:
-    """The labelled synthetic source set that L_s trains on, rendered once per renderer version.
-
-    Renders of another renderer version are replaced: L_s must train on what
-    the current renderer draws, as the base model did. Any other labelled
-    set (another generator, no version) is used as it is.
-    """
-    from adapt.synth.render import RENDERER_VERSION
-    from adapt.synth.writers import write_dataset
-
-    meta = path / "meta.json"
-    if meta.is_file():
-        try:
-            found = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            found = {}
-        if found.get("generator") != "crowdwatch synth" or found.get("renderer_version") == RENDERER_VERSION:
-            return path
-        print(f"{path} holds renders of {found.get('renderer_version')}; re-rendering with {RENDERER_VERSION}", flush=True)
-    print(f"rendering {n} labelled synthetic images into {path} (once) ...", flush=True)
-    write_dataset(path, n=n, seed=seed, width=640, height=480, styles=["day", "dusk", "fog", "indoor", "night_ir"], count_range=(0, 300), workers=2, overwrite=True)
-    return path
+    """The labelled synthetic source set that L_s trains on, rendered once per renderer version (engine.render_if_missing)."""
+    return render_if_missing(
+        path, n=n, seed=seed, width=640, height=480, styles=["day", "dusk", "fog", "indoor", "night_ir"], count_range=(0, 300), workers=2,
+        rerender_stale=True,
+    )
 
 
 def synthetic_batches(path: Path, batch: int, crop: int, seed: int):

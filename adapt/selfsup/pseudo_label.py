@@ -39,7 +39,7 @@ from adapt.training.progress import progress
 from adapt.data.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.data.images import BadImage, load_image
 from adapt.training.engine import loop_forever, make_optimizer
-from adapt.model.network import STRIDE, CrowdCounter, training_mode
+from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 
 RULES = ("balanced", "fraction", "threshold")
@@ -164,13 +164,12 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
             continue
         # source units: the rounds train through forward_train, which the count calibration does not touch
         raw = model.ensemble(torch.from_numpy(image)[None].to(device), raw=True, calibrated=False)[:, 0, 0]
-        per_mask = F.relu(raw)
-        mean = per_mask.mean(0).cpu().numpy()
+        mean, std = (t.cpu().numpy() for t in ensemble_mean_std(F.relu(raw)))
         valid = np.zeros(mean.shape, dtype=bool)
         valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
         kept_paths.append(path)
         means.append(mean * valid)
-        stds.append(per_mask.std(0, unbiased=False).cpu().numpy())
+        stds.append(std)
         margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
     keep = select_confident(means, stds, margins, valids, cfg)

@@ -7,6 +7,7 @@ count prediction, endless batch iteration and rendering the synthetic set.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from adapt.model.network import CrowdCounter
+from adapt.model.network import CrowdCounter, ensemble_mean_std
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -59,14 +60,17 @@ def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
 
 
-def build_optimizer(model: CrowdCounter, cfg) -> torch.optim.Optimizer:
-    """AdamW over ``cfg.lr``, ``cfg.encoder_lr_mult`` and ``cfg.weight_decay`` (a training.train.TrainConfig)."""
+def param_groups(model: CrowdCounter, lr: float, encoder_lr_mult: float) -> list[dict]:
+    """Two optimiser groups: the encoder at ``lr * encoder_lr_mult``, everything else at ``lr`` (trainable parameters only)."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     enc_ids = {id(p) for p in enc}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
-    return torch.optim.AdamW(
-        [{"params": enc, "lr": cfg.lr * cfg.encoder_lr_mult}, {"params": rest, "lr": cfg.lr}], weight_decay=cfg.weight_decay
-    )
+    return [{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}]
+
+
+def build_optimizer(model: CrowdCounter, cfg) -> torch.optim.Optimizer:
+    """AdamW over ``cfg.lr``, ``cfg.encoder_lr_mult`` and ``cfg.weight_decay`` (a training.train.TrainConfig)."""
+    return torch.optim.AdamW(param_groups(model, cfg.lr, cfg.encoder_lr_mult), weight_decay=cfg.weight_decay)
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], step: int, total: int, warmup: int) -> None:
@@ -141,7 +145,8 @@ def predict_counts(model: CrowdCounter, image: torch.Tensor) -> tuple[torch.Tens
     """Ensemble prediction: (count (N,), count std across masks (N,), per-mask density)."""
     per_mask = model.ensemble(image)
     counts = per_mask.sum(dim=(2, 3, 4))  # (M, N)
-    return counts.mean(0), counts.std(0, unbiased=False), per_mask
+    mean, std = ensemble_mean_std(counts)
+    return mean, std, per_mask
 
 
 def loop_forever(loader) -> Iterator[dict]:
@@ -168,29 +173,40 @@ def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weigh
     validation mean 127.3 -> 105.3; bench/source_drift.py). The warm-up keeps
     the steps small until the moment estimates know which gradients are noise.
     """
-    enc = list(model.encoder.parameters())
-    enc_ids = {id(p) for p in enc}
-    rest = [p for p in model.parameters() if id(p) not in enc_ids]
-    opt = torch.optim.AdamW([{"params": enc, "lr": lr * encoder_lr_mult}, {"params": rest, "lr": lr}], weight_decay=weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, lr, encoder_lr_mult), weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
     return opt, schedule
 
 
-def render_if_missing(synth: dict) -> None:
-    out = Path(synth["out"])
-    if (out / "meta.json").is_file():
-        return
+def render_if_missing(
+    out: Path, n: int, seed: int = 0, width: int = 640, height: int = 480, styles: list[str] | tuple[str, ...] = ("day",),
+    count_range: tuple[int, int] = (0, 300), workers: int = 2, rerender_stale: bool = False,
+) -> Path:
+    """Render a labelled synthetic set into ``out`` unless one is there already; returns ``out``.
+
+    A set is there when ``out/meta.json`` is. With ``rerender_stale``, renders
+    of another renderer version are replaced (adaptation's L_s must train on
+    what the current renderer draws, as the base model did); any other
+    labelled set (another generator, no version) is used as it is.
+    """
+    from adapt.synth.render import RENDERER_VERSION
     from adapt.synth.writers import write_dataset
 
-    print(f"rendering synthetic dataset into {out} ...", flush=True)
+    out = Path(out)
+    meta = out / "meta.json"
+    if meta.is_file():
+        if not rerender_stale:
+            return out
+        try:
+            found = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            found = {}
+        if found.get("generator") != "crowdwatch synth" or found.get("renderer_version") == RENDERER_VERSION:
+            return out
+        print(f"{out} holds renders of {found.get('renderer_version')}; re-rendering with {RENDERER_VERSION}", flush=True)
+    print(f"rendering {n} labelled synthetic images into {out} ...", flush=True)
     write_dataset(
-        out,
-        n=int(synth["n"]),
-        seed=int(synth.get("seed", 0)),
-        width=int(synth.get("width", 640)),
-        height=int(synth.get("height", 480)),
-        styles=list(synth.get("styles", ["day"])),
-        count_range=tuple(synth.get("count", [0, 300])),
-        workers=int(synth.get("workers", 2)),
+        out, n=n, seed=seed, width=width, height=height, styles=list(styles), count_range=tuple(count_range), workers=workers,
         overwrite=True,
     )
+    return out

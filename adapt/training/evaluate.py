@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from adapt.training.progress import progress
 
 from adapt.model.checkpoint import load_model
+from adapt.model.network import ensemble_mean_std
 
 
 @dataclass
@@ -69,8 +70,7 @@ def run_eval(model, dataset, device, limit: int | None = None, unreadable: list[
         count, count_std, per_mask = predict_counts(model, image)
         idx = int(batch["index"][0]) if "index" in batch else len(results)
         name = Path(dataset.items[idx].image_path).name
-        mean_map = per_mask.mean(0)[0, 0].cpu().numpy()
-        cell_std = per_mask.std(0, unbiased=False)[0, 0].cpu().numpy()
+        mean_map, cell_std = (t[0, 0].cpu().numpy() for t in ensemble_mean_std(per_mask))
         true = float(batch["count"][0])
         results.append(ImageResult(name, true, float(count[0]), abs(float(count[0]) - true), float(count_std[0]), float(cell_std.mean())))
         views.append((batch["image"][0].numpy(), mean_map, batch["density"][0, 0].numpy()))

@@ -149,7 +149,11 @@ def train(cfg: TrainConfig) -> Path:
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     for spec in cfg.synth:
-        render_if_missing(spec)
+        render_if_missing(
+            Path(spec["out"]), n=int(spec["n"]), seed=int(spec.get("seed", 0)), width=int(spec.get("width", 640)),
+            height=int(spec.get("height", 480)), styles=list(spec.get("styles", ["day"])), count_range=tuple(spec.get("count", [0, 300])),
+            workers=int(spec.get("workers", 2)),
+        )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = ModelConfig(**cfg.model)
