@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamer.config import (
+from crowdwatch.config import (
     Config,
     ConfigError,
     deep_merge,
@@ -107,7 +107,8 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.calibration.image", [[0, 0], [1, 0], [2, 0], [3, 0]], "cameras.lobby.calibration", "collinear"),
         ("cameras.lobby.calibration.max_cell_area_m2", 0, "cameras.lobby.calibration.max_cell_area_m2", "(0, inf]"),
         ("cameras.lobby.thresholds.area_over_density_ratio", 1.5, "cameras.lobby.thresholds.area_over_density_ratio", "[0, 1]"),
-        ("cameras.lobby.thresholds.latency_p95", 2, "cameras.lobby.thresholds.latency_p95", "duration string"),
+        ("cameras.lobby.thresholds.latency_p95", True, "cameras.lobby.thresholds.latency_p95", "duration string"),
+        ("cameras.lobby.thresholds.latency_p95", -2, "cameras.lobby.thresholds.latency_p95", "a duration above 0s"),
         ("cameras.lobby.thresholds.stall", "soon", "cameras.lobby.thresholds.stall", "duration string"),
         ("cameras.lobby.adapt.daily", "25:00", "cameras.lobby.adapt.daily", "HH:MM"),
         ("cameras.lobby.adapt.interval", "10s", "cameras.lobby.adapt.interval", "at least 60s"),
