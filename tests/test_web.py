@@ -22,7 +22,7 @@ import zmq
 
 import streamer.web as web
 from streamer import overlay
-from streamer.config import Config, load_config
+from crowdwatch.config import Config, load_config
 from streamer.overlay import HEADER_H, LIVE, STALE, CameraView, Status
 from streamer.web import BOUNDARY, WebServer, WebSettings
 from streamer.wire import ResultMessage, encode_result, open_socket

@@ -30,7 +30,7 @@ from .loader import deep_merge, expand_env, load_config, load_stage_config, merg
 from .model import BACKENDS, ModelConfig
 from .names import CAMERA_NAME_RE, ZONE_NAME_RE, InvalidCameraName, validate_camera_name
 from .paths import PathsConfig
-from .root import Config
+from .root import Config, json_schema
 from .server import ServerConfig
 from .transport import MAX_IPC_PATH_BYTES, CurveConfig, TransportConfig
 from .units import parse_duration, parse_size
@@ -60,6 +60,7 @@ __all__ = [
     "check_url",
     "deep_merge",
     "expand_env",
+    "json_schema",
     "load_config",
     "load_stage_config",
     "merge_defaults",

@@ -75,3 +75,21 @@ class Config(Section):
     def base_dir(self) -> Path:
         """The folder relative paths were resolved against."""
         return self._base_dir
+
+
+_BOUND_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (what editors validate TOML against)."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            # Bounds on an optional duration come out as pydantic's own names; JSON Schema spells them differently.
+            return {_BOUND_KEYWORDS.get(k, k): clean(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    schema = clean(Config.model_json_schema(mode="validation"))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, WithJsonSchema
 
 from .errors import Kind, fail
 
@@ -75,9 +75,12 @@ def to_bytes(value: object) -> int:
         raise fail(SIZE_EXPECTED, value) from None
 
 
-# Seconds. Bounds go on the field: Field(86400.0, ge=60).
-Duration = Annotated[float, BeforeValidator(to_seconds, json_schema_input_type=float | str), Kind("duration")]
+_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION_RE.pattern}]}
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": _SIZE_RE.pattern}]}
+
+# Seconds. Bounds go on the field: Field(86400.0, ge=60) (and show in error texts, not in the JSON Schema).
+Duration = Annotated[float, BeforeValidator(to_seconds), Kind("duration"), WithJsonSchema(_DURATION_SCHEMA)]
 # Milliseconds, for the keys that end in _ms.
-Milliseconds = Annotated[float, BeforeValidator(to_milliseconds, json_schema_input_type=float | str), Kind("duration", "ms")]
+Milliseconds = Annotated[float, BeforeValidator(to_milliseconds), Kind("duration", "ms"), WithJsonSchema(_DURATION_SCHEMA)]
 # Bytes.
-Size = Annotated[int, BeforeValidator(to_bytes, json_schema_input_type=int | str), Kind("size")]
+Size = Annotated[int, BeforeValidator(to_bytes), Kind("size"), WithJsonSchema(_SIZE_SCHEMA)]
