@@ -251,7 +251,7 @@ class CameraGeometry:
         ``input_size`` is the frame's actual (w, h): the source pads only up to the
         next multiple of 32, so it can be smaller than the configured box.
         """
-        cal = getattr(camera, "calibration")
+        cal = camera.calibration
         return cls.build(
             input_size or (camera.width, camera.height),  # type: ignore[attr-defined]
             source_size=source_size,

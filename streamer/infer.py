@@ -29,7 +29,14 @@ from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
 from streamer.wire import (
-    FrameMessage, LatestReceiver, ResultMessage, curve_keys_from_config, decode_frame, encode_result, open_socket, send_parts,
+    FrameMessage,
+    LatestReceiver,
+    ResultMessage,
+    curve_keys_from_config,
+    decode_frame,
+    encode_result,
+    open_socket,
+    send_parts,
     start_authenticator,
 )
 

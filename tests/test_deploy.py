@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from streamer.cli import COMMANDS
 from crowdwatch.config import load_config, parse_config
+from streamer.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -149,7 +149,7 @@ def check_url(text: str) -> str | None:
         first = text.split("/", 1)[0]
         m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", first)
         if m or (first.lower() in _SCHEME_LIKE and "/" in text):
-            return f"{URL_EXPECTED} (a URL needs '://'; write ./{text} for a file path)"
+            return f"{URL_EXPECTED} (a URL needs '://'; start a file path with ./)"
         return None
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
