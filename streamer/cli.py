@@ -24,21 +24,36 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("adapt.commands.models", "list or roll back per-camera model versions"),
     "label": ("adapt.commands.label", "click the heads on a few frames of a camera, for the gate"),
     "calibrate": ("adapt.commands.calibrate", "fit a camera's count scale on its labelled frames"),
+    "config": ("crowdwatch.commands.config", "check a config file, or print its JSON Schema"),
 }
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: crowdwatch COMMAND [options]", "", "commands:"]
+    lines = ["usage: crowdwatch [--version] COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Run 'crowdwatch COMMAND --help' for a command's options."]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a checkout that was never installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("crowdwatch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] == "--version":
+        print(f"crowdwatch {version()}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
@@ -47,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[name][0])
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(("adapt.", "streamer.")):
+        if exc.name and exc.name.startswith(("adapt.", "crowdwatch.", "streamer.")):
             print(f"crowdwatch: command {name!r} is not available in this build ({exc.name} missing)", file=sys.stderr)
             return 2
         raise

@@ -24,16 +24,32 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from crowdwatch.config import BufferSettings, Config, load_stage_config
 from streamer.backends import Backend, load_backend
-from streamer.config import Config, load_stage_config
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
 from streamer.wire import (
-    FrameMessage, LatestReceiver, ResultMessage, curve_keys_from_config, decode_frame, encode_result, open_socket, send_parts,
+    FrameMessage,
+    LatestReceiver,
+    ResultMessage,
+    curve_keys_from_config,
+    decode_frame,
+    encode_result,
+    open_socket,
+    send_parts,
     start_authenticator,
 )
 
 log = logging.getLogger("crowdwatch.infer")
+
+
+def buffer_config(settings: BufferSettings):
+    """A camera's [buffer] settings as the adapter buffer's own BufferConfig (the streamer/adapt boundary)."""
+    from adapt.store.buffer import BufferConfig
+
+    return BufferConfig(**settings.model_dump())
+
+
 STAGE = "infer"
 
 
@@ -200,7 +216,7 @@ class InferStage:
     def _open_buffers(self) -> dict:
         from adapt.store.buffer import FrameBuffer
 
-        return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
+        return {name: FrameBuffer(self.config.paths.var / "buffer", name, buffer_config(cam.buffer)) for name, cam in self.config.cameras.items()}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
         self.metrics.drop(STAGE, reason, camera)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zmq
 
-from streamer.config import CameraConfig, load_stage_config
+from crowdwatch.config import CameraConfig, load_stage_config
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
 from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, open_socket, send_parts
 

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamer.config import Config, load_stage_config
+from crowdwatch.config import Config, load_stage_config
 
 log = logging.getLogger("crowdwatch.run")
 

@@ -45,9 +45,9 @@ import zmq
 from prometheus_client.exposition import choose_encoder
 
 from adapt.store.names import InvalidCameraName, validate_camera_name
+from crowdwatch.config import CameraConfig, Config, load_stage_config
 
 from . import overlay
-from .config import CameraConfig, Config, load_stage_config
 from .exporter import Metrics
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
 from .wire import LatestReceiver, ResultMessage, WireError, curve_keys_from_config, decode_result, open_socket

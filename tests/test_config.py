@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streamer.config import (
+from crowdwatch.config import (
     Config,
     ConfigError,
     deep_merge,
@@ -107,7 +107,8 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.calibration.image", [[0, 0], [1, 0], [2, 0], [3, 0]], "cameras.lobby.calibration", "collinear"),
         ("cameras.lobby.calibration.max_cell_area_m2", 0, "cameras.lobby.calibration.max_cell_area_m2", "(0, inf]"),
         ("cameras.lobby.thresholds.area_over_density_ratio", 1.5, "cameras.lobby.thresholds.area_over_density_ratio", "[0, 1]"),
-        ("cameras.lobby.thresholds.latency_p95", 2, "cameras.lobby.thresholds.latency_p95", "duration string"),
+        ("cameras.lobby.thresholds.latency_p95", True, "cameras.lobby.thresholds.latency_p95", "duration string"),
+        ("cameras.lobby.thresholds.latency_p95", -2, "cameras.lobby.thresholds.latency_p95", "a duration above 0s"),
         ("cameras.lobby.thresholds.stall", "soon", "cameras.lobby.thresholds.stall", "duration string"),
         ("cameras.lobby.adapt.daily", "25:00", "cameras.lobby.adapt.daily", "HH:MM"),
         ("cameras.lobby.adapt.interval", "10s", "cameras.lobby.adapt.interval", "at least 60s"),
@@ -293,3 +294,137 @@ def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
         data["cameras"]["lobby"]["adapt"]["gate"] = {key: bad}
         with pytest.raises(ConfigError, match=f"cameras.lobby.adapt.gate.{key}"):
             parse(data, tmp_path)
+
+
+# --------------------------------------------------------------------------- crowdwatch.config additions
+
+
+@pytest.mark.parametrize("url", ["rtsp//host/stream", "rtsp:/host/stream", "http:host/x", "file:clip.mp4", "rtsps//cam/s1"])
+def test_url_with_a_scheme_but_no_colon_slash_slash_is_an_error(tmp_path: Path, url: str) -> None:
+    data = base()
+    data["cameras"]["lobby"]["url"] = url
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    assert info.value.path == "cameras.lobby.url" and "'://'" in str(info.value)
+
+
+def test_plain_paths_stay_file_sources(tmp_path: Path) -> None:
+    data = base()
+    for name, url in (("clip", "videos/clip.mp4"), ("dot", "./rtsp/clip.mp4"), ("bare", "clip.mp4")):
+        data["cameras"][name] = {"url": url}
+    cfg = parse(data, tmp_path)
+    assert cfg.cameras["dot"].file_path == tmp_path / "rtsp/clip.mp4"
+    assert all(cfg.cameras[n].source_kind == "file" for n in ("clip", "dot", "bare"))
+
+
+@pytest.mark.parametrize(("written", "seconds"), [("24h", 86400.0), (86400, 86400.0), (86400.0, 86400.0), ("90m", 5400.0), (3600, 3600.0)])
+def test_durations_accept_strings_and_seconds(tmp_path: Path, written: Any, seconds: float) -> None:
+    data = base()
+    data["cameras"]["lobby"]["adapt"] = {"interval": written, "max_age": written}
+    data["cameras"]["lobby"]["thresholds"]["stall"] = written
+    data["cameras"]["lobby"]["buffer"] = {"min_interval_s": written}
+    data["server"] = {"liveness_timeout": written}
+    cfg = parse(data, tmp_path)
+    lobby = cfg.cameras["lobby"]
+    assert lobby.adapt.interval_s == lobby.adapt.max_age_s == lobby.thresholds.stall_s == seconds
+    assert lobby.buffer.min_interval_s == seconds and cfg.server.liveness_timeout_s == seconds
+
+
+def test_sizes_accept_bytes_and_strings(tmp_path: Path) -> None:
+    data = base()
+    data["defaults"]["buffer"] = {"max_bytes": "512MiB", "min_free_bytes": 2 * 1024**2}
+    cam = parse(data, tmp_path).cameras["lobby"]
+    assert cam.buffer.max_bytes == 512 * 1024**2 and cam.buffer.min_free_bytes == 2 * 1024**2
+
+
+def test_defaults_deep_merge_into_every_camera(tmp_path: Path) -> None:
+    data = base()
+    data["defaults"]["buffer"] = {"max_frames": 500, "retention_days": 3}
+    data["defaults"]["adapt"]["gate"] = {"min_count_ratio": 0.5}
+    data["cameras"]["yard"]["buffer"] = {"max_frames": 100}
+    data["cameras"]["yard"]["adapt"]["gate"] = {"max_count_ratio": 2}
+    data["defaults"]["zones"] = {"all": [[0, 0], [100, 0], [100, 100]]}
+    data["cameras"]["lobby"]["zones"] = {"door": [[0, 0], [10, 0], [10, 10]]}
+    cfg = parse(data, tmp_path)
+    lobby, yard = cfg.cameras["lobby"], cfg.cameras["yard"]
+    assert (lobby.buffer.max_frames, lobby.buffer.retention_days) == (500, 3)
+    assert (yard.buffer.max_frames, yard.buffer.retention_days) == (100, 3)
+    assert yard.adapt.min_count_ratio == 0.5 and yard.adapt.max_count_ratio == 2 and yard.adapt.daily == (3, 30)
+    assert lobby.adapt.min_count_ratio == 0.5 and lobby.adapt.max_count_ratio == 1.5
+    assert set(lobby.zones) == {"all", "door"} and set(yard.zones) == {"all"}
+    assert lobby.name == "lobby" and yard.name == "yard"
+    # [defaults] is validated on its own: a bad default names defaults.KEY
+    data["defaults"]["buffer"]["max_frames"] = 0
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    assert info.value.path == "defaults.buffer.max_frames"
+
+
+def test_camera_buffer_settings_match_the_adapter_buffer(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from adapt.store.buffer import BufferConfig
+    from crowdwatch.config import BufferSettings
+    from streamer.infer import buffer_config
+
+    assert set(BufferSettings.model_fields) == {f.name for f in fields(BufferConfig)}
+    assert buffer_config(BufferSettings()) == BufferConfig()
+    cam = parse(base(), tmp_path).cameras["lobby"]
+    assert isinstance(buffer_config(cam.buffer), BufferConfig)
+
+
+def test_config_schema_is_json_with_described_camera_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from streamer.cli import main
+
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == {"server", "paths", "transport", "model", "defaults", "cameras"}
+    camera = schema["$defs"]["CameraConfig"]
+    assert camera["additionalProperties"] is False and camera["required"] == ["url"]
+    for key in ("url", "fps", "width", "zones", "calibration", "thresholds", "adapt", "buffer"):
+        assert camera["properties"][key]["description"], key
+    adapt = schema["$defs"]["AdaptConfig"]["properties"]
+    assert {"interval", "daily", "keep_count", "labels", "gate"} <= set(adapt)
+    assert all(p.get("description") for p in schema["$defs"]["BufferSettings"]["properties"].values())
+
+
+def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    assert main(["config", "check", "--config", str(REPO / "config.toml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[1].strip().startswith("plaza: synthetic") and "concourse" in out[2]
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[cameras.lobby]\nurl = "rtsp//cam/stream"\n')
+    assert main(["config", "check", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cameras.lobby.url" in err[0]
+    assert main(["config", "check", "--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("crowdwatch ")
+
+
+def test_config_package_imports_neither_stage() -> None:
+    import ast
+
+    for path in (REPO / "crowdwatch").rglob("*.py"):
+        if "commands" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("streamer", "adapt") for n in names), path
+
+
+def test_scheme_typo_error_keeps_secrets_out(tmp_path: Path) -> None:
+    data = base()
+    data["cameras"]["lobby"]["url"] = "${CAM_URL}"
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path, {"CAM_URL": "rtsp//viewer:s3cret@cam/s1"})
+    assert "s3cret" not in str(info.value) and "${CAM_URL}" in str(info.value)

@@ -239,7 +239,7 @@ def test_uncalibrated_uses_pixel_units() -> None:
 
 
 def test_for_camera_builds_from_config(tmp_path: object) -> None:
-    from streamer.config import parse_config
+    from crowdwatch.config import parse_config
 
     cfg = parse_config(
         {"cameras": {"cam": {"url": "synthetic://", "width": 160, "height": 160,

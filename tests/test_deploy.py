@@ -1,7 +1,7 @@
 """Static checks of the deployment files (deploy/, .dockerignore, docs/DEPLOY.md).
 
 Nothing is built or started. Every YAML and JSON file parses; the compose and
-Kubernetes configs load with streamer.config; every `crowdwatch COMMAND --flag`
+Kubernetes configs load with crowdwatch.config; every `crowdwatch COMMAND --flag`
 in the manifests, the Dockerfile and the deploy docs is a flag that COMMAND's
 argparse defines; the Grafana dashboard queries only metrics that
 streamer/exporter.py exports; the manifests agree with the config (cameras,
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from crowdwatch.config import load_config, parse_config
 from streamer.cli import COMMANDS
-from streamer.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamer.config import parse_config
+from crowdwatch.config import parse_config
 from streamer.crowd_metrics import FrameMetrics
 from streamer.exporter import Metrics, MetricsServer
 

@@ -9,7 +9,7 @@ import zmq
 from adapt.model.checkpoint import save_checkpoint
 from adapt.store.registry import BASE, Registry
 from adapt.store.runs import append_run
-from streamer.config import parse_config
+from crowdwatch.config import parse_config
 from streamer.exporter import Metrics
 from streamer.infer import InferStage
 from streamer.wire import FrameMessage, decode_result, encode_frame, open_socket

@@ -1,7 +1,7 @@
 """The package layout's import rules, read from the source with ``ast`` (nothing is imported).
 
-- no import cycles among the modules of ``adapt/`` and ``streamer/``;
-- the command modules (``adapt.commands.*``, ``streamer.cli``) are imported by
+- no import cycles among the modules of ``adapt/``, ``streamer/`` and ``crowdwatch/``;
+- the command modules (``adapt.commands.*``, ``crowdwatch.commands.*``, ``streamer.cli``) are imported by
   ``streamer/cli.py`` alone: no library module depends on a command;
 - ``adapt/`` imports nothing from ``streamer/``.
 
@@ -15,8 +15,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("adapt", "streamer")
-COMMAND_PREFIXES = ("adapt.commands", "streamer.cli")
+PACKAGES = ("adapt", "streamer", "crowdwatch")
+COMMAND_PREFIXES = ("adapt.commands", "crowdwatch.commands", "streamer.cli")
 DISPATCHER = "streamer.cli"
 
 

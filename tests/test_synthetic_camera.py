@@ -42,7 +42,7 @@ def test_frames_carry_the_true_count():
 
 
 def test_repo_config_calibrates_synthetic_cameras_with_the_renderers_camera():
-    from streamer.config import load_config
+    from crowdwatch.config import load_config
     from streamer.synthetic_camera import calibration
     from tests.conftest import REPO
 

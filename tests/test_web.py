@@ -21,8 +21,8 @@ import pytest
 import zmq
 
 import streamer.web as web
+from crowdwatch.config import Config, load_config
 from streamer import overlay
-from streamer.config import Config, load_config
 from streamer.overlay import HEADER_H, LIVE, STALE, CameraView, Status
 from streamer.web import BOUNDARY, WebServer, WebSettings
 from streamer.wire import ResultMessage, encode_result, open_socket
@@ -345,7 +345,7 @@ def test_frames_are_encoded_once_per_result_and_shared(config: Config, pub: zmq.
         firsts = [r.part() for r in readers]
         for seq in range(2, 6):
             pub.send_multipart(encode_result(make_result(seq=seq, count=float(seq))), copy=False)
-            wait_for(lambda: camera_json(srv, "plaza")["seq"] == seq, what=f"seq {seq}")
+            wait_for(lambda seq=seq: camera_json(srv, "plaza")["seq"] == seq, what=f"seq {seq}")
             parts = [r.part() for r in readers]
             # Every viewer got the very same bytes: one encode, shared.
             assert all(p == parts[0] for p in parts)

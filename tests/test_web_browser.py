@@ -20,7 +20,7 @@ import pytest
 import zmq
 from test_web import camera_json, publish_until, start_server, wait_for, write_config
 
-from streamer.config import Config
+from crowdwatch.config import Config
 from streamer.crowd_metrics import STRIDE
 from streamer.web import WebServer
 from streamer.wire import ResultMessage, encode_result, open_socket

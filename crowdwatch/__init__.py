@@ -1,0 +1,1 @@
+"""crowdwatch: code shared by the online stages (streamer/) and adaptation (adapt/)."""

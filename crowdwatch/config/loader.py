@@ -1,0 +1,136 @@
+"""TOML -> Config: [defaults] deep-merged into each camera, ${VAR} expanded, paths anchored.
+
+Rules: unknown keys are errors; ``${VAR}`` in any string is expanded from the
+environment (a missing variable is an error; ``$$`` is a literal ``$``);
+relative paths are relative to the config file. Every error is a
+:class:`ConfigError` naming the key path, what was expected and what was found,
+and never shows an expanded value (it may hold a secret).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import ConfigError, Found, from_validation_error, join_path
+from .root import Config
+
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Keys that replace each other when a camera sets one of them.
+_EXCLUSIVE = ({"interval", "daily"},)
+
+
+def expand_env(text: str, environ: Mapping[str, str], path: str, source: str = "") -> str:
+    """Expand ``${VAR}``; ``$$`` is a literal ``$``. A missing variable names the key."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name is None:
+            return "$"
+        if name not in environ:
+            raise ConfigError(path, f"environment variable {name} to be set", Found(f"{text!r} with {name} unset"), source)
+        return environ[name]
+
+    return _ENV_RE.sub(sub, text)
+
+
+def _expand_all(value: Any, loc: tuple[str | int, ...], environ: Mapping[str, str], source: str, originals: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        expanded = expand_env(value, environ, join_path(loc), source)
+        if expanded != value:
+            originals[join_path(loc)] = value
+        return expanded
+    if isinstance(value, dict):
+        return {k: _expand_all(v, (*loc, k), environ, source, originals) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_all(v, (*loc, i), environ, source, originals) for i, v in enumerate(value)]
+    return value
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``: tables merge recursively, other values replace.
+
+    Setting one key of an exclusive group (adapt ``interval``/``daily``) drops
+    the others inherited from ``base``.
+    """
+    out = copy.deepcopy(dict(base))
+    for group in _EXCLUSIVE:
+        if group & override.keys():
+            for key in group - override.keys():
+                out.pop(key, None)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def merge_defaults(data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """The document with [defaults] deep-merged into every [cameras.<name>] table."""
+    doc = dict(data)
+    defaults = doc.get("defaults", {})
+    if not isinstance(defaults, dict):
+        return doc  # reported by validation as "defaults: expected a table"
+    if "url" in defaults:
+        raise ConfigError("defaults.url", "no url in [defaults] (each camera has its own source)", defaults["url"], source)
+    cams = doc.get("cameras")
+    if isinstance(cams, dict):
+        # Errors point at the camera's key even when the bad value came from [defaults].
+        doc["cameras"] = {name: deep_merge(defaults, table) if isinstance(table, dict) else table for name, table in cams.items()}
+    return doc
+
+
+def parse_config(
+    data: Mapping[str, Any],
+    source: str = "<config>",
+    *,
+    base_dir: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate a parsed TOML document. ``base_dir`` anchors relative paths (default: cwd)."""
+    base = (base_dir or Path.cwd()).resolve()
+    environ = os.environ if environ is None else environ
+    originals: dict[str, str] = {}
+    doc = merge_defaults(data, source)
+    doc = _expand_all(doc, (), environ, source, originals)
+    try:
+        return Config.model_validate(doc, context={"base_dir": base, "source": source})
+    except ValidationError as exc:
+        raise from_validation_error(exc, Config, source, originals=originals) from None
+
+
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; raises ConfigError on any problem."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("", "a readable config file", Found(f"no file at {p}"), str(p)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", "valid TOML", Found(str(exc)), str(p)) from None
+    return parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+
+
+def load_stage_config(prog: str, path: Path, log_level: str = "INFO") -> Config | None:
+    """What every long-running stage does first: set up logging, load the config.
+
+    Returns None after printing the reason, so ``main`` can exit with status 2.
+    """
+    import logging
+    import sys
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return load_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None

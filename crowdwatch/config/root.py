@@ -1,0 +1,95 @@
+"""The whole document: [server], [paths], [transport], [model], [defaults], [cameras.<name>]."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from .base import Section
+from .camera import CameraConfig, CameraSettings
+from .errors import Found, fail
+from .model import ModelConfig
+from .names import CameraName
+from .paths import PathsConfig
+from .server import ServerConfig
+from .transport import TransportConfig
+
+
+def _cameras(cams: Mapping[str, CameraConfig]) -> Mapping[str, CameraConfig]:
+    if not cams:
+        raise fail("at least one [cameras.<name>] table", Found("none"))
+    for name, cam in cams.items():
+        cam._name = name
+    return MappingProxyType(dict(cams))
+
+
+class Config(Section):
+    """A crowdwatch configuration file. Unknown keys are errors; see config.toml for an annotated example."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig, description="metrics and web listeners")
+    paths: PathsConfig = Field(default_factory=PathsConfig, description="where buffers, logs and sockets live")
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="ZeroMQ endpoints between the stages")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model registry and inference backend")
+    defaults: CameraSettings = Field(
+        default_factory=CameraSettings, description="any camera key but url; every [cameras.<name>] table is deep-merged over these"
+    )
+    cameras: Annotated[Mapping[CameraName, CameraConfig], AfterValidator(_cameras)] = Field(
+        description="one table per camera, named [a-z0-9_-]{1,64}"
+    )
+    _source: str = PrivateAttr("<config>")
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_default_to_empty_tables(cls, data: Any) -> Any:
+        # Validate absent sections too, so that their defaults (paths, endpoints) are resolved.
+        if isinstance(data, dict):
+            return {"server": {}, "paths": {}, "transport": {}, "model": {}, "defaults": {}, **data}
+        return data
+
+    @field_validator("transport", mode="before")
+    @classmethod
+    def _endpoints_under_run(cls, data: Any, info: ValidationInfo) -> Any:
+        paths = info.data.get("paths")
+        if isinstance(data, dict) and isinstance(paths, PathsConfig):
+            data = {key: f"ipc://{paths.run / f'{key}.ipc'}" for key in ("frames", "results") if key not in data} | data
+        return data
+
+    @model_validator(mode="after")
+    def _remember_origin(self, info: ValidationInfo) -> Config:
+        ctx = info.context or {}
+        self._source = str(ctx.get("source", "<config>"))
+        self._base_dir = Path(ctx.get("base_dir") or Path.cwd())
+        return self
+
+    @property
+    def source(self) -> str:
+        """The file (or label) this configuration was read from."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths were resolved against."""
+        return self._base_dir
+
+
+_BOUND_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (what editors validate TOML against)."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            # Bounds on an optional duration come out as pydantic's own names; JSON Schema spells them differently.
+            return {_BOUND_KEYWORDS.get(k, k): clean(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    schema = clean(Config.model_json_schema(mode="validation"))
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}

@@ -1,0 +1,30 @@
+"""[server]: the metrics and web listeners."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from .base import Integer, Section, Text
+from .errors import Expect, fail
+from .units import Duration
+
+Host = Annotated[Text, Expect("a host name or address")]
+
+
+class ServerConfig(Section):
+    metrics_host: Host = Field("127.0.0.1", pattern=r"^\S+$", description="address /metrics, /healthz and /readyz listen on")
+    metrics_port: Integer = Field(9108, ge=0, le=65535, description="port of /metrics, /healthz and /readyz (0: any free port)")
+    web_host: Host = Field("127.0.0.1", pattern=r"^\S+$", description="address the live overlay listens on")
+    web_port: Integer = Field(8080, ge=0, le=65535, description="port of the live overlay (0: any free port)")
+    liveness_timeout_s: Duration = Field(
+        120.0, ge=1, alias="liveness_timeout",
+        description="/healthz turns 503 when the inference loop has not finished a cycle for this long",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ServerConfig:
+        if self.metrics_port and self.metrics_port == self.web_port:
+            raise fail(f"a port other than metrics_port ({self.metrics_port})", self.web_port, key="web_port")
+        return self
