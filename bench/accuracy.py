@@ -8,7 +8,7 @@ FORMAT is what ``crowdwatch eval --format`` accepts (``json``, ``shanghaitech``,
 ...). For every labelled frame of every dataset:
 
 - ``model``: our density network (default: the shipped base model, resolved
-  through ``models/base/current``), run by ``adapt.evaluate.run_eval`` on the
+  through ``models/base/current``), run by ``adapt.training.evaluate.run_eval`` on the
   frames ``crowdwatch eval`` would see (longer side at most ``--max-side``,
   1024 as in eval), so its MAE equals ``crowdwatch eval``'s;
 - ``hog``: OpenCV's default HOG people detector on the BGR frame as decoded
@@ -38,8 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings, as the other bench scripts do
 from peers import HogParams, constant_prediction, cpu_name, hog_count, people_detector, score  # noqa: E402
 
-from adapt.checkpoint import CheckpointError, load_model  # noqa: E402
-from adapt.datasets import FORMATS, BadImage, DatasetError, load_image, read_dataset  # noqa: E402
+from adapt.model.checkpoint import CheckpointError, load_model  # noqa: E402
+from adapt.data.datasets import FORMATS, read_dataset  # noqa: E402
+from adapt.data.images import BadImage, DatasetError, load_image  # noqa: E402
 
 METHODS = ("model", "hog", "mean", "median")
 
@@ -55,8 +56,8 @@ def run_model(model, device, items, max_side: int | None) -> tuple[dict[str, tup
     """name -> (true, predicted) from the project's evaluation loop, and reasons for unreadable frames."""
     import torch
 
-    from adapt.crowd_dataset import CrowdDataset
-    from adapt.evaluate import run_eval
+    from adapt.data.crowd_dataset import CrowdDataset
+    from adapt.training.evaluate import run_eval
 
     unreadable: list[str] = []
     try:
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = device = None
     if "model" in methods:
-        from adapt.registry import RegistryError, default_base_checkpoint
+        from adapt.store.registry import RegistryError, default_base_checkpoint
         from adapt.train import select_device
 
         try:

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adapt.evaluate import count_errors
+from adapt.training.evaluate import count_errors
 
 
 @dataclass(frozen=True)
