@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gate: ... and at most this (default: %(default)s)")
     p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
                    help="gate: the count std per counted person must drop too (default: off)")
+    p.add_argument("--scene", action=argparse.BooleanOptionalAction, default=AdaptConfig.scene,
+                   help="use the camera's scene model: composites on its empty scene, empty static cells, the empty-scene gate (default: on)")
     p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=AdaptConfig.keep_count,
                    help="hold the parent's mean count on the training frames (default: on; docs/ADAPTATION.md)")
     p.add_argument("--flip-steps", type=int, default=None)
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
         cfg.stages = tuple(s for s in args.stages.split(",") if s)
         cfg.keep_count = args.keep_count
+        cfg.scene = args.scene
         cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
         if args.flip_steps is not None:
             cfg.flip = replace(cfg.flip, steps=args.flip_steps)

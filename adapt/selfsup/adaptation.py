@@ -28,7 +28,7 @@ from adapt.store.names import validate_camera_name
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
 from adapt.store.registry import Registry
-from adapt.selfsup.gate import GateConfig, frame_stats, gate
+from adapt.selfsup.gate import GateConfig, frame_stats, gate, scene_stats
 
 STAGES = ("flip", "pseudo")
 MIN_FRAMES = 8
@@ -77,6 +77,12 @@ class AdaptConfig:
     # The uncertainty says nothing about a camera-wide scale error, and on the real
     # target the stages moved it the wrong way (docs/ADAPTATION.md, "The count level").
     keep_count: bool = True
+    # The camera's scene model (empty scene, motion, people's sizes): composites of its own
+    # empty scene join L_s, static cells become empty pseudo labels, and the gate checks
+    # the empty scene. Off, or when the frames cannot give one, the paper's stages run alone.
+    scene: bool = True
+    scene_root: Path = REPO_ROOT / "var" / "scene"
+    composites: int = 300                # composites rendered per run (a fifth held out for the gate)
 
 
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
@@ -142,6 +148,21 @@ def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
 
     smallest = min(min(fit_max_side(load_image(p).shape[:2], max_side)) for p in paths[:: max(1, len(paths) // 16)])
     return max(64, min(want, int(smallest * 0.8) // 32 * 32))
+
+
+def mixed_batches(a, b):
+    """One batch from each source, concatenated: generic renders beside the camera's composites."""
+    while True:
+        x, y = next(a), next(b)
+        yield {k: torch.cat([x[k], y[k]]) for k in ("image", "density", "count")}
+
+
+def whole_frames(path: Path, max_side: int):
+    """Whole labelled frames of a ShanghaiTech-layout set, batch size 1 (the gate's composites)."""
+    from adapt.data.crowd_dataset import CrowdDataset, collate
+    from adapt.data.datasets import read_dataset
+
+    return DataLoader(CrowdDataset(read_dataset(path, "shanghaitech").items, None, max_side=max_side), batch_size=1, num_workers=0, collate_fn=collate)
 
 
 def frame_loaders(train: list[Path], held: list[Path], cfg: AdaptConfig):
@@ -218,22 +239,49 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     train_paths, held_paths = split_holdout(paths, cfg.holdout_every)
     synth_batch = masks * max(1, cfg.synth_batch // masks)
     real_loader, held_loader = frame_loaders(train_paths, held_paths, cfg)
-    synth = synthetic_batches(ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed), synth_batch, cfg.synth_crop, cfg.seed)
+    scene = None
+    if cfg.scene:
+        from adapt.scene.prepare import prepare_scene
+
+        scene = prepare_scene(paths, cfg.scene_root / camera, cfg.max_side, cfg.composites, cfg.seed)
+    generic = ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed)
+    if scene is not None and scene.composites is not None:
+        half = masks * max(1, synth_batch // (2 * masks))
+        synth = mixed_batches(synthetic_batches(generic, half, cfg.synth_crop, cfg.seed),
+                              synthetic_batches(scene.composites, half, cfg.synth_crop, cfg.seed + 1))
+    else:
+        synth = synthetic_batches(generic, synth_batch, cfg.synth_crop, cfg.seed)
 
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
         "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
         "config": json.loads(json.dumps(asdict(cfg), default=str)),
     }
+    usable = scene is not None and scene.model.usable
+    if scene is not None:
+        report["scene"] = scene.summary()
+        if not usable:
+            report["scene"]["fallback"] = "the paper's two stages alone: " + "; ".join(scene.model.problems or ["no ground plane"])
     parent_stats = frame_stats(parent_model, held_loader, device)
     report["parent_stats"] = asdict(parent_stats)
+    scene_parent = None
+    if usable:
+        static = scene.model.motion.static
+        empties = [b.image for b in scene.model.backgrounds]
+        held_comp = whole_frames(scene.held_composites, cfg.max_side)
+        scene_parent = scene_stats(parent_model, static, empties, held_loader, held_comp, device)
+        report["scene_parent"] = asdict(scene_parent)
     model = copy.deepcopy(parent_model)
     if "flip" in cfg.stages:
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model)
     if "pseudo" in cfg.stages:
-        report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed)
+        report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed,
+                                                               static=scene.model.motion.static if usable else None)
     moved = None
-    if cfg.keep_count:
+    if cfg.keep_count and usable:
+        # the composites carry exact labels on this camera: the level they teach is the camera's own evidence
+        report["keep_count"] = {"factor": None, "not_held": "the scene model sets the count level (composites of this camera)"}
+    elif cfg.keep_count:
         report["keep_count"] = keep_parent_count(parent_model, model, train_paths, cfg, device)
         moved = report["keep_count"]["count_ratio"]
     cand_stats = frame_stats(model, held_loader, device)
@@ -243,7 +291,11 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     if cfg.labels is not None:
         lab = labelled_loader(cfg.labels, cfg.max_side)
         labelled = (frame_stats(parent_model, lab, device, with_flip=False), frame_stats(model, lab, device, with_flip=False))
-    verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled, count_ratio_before_keep=moved)
+    scene_pair = None
+    if usable:
+        scene_pair = (scene_parent, scene_stats(model, static, empties, held_loader, held_comp, device))
+        report["scene_candidate"] = asdict(scene_pair[1])
+    verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled, count_ratio_before_keep=moved, scene=scene_pair)
     report["validation"] = verdict.to_dict()
     if cfg.save_candidate is not None:
         save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})
@@ -257,7 +309,8 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:
     card = {
         "parent": parent_version, "recipe": report["config"], "frames": report["frames"],
-        "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds", "keep_count")},
+        "statistics": {k: report.get(k) for k in ("parent_stats", "candidate_stats", "flip_stage", "pseudo_label_rounds", "keep_count",
+                                                  "scene", "scene_parent", "scene_candidate")},
         "validation": report["validation"],
     }
     return publish_version(registry, camera, model, parent_version, card)

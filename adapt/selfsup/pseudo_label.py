@@ -41,6 +41,7 @@ from adapt.data.images import BadImage, load_image
 from adapt.training.engine import loop_forever, make_optimizer
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
+from adapt.scene.motion import static_on_grid
 
 RULES = ("balanced", "fraction", "threshold")
 
@@ -153,8 +154,14 @@ def select_confident(
 
 
 @torch.inference_mode()
-def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device, cfg: PseudoLabelConfig) -> PseudoLabels:
-    """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them)."""
+def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device, cfg: PseudoLabelConfig,
+                   static: np.ndarray | None = None) -> PseudoLabels:
+    """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them).
+
+    ``static`` (the scene model's cells no object ever occupied) are labelled
+    empty and kept whatever the ensemble says: a confident cell on a window or
+    a sign is not a person.
+    """
     model.eval()
     kept_paths, means, stds, margins, valids = [], [], [], [], []
     for path in progress(paths, "pseudo labels"):
@@ -173,6 +180,11 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
     keep = select_confident(means, stds, margins, valids, cfg)
+    if static is not None:
+        for mean, valid, k in zip(means, valids, keep):
+            zero = static_on_grid(static, valid)
+            mean[zero] = 0.0
+            k[zero] = True
     return PseudoLabels(kept_paths, means, stds, margins, valids, keep)
 
 
@@ -252,14 +264,15 @@ def finetune_round(
     return {**losses, "loss_count": total_c / n} if cfg.count_weight else losses
 
 
-def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0) -> list[dict]:
-    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics."""
+def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
+                           static: np.ndarray | None = None) -> list[dict]:
+    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``static``: see predict_frames."""
     if cfg.real_batch % model.config.masks:
         raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
     rounds: list[dict] = []
     previous = None
     for r in range(cfg.rounds):
-        labels = predict_frames(model, frame_paths, device, cfg)
+        labels = predict_frames(model, frame_paths, device, cfg, static)
         if not labels.paths:
             raise ValueError("no readable frames to pseudo-label")
         mean_count = labels.mean_count()

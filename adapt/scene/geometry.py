@@ -1,0 +1,148 @@
+"""How big a person is on each image row: the camera's ground plane from moving people.
+
+Foreground blobs that look like single upright people (taller than wide, not
+cut by the frame) give (feet row, height in pixels) pairs. On a flat ground a
+standing person's pixel height grows linearly with the distance of their feet
+below the horizon, so a robust line through the per-row medians gives the
+horizon and the scale; a pinhole ``Camera`` (the renderer's) is then fitted to
+those pairs by a grid search, taking adults as 1.7 m. A configured calibration,
+when there is one, is checked against what the people show.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from adapt.synth.camera import Camera
+
+PERSON_M = 1.7
+MIN_SAMPLES = 12
+BLUR_GROWTH = 2  # px the 5x5 blur in background.foreground adds to each side of an outline  # fewer single-person blobs than this: the sizes are not trusted
+
+
+@dataclass(frozen=True)
+class PersonSizes:
+    feet_x: np.ndarray  # (K,) feet columns, pixels
+    feet_y: np.ndarray  # (K,) feet rows, pixels
+    height_px: np.ndarray  # (K,) blob heights, pixels
+
+    def __len__(self) -> int:
+        return len(self.feet_y)
+
+
+def person_blobs(fg: np.ndarray, min_height_frac: float = 0.04) -> PersonSizes:
+    """Single-person-like blobs of (T, H, W) foreground masks."""
+    T, H, W = fg.shape
+    open_k = np.ones((3, 3), np.uint8)
+    # tall closing: a person's head, torso and legs often separate where clothes match the background
+    close_k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, H // 60) | 1, max(5, H // 20) | 1))
+    xs, ys, hs = [], [], []
+    for m in fg:
+        m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, open_k)
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, close_k)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        for x, y, w, h, area in stats[1:]:
+            if h < min_height_frac * H or y <= 1 or y + h >= H - 1 or x <= 1 or x + w >= W - 1:
+                continue  # too small or cut by the frame edge
+            if not (2.0 <= h / max(w, 1) <= 3.6) or area < 0.3 * w * h:
+                continue  # groups side by side, or thin structures
+            xs.append(x + w / 2)
+            ys.append(y + h - BLUR_GROWTH)
+            hs.append(h - 2 * BLUR_GROWTH)
+    return PersonSizes(np.asarray(xs, np.float64), np.asarray(ys, np.float64), np.asarray(hs, np.float64))
+
+
+def size_line(sizes: PersonSizes, tol: float = 0.2, seed: int = 0) -> tuple[float, float, float] | None:
+    """(slope, horizon row, inlier share) of height = slope * (feet_y - horizon).
+
+    RANSAC over blob pairs: fragments of people, pigeons and merged groups are
+    outliers; the line most whole people agree on (within ``tol`` in log size) wins.
+    """
+    if len(sizes) < MIN_SAMPLES:
+        return None
+    y, h = sizes.feet_y, sizes.height_px
+    rng = np.random.default_rng(seed)
+    best, best_in = None, 0.0
+    i, j = rng.integers(0, len(y), (2, 2000))
+    for a, b in zip(i, j):
+        if abs(y[a] - y[b]) < 8:
+            continue
+        slope = (h[a] - h[b]) / (y[a] - y[b])
+        if slope <= 0.05:
+            continue
+        horizon = y[a] - h[a] / slope
+        pred = slope * (y - horizon)
+        ok = pred > 0
+        inl = np.zeros(len(y), bool)
+        inl[ok] = np.abs(np.log(h[ok] / pred[ok])) < tol
+        score = float(inl.mean())
+        if score > best_in:
+            best, best_in = (slope, horizon), score
+    if best is None:
+        # everyone's feet on about the same row: the horizon is where their heads are
+        horizon = float(np.median(y - h))
+        return 1.0 * float(np.median(h / np.maximum(y - horizon, 1))), horizon, 0.0
+    slope, horizon = best
+    pred = slope * (y - horizon)
+    inl = (pred > 0) & (np.abs(np.log(np.maximum(h, 1) / np.maximum(pred, 1e-6))) < tol)
+    if inl.sum() >= 3 and np.ptp(y[inl]) >= 8:
+        slope, icpt = np.polyfit(y[inl], h[inl], 1)
+        if slope > 0.05:
+            horizon = -icpt / slope
+    return float(slope), float(horizon), best_in
+
+
+def row_person_px(cam: Camera, rows: np.ndarray) -> np.ndarray:
+    """Pixel height of a 1.7 m person whose feet are on each row at the image centre column (NaN above the horizon)."""
+    g = cam.pixel_to_ground(np.column_stack([np.full(len(rows), cam.cx), rows]))
+    out = np.full(len(rows), np.nan)
+    ok = np.isfinite(g).all(1) & (g[:, 1] > 0.3)
+    if ok.any():
+        out[ok] = cam.person_height_px(g[ok], PERSON_M)
+    return out
+
+
+def inliers(sizes: PersonSizes, slope: float, horizon: float, tol: float = 0.2) -> np.ndarray:
+    """Blobs within ``tol`` (log size) of the line: whole single people."""
+    pred = slope * (sizes.feet_y - horizon)
+    ok = pred > 0
+    out = np.zeros(len(sizes), bool)
+    out[ok] = np.abs(np.log(np.maximum(sizes.height_px[ok], 1) / pred[ok])) < tol
+    return out
+
+
+def fit_camera(sizes: PersonSizes, width: int, height: int) -> tuple[Camera, float] | None:
+    """The renderer camera whose projected person heights best match the whole-person blobs; (camera, median |log error|).
+
+    The line picks the blobs that are whole single people; the camera is then
+    fitted to those blobs themselves, since a tilted camera's sizes are not
+    exactly linear in the row.
+    """
+    line = size_line(sizes)
+    if line is None:
+        return None
+    slope, horizon, _ = line
+    keep = inliers(sizes, slope, horizon)
+    if keep.sum() < 3:
+        return None
+    y, h = sizes.feet_y[keep], sizes.height_px[keep]
+    best, best_err = None, math.inf
+    for hfov in (40.0, 50.0, 60.0, 70.0, 80.0):
+        f = (width / 2) / math.tan(math.radians(hfov) / 2)
+        for tilt in np.linspace(0.0, 70.0, 36):
+            for cam_h in np.exp(np.linspace(math.log(0.8), math.log(40.0), 40)):
+                cam = Camera(width, height, float(cam_h), float(tilt), f)
+                got = row_person_px(cam, y)
+                if not np.isfinite(got).all():
+                    continue
+                err = float(np.median(np.abs(np.log(got / h))))
+                if err < best_err:
+                    best, best_err = cam, err
+    if best is None:
+        return None
+    got = row_person_px(best, sizes.feet_y[keep])
+    return best, float(np.median(np.abs(np.log(got / sizes.height_px[keep]))))

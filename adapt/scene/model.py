@@ -1,0 +1,192 @@
+"""The scene model of one fixed camera: built from its frames, checked, stored with its data.
+
+``build_scene_model`` runs the background, motion and geometry estimates over
+a camera's frames and names every reason the result cannot be trusted
+(``SceneModel.problems``). A model with problems is kept for the report, but
+adaptation then falls back to the paper's two stages alone
+(``SceneModel.usable``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from adapt.scene.background import Background, estimate_background, foreground
+from adapt.scene.composite import WalkMap, walk_map
+from adapt.scene.geometry import fit_camera, person_blobs, size_line
+from adapt.scene.motion import MotionStats, motion_stats
+from adapt.synth.camera import Camera
+
+MIN_FRAMES = 30  # fewer frames than this cannot separate people from background
+MAX_FRAMES = 200  # the estimates need spread over time, not every frame
+MIN_MOVING_SHARE = 0.005  # fewer cells than this ever moved: nothing walked through
+MAX_FOREGROUND_SHARE = 0.4  # a median frame more covered than this: no frame is empty enough
+MAX_UNSEEN_SHARE = 0.3  # more of the image never seen empty than this
+MAX_SHIFT_PX = 2.0  # the camera moved if frames sit further than this from the empty scene
+LIGHTING_STEP = 40.0  # grey levels between the mean brightness of two lighting groups
+MAX_SIZE_RESIDUAL = 0.35  # median |log| error of the fitted person sizes
+
+
+@dataclass(eq=False)
+class SceneModel:
+    backgrounds: list[Background]
+    motion: MotionStats
+    camera: Camera | None  # the renderer camera that reproduces people's sizes, or None
+    size_source: str  # "observed people", "calibration" or "none"
+    size_residual: float  # median |log(fitted / observed)| of person heights
+    horizon: float  # image row of the horizon (feet of a 0 px person)
+    walk: WalkMap
+    group_of_frame: np.ndarray  # (T,) index into backgrounds per input frame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems and self.camera is not None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.backgrounds[0].image.shape[:2]
+
+    def summary(self) -> dict:
+        return {
+            "usable": self.usable,
+            "problems": list(self.problems),
+            "frames": int(len(self.group_of_frame)),
+            "empty_scenes": len(self.backgrounds),
+            "moving_cells": round(self.motion.moving_share, 4),
+            "static_cells": round(float(self.motion.static.mean()), 4),
+            "unseen_pixels": round(float(np.mean([b.unseen.mean() for b in self.backgrounds])), 4),
+            "size_source": self.size_source,
+            "size_residual": round(self.size_residual, 4) if np.isfinite(self.size_residual) else None,
+            "horizon_row": round(self.horizon, 1) if np.isfinite(self.horizon) else None,
+            "camera": self.camera.to_dict() if self.camera is not None else None,
+        }
+
+    # -- storage: var/scene/<camera>/ ------------------------------------------------
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {f"empty_{i}": b.image for i, b in enumerate(self.backgrounds)}
+        arrays |= {f"unseen_{i}": b.unseen for i, b in enumerate(self.backgrounds)}
+        np.savez_compressed(folder / "scene.npz", frequency=self.motion.frequency, frame_share=self.motion.frame_share,
+                            walk=self.walk.weights, group_of_frame=self.group_of_frame, **arrays)
+        meta = self.summary() | {"thresholds": [b.threshold for b in self.backgrounds], "stride": self.motion.stride,
+                                 "walk_stride": self.walk.stride, "background_frames": [b.frames for b in self.backgrounds]}
+        (folder / "scene.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> "SceneModel":
+        meta = json.loads((folder / "scene.json").read_text())
+        with np.load(folder / "scene.npz") as z:
+            k = meta["empty_scenes"]
+            bgs = [Background(z[f"empty_{i}"], z[f"unseen_{i}"], meta["thresholds"][i], meta["background_frames"][i]) for i in range(k)]
+            motion = MotionStats(z["frequency"], z["frame_share"], meta["stride"])
+            walk = WalkMap(z["walk"], meta["walk_stride"])
+            groups = z["group_of_frame"]
+        cam = Camera(**meta["camera"]) if meta["camera"] else None
+        resid = meta["size_residual"] if meta["size_residual"] is not None else float("inf")
+        horizon = meta["horizon_row"] if meta["horizon_row"] is not None else float("nan")
+        return cls(bgs, motion, cam, meta["size_source"], resid, horizon, walk, groups, list(meta["problems"]))
+
+
+def camera_shift(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(T,) translation in pixels of each frame against the reference (phase correlation on grey)."""
+    ref = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    win = cv2.createHanningWindow(ref.shape[::-1], cv2.CV_32F)
+    out = np.empty(len(frames))
+    for t, f in enumerate(frames):
+        (dx, dy), _ = cv2.phaseCorrelate(ref, cv2.cvtColor(f, cv2.COLOR_RGB2GRAY).astype(np.float32), win)
+        out[t] = float(np.hypot(dx, dy))
+    return out
+
+
+def lighting_groups(frames: np.ndarray) -> np.ndarray:
+    """(T,) group per frame: one group, or two when the brightness splits (day and night in one buffer)."""
+    luma = frames.reshape(len(frames), -1).mean(1)
+    if np.ptp(luma) < LIGHTING_STEP:
+        return np.zeros(len(frames), np.int64)
+    cut = (luma.min() + luma.max()) / 2  # two-means on one dimension, started at the midpoint
+    for _ in range(10):
+        lo, hi = luma[luma <= cut], luma[luma > cut]
+        if not len(lo) or not len(hi):
+            break
+        cut = (lo.mean() + hi.mean()) / 2
+    return (luma > cut).astype(np.int64)
+
+
+def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES) -> SceneModel:
+    """The scene model of (T, H, W, 3) uint8 frames of one fixed camera, in time order."""
+    T, H, W, _ = frames.shape
+    problems: list[str] = []
+    if T < min_frames:
+        problems.append(f"too short: {T} frames, a scene model needs at least {min_frames}")
+    groups = lighting_groups(frames)
+    if groups.max() > 0:
+        problems.append(f"lighting changes within the buffer (two brightness groups of {int((groups == 0).sum())} "
+                        f"and {int((groups == 1).sum())} frames); one empty scene per group")
+        problems.pop()  # not a failure: each group gets its own empty scene
+    backgrounds = []
+    fg = np.zeros((T, H, W), bool)
+    for g in range(int(groups.max()) + 1):
+        sel = groups == g
+        if sel.sum() < 2:
+            groups[sel] = 0 if g else groups[sel]
+            continue
+        bg = estimate_background(frames[sel])
+        backgrounds.append(bg)
+        fg[sel] = foreground(frames[sel], bg.image, bg.threshold)
+        groups[sel] = len(backgrounds) - 1
+    if sum(1 for b in backgrounds if b.frames < min_frames):
+        problems.append("a lighting group has too few frames for its own empty scene")
+    unseen = np.logical_or.reduce([b.unseen for b in backgrounds])
+    motion = motion_stats(fg, unseen)
+    shift = camera_shift(frames[:: max(1, T // 50)], backgrounds[0].image)
+    if np.quantile(shift, 0.8) > MAX_SHIFT_PX:
+        problems.append(f"the camera moves or shakes: frames sit {np.quantile(shift, 0.8):.1f} px from the empty scene "
+                        f"(80th percentile; at most {MAX_SHIFT_PX} px for a fixed camera)")
+    if np.median(motion.frame_share) > MAX_FOREGROUND_SHARE or unseen.mean() > MAX_UNSEEN_SHARE:
+        problems.append(f"always crowded: the median frame is {np.median(motion.frame_share):.0%} foreground and "
+                        f"{unseen.mean():.0%} of the image was never seen empty")
+    if motion.moving_share < MIN_MOVING_SHARE:
+        problems.append(f"too static: only {motion.moving_share:.2%} of cells ever changed, nobody walked through")
+    sizes = person_blobs(fg)
+    line = size_line(sizes)
+    cam, resid, horizon, source = None, float("inf"), float("nan"), "none"
+    if line is not None:
+        horizon = line[1]
+        fit = fit_camera(sizes, W, H)
+        if fit is not None:
+            cam, resid = fit
+            source = "observed people"
+    if cam is None:
+        problems.append(f"no ground plane: {len(sizes)} single-person blobs, too few or inconsistent to size people")
+    elif resid > MAX_SIZE_RESIDUAL:
+        problems.append(f"people's sizes do not follow one ground plane (median error {np.expm1(resid):.0%})")
+    feet = np.column_stack([sizes.feet_x, sizes.feet_y]) if len(sizes) else np.zeros((0, 2))
+    walk = walk_map(feet, (H, W), 8, horizon if np.isfinite(horizon) else H / 3)
+    return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems)
+
+
+def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> np.ndarray:
+    """Up to ``max_frames`` frames spread over ``paths``, fitted into ``max_side``; all must share one size."""
+    from adapt.data.images import load_image
+    from adapt.data.crowd_dataset import fit_max_side
+
+    step = max(1, len(paths) / max_frames) if len(paths) > max_frames else 1
+    pick = [paths[int(i * step)] for i in range(min(len(paths), max_frames))]
+    frames, size = [], None
+    for p in pick:
+        img = load_image(p)
+        h, w = fit_max_side(img.shape[:2], max_side)
+        if (h, w) != img.shape[:2]:
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        if size is None:
+            size = img.shape
+        if img.shape != size:
+            raise ValueError(f"{p}: frame size {img.shape[1]}x{img.shape[0]} differs from {size[1]}x{size[0]}: not one fixed camera")
+        frames.append(img)
+    return np.stack(frames)

@@ -1,0 +1,117 @@
+"""The scene model of a fixed camera, on frames the renderer makes with a known empty scene and camera."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from adapt.scene.background import estimate_background
+from adapt.scene.composite import composite, walk_map
+from adapt.scene.geometry import PersonSizes, fit_camera, row_person_px, size_line
+from adapt.scene.model import SceneModel, build_scene_model
+from adapt.scene.motion import static_on_grid
+from adapt.synth import render, sample_crowd, walk
+from adapt.synth.camera import Camera
+from adapt.synth.scene import build_scene
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """80 frames of 14 people walking through a fixed street scene, plus that scene's true empty background."""
+    rng = np.random.default_rng(3)
+    cam = Camera(320, 240, height_m=3.0, tilt_deg=12.0, focal_px=300.0)
+    scene = build_scene(rng, cam, "overcast", with_distractors=False)
+    # everyone walks: a person who stands through the whole clip is part of any background estimate
+    people = [dataclasses.replace(p, speed=1.3) for p in sample_crowd(rng, scene, 14, "uniform")]
+    frames = []
+    for _ in range(80):
+        people = walk(scene, people, 0.5, rng)
+        frames.append(render(scene, people, rng).image)
+    return np.stack(frames), scene
+
+
+def test_the_empty_scene_is_recovered_from_frames_with_people(clip):
+    frames, scene = clip
+    bg = estimate_background(frames)
+    empty = render(scene, [], np.random.default_rng(0)).image.astype(np.int16)
+    err = np.abs(bg.image.astype(np.int16) - empty).max(-1)
+    # the plain median keeps walkers as ghosts; the estimate matches the empty render almost everywhere
+    plain = np.abs(np.median(frames, 0).astype(np.int16) - empty).max(-1)
+    assert (err > 30).mean() < 0.01
+    assert (err > 30).mean() <= (plain > 30).mean()
+
+
+def test_the_scene_model_finds_where_people_walk_and_how_big_they_are(clip):
+    frames, scene = clip
+    model = build_scene_model(frames)
+    assert model.usable, model.problems
+    assert 0.02 < model.motion.moving_share < 0.9
+    assert model.motion.static.mean() > 0.1  # the sky and walls never move
+    # fitted person heights within 30% of the true camera's on the rows people used
+    rows = np.linspace(90, 239, 5)
+    fit, true = row_person_px(model.camera, rows), row_person_px(scene.camera, rows)
+    ok = np.isfinite(fit) & np.isfinite(true)
+    assert ok.sum() >= 3 and np.all(np.abs(np.log(fit[ok] / true[ok])) < np.log(1.3))
+
+
+def test_a_scene_model_round_trips_through_its_folder(clip, tmp_path):
+    model = build_scene_model(clip[0])
+    model.save(tmp_path)
+    back = SceneModel.load(tmp_path)
+    assert back.summary() == model.summary()
+    assert np.array_equal(back.backgrounds[0].image, model.backgrounds[0].image)
+    assert np.array_equal(back.motion.static, model.motion.static)
+
+
+def test_bad_clips_are_named_and_not_usable(clip):
+    frames, _ = clip
+    assert any("too short" in p for p in build_scene_model(frames[:10]).problems)
+    still = np.repeat(frames[:1], 40, 0)
+    assert any("too static" in p for p in build_scene_model(still).problems)
+    # a panning camera: each frame shifted a few more pixels
+    panned = np.stack([np.roll(f, 3 * i, axis=1) for i, f in enumerate(frames[:40])])
+    assert any("moves" in p for p in build_scene_model(panned).problems)
+    # always crowded: noise over most of every frame
+    rng = np.random.default_rng(0)
+    crowded = frames[:40].copy()
+    crowded[:, 40:] = rng.integers(0, 255, crowded[:, 40:].shape, dtype=np.uint8)
+    assert not build_scene_model(crowded).usable
+
+
+def test_a_day_night_change_gets_one_empty_scene_per_lighting(clip):
+    frames, _ = clip
+    night = (frames[:40] * 0.3).astype(np.uint8)
+    model = build_scene_model(np.concatenate([frames[:40], night]))
+    assert len(model.backgrounds) == 2
+    assert abs(model.backgrounds[0].image.mean() - model.backgrounds[1].image.mean()) > 40
+
+
+def test_size_line_ignores_fragments():
+    rng = np.random.default_rng(0)
+    feet = rng.uniform(120, 240, 80)
+    h = 0.8 * (feet - 100)
+    h[:25] = rng.uniform(5, 15, 25)  # legs, pigeons, bits of people
+    slope, horizon, share = size_line(PersonSizes(rng.uniform(0, 320, 80), feet, h))
+    assert abs(slope - 0.8) < 0.05 and abs(horizon - 100) < 5 and share > 0.6
+    assert size_line(PersonSizes(np.zeros(3), np.zeros(3), np.zeros(3))) is None
+    assert fit_camera(PersonSizes(np.zeros(3), np.zeros(3), np.zeros(3)), 320, 240) is None
+
+
+def test_composites_put_labelled_people_of_the_camera_size_on_the_empty_scene(clip):
+    frames, scene = clip
+    empty = render(scene, [], np.random.default_rng(0)).image
+    wm = walk_map(np.array([[160.0, 200.0]] * 10), (240, 320), 8, 80.0)
+    r = composite(np.random.default_rng(1), empty, scene.camera, wm, 6)
+    assert 1 <= r.count <= 6
+    assert r.image.shape == empty.shape and np.abs(r.image.astype(int) - empty).max() > 50
+    none = composite(np.random.default_rng(1), empty, scene.camera, wm, 0)
+    assert none.count == 0
+
+
+def test_static_cells_map_onto_a_padded_density_grid():
+    static = np.zeros((30, 40), bool)
+    static[:10] = True
+    valid = np.zeros((32, 40), bool)
+    valid[:30] = True
+    out = static_on_grid(static, valid)
+    assert out[:10].all() and not out[10:].any()
