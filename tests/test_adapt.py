@@ -394,3 +394,86 @@ def test_the_pipeline_reports_the_held_count_only_when_keep_count_is_on(setup):
     assert report["candidate_stats"]["mean_count"] > 0
     off = adapt_camera(tiny_config(setup, publish=False, keep_count=False))
     assert "keep_count" not in off
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """40 frames of a fixed synthetic camera with people walking through, as a folder of JPEGs."""
+    import dataclasses
+
+    from adapt.synth import render, sample_crowd, walk
+    from adapt.synth.camera import Camera
+    from adapt.synth.scene import build_scene
+
+    rng = np.random.default_rng(3)
+    scene = build_scene(rng, Camera(160, 128, height_m=3.0, tilt_deg=12.0, focal_px=150.0), "overcast", with_distractors=False)
+    people = [dataclasses.replace(p, speed=1.3) for p in sample_crowd(rng, scene, 10, "uniform")]
+    folder = tmp_path_factory.mktemp("street") / "frames"
+    folder.mkdir()
+    for i in range(40):
+        people = walk(scene, people, 0.5, rng)
+        cv2.imwrite(str(folder / f"{i:03d}.jpg"), cv2.cvtColor(render(scene, people, rng).image, cv2.COLOR_RGB2BGR))
+    return folder, render(scene, [], rng).image
+
+
+def test_a_fixed_camera_adapts_with_its_scene_model_and_the_card_records_it(setup, street, tmp_path):
+    frames, _ = street
+    cfg = tiny_config(setup, camera="street", frames=frames, scene_root=tmp_path / "scene", composites=20, max_side=160)
+    report = adapt_camera(cfg)
+    assert report["scene"]["usable"], report["scene"]
+    assert (tmp_path / "scene" / "street" / "scene.png").is_file()
+    assert len(list((tmp_path / "scene" / "street" / "composites" / "images").glob("*.jpg"))) == 16
+    # the level comes from the scene: nothing held, and the gate judged the scene figures
+    assert report["keep_count"]["factor"] is None and "scene model" in report["keep_count"]["not_held"]
+    for key in ("empty_scene_count", "background_count", "moving_count", "composite_mae"):
+        assert key in report["scene_candidate"] and key in report["scene_parent"]
+    if report["published"]:
+        card = json.loads((setup / "models" / "street" / report["published"] / "card.json").read_text())
+        assert card["statistics"]["scene_candidate"] == report["scene_candidate"]
+
+
+def test_the_gate_measures_and_refuses_a_model_that_counts_people_on_the_empty_scene(street):
+    from adapt.selfsup.gate import frame_stats, gate, scene_stats
+    from adapt.data.crowd_dataset import FrameFolder, collate
+    from torch.utils.data import DataLoader
+
+    from adapt.training.engine import density_loss
+
+    frames, empty = street
+    # a candidate taught that this empty street holds 5 people, spread over it
+    model = perturbed_model()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    image = torch.from_numpy(empty)[None].repeat(4, 1, 1, 1)  # one per mask
+    target = torch.full((4, 1, 16, 20), 5.0 / 320)
+    for _ in range(30):
+        opt.zero_grad()
+        density_loss(model.forward_train(image), target, model.config.density_scale).backward()
+        opt.step()
+    model.eval()
+    loader = DataLoader(FrameFolder(sorted(frames.glob("*.jpg"))[:4], None, max_side=160), batch_size=1, collate_fn=collate)
+    static = np.ones((16, 20), bool)
+    stats = scene_stats(model, static, [empty], loader, None, torch.device("cpu"))
+    assert stats.empty_scene_count > 1.0
+    fs = frame_stats(model, loader, torch.device("cpu"), with_flip=False)
+    verdict = gate(fs, fs, scene=(stats, stats))
+    assert not verdict.accepted and any("empty scene" in r for r in verdict.reasons)
+
+
+def test_pseudo_labels_know_static_cells_and_moving_people(street):
+    from adapt.scene.model import build_scene_model
+    from adapt.selfsup.pseudo_label import scene_labels
+
+    frames, _ = street
+    images = np.stack([cv2.imread(str(p))[..., ::-1] for p in sorted(frames.glob("*.jpg"))])
+    model = build_scene_model(images)
+    valid = np.ones((16, 20), bool)
+    people = 0
+    for image in images[::5]:
+        cells, density = scene_labels(model, image, valid)
+        assert cells[model.motion.static].all()  # every static cell is labelled, and empty
+        assert density[model.motion.static & ~cells].sum() == 0
+        heads = model.people_in_frame(image)[0]
+        people += len(heads)
+        # each moving person's cells carry about one person
+        assert abs(density[cells].sum() - len(heads)) < 0.25 * len(heads) + 0.1
+    assert people > 0

@@ -103,3 +103,40 @@ def test_a_held_count_does_not_hide_a_collapse_from_the_label_free_gate():
     lp = FrameStats(frames=5, mean_count=50, mean_count_std=4, mae=10.0)
     lc = FrameStats(frames=5, mean_count=50, mean_count_std=4, mae=8.0)
     assert gate(PARENT, candidate(), labelled=(lp, lc), count_ratio_before_keep=0.3).accepted
+
+
+# -- with a scene model: the level comes from the camera's own evidence --------------------------
+
+from adapt.selfsup.gate import SceneStats  # noqa: E402
+
+SCENE_PARENT = SceneStats(empty_scene_count=12.0, background_count=9.0, moving_count=11.0, composite_mae=6.0, composites=40)
+
+
+def scene_candidate(**kw):
+    base = dict(empty_scene_count=0.2, background_count=0.3, moving_count=6.5, composite_mae=1.0, composites=40)
+    base.update(kw)
+    return SceneStats(**base)
+
+
+def test_with_a_scene_a_right_correction_of_an_overcount_is_accepted():
+    # 50 -> 7 people is far outside the paper-stages band, but the camera's own evidence backs it
+    r = gate(PARENT, candidate(mean_count=7.0, mean_count_std=4.5), scene=(SCENE_PARENT, scene_candidate()))
+    assert r.accepted, r.reasons
+
+
+def test_a_candidate_that_counts_people_on_the_empty_scene_is_refused():
+    r = gate(PARENT, candidate(mean_count=7.0), scene=(SCENE_PARENT, scene_candidate(empty_scene_count=3.0)))
+    assert not r.accepted and any("empty scene" in x for x in r.reasons)
+    r = gate(PARENT, candidate(mean_count=7.0), scene=(SCENE_PARENT, scene_candidate(background_count=2.0)))
+    assert not r.accepted and any("static background" in x for x in r.reasons)
+    # even when a few labelled frames decide, a model that counts the scene is never published
+    labelled = (FrameStats(8, 50.0, 1.0, mae=40.0), FrameStats(8, 7.0, 1.0, mae=1.0))
+    r = gate(PARENT, candidate(mean_count=7.0), labelled=labelled, scene=(SCENE_PARENT, scene_candidate(empty_scene_count=3.0)))
+    assert not r.accepted and r.decided_by == "labelled-mae"
+
+
+def test_with_a_scene_composites_and_the_moving_count_guard_a_collapse():
+    r = gate(PARENT, candidate(mean_count=0.5), scene=(SCENE_PARENT, scene_candidate(moving_count=0.2)))
+    assert not r.accepted and any("where people walk" in x for x in r.reasons)
+    r = gate(PARENT, candidate(mean_count=7.0), scene=(SCENE_PARENT, scene_candidate(composite_mae=7.0)))
+    assert not r.accepted and any("composites" in x for x in r.reasons)

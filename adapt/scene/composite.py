@@ -54,7 +54,8 @@ def walk_map(feet: np.ndarray, shape: tuple[int, int], stride: int, horizon: flo
         cx = np.clip((feet[:, 0] // stride).astype(int), 0, w - 1)
         cy = np.clip((feet[:, 1] // stride).astype(int), 0, h - 1)
         np.add.at(grid, (cy, cx), 1.0)
-        grid = cv2.GaussianBlur(grid, (0, 0), 1.5)
+        # square root: a spot where someone lingered must not take every composite's people
+        grid = cv2.GaussianBlur(np.sqrt(grid), (0, 0), 1.5)
     rows = (np.arange(h) + 0.5) * stride
     below = rows > horizon + 2 * stride
     if grid.sum() <= 0:

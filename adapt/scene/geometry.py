@@ -34,18 +34,27 @@ class PersonSizes:
         return len(self.feet_y)
 
 
-def person_blobs(fg: np.ndarray, min_height_frac: float = 0.04) -> PersonSizes:
-    """Single-person-like blobs of (T, H, W) foreground masks."""
+def blob_stats(fg: np.ndarray) -> list[np.ndarray]:
+    """Per frame, the (k, 5) [x, y, w, h, area] boxes of foreground objects after cleaning the masks."""
     T, H, W = fg.shape
     open_k = np.ones((3, 3), np.uint8)
     # tall closing: a person's head, torso and legs often separate where clothes match the background
     close_k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, H // 60) | 1, max(5, H // 20) | 1))
-    xs, ys, hs = [], [], []
+    out = []
     for m in fg:
         m = cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, open_k)
         m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, close_k)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
-        for x, y, w, h, area in stats[1:]:
+        _, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        out.append(stats[1:].astype(np.float64))
+    return out
+
+
+def person_blobs(blobs: list[np.ndarray], shape: tuple[int, int], min_height_frac: float = 0.04) -> PersonSizes:
+    """The blobs that look like one whole upright person: taller than wide, not cut by the frame."""
+    H, W = shape
+    xs, ys, hs = [], [], []
+    for stats in blobs:
+        for x, y, w, h, area in stats:
             if h < min_height_frac * H or y <= 1 or y + h >= H - 1 or x <= 1 or x + w >= W - 1:
                 continue  # too small or cut by the frame edge
             if not (2.0 <= h / max(w, 1) <= 3.6) or area < 0.3 * w * h:
@@ -54,6 +63,24 @@ def person_blobs(fg: np.ndarray, min_height_frac: float = 0.04) -> PersonSizes:
             ys.append(y + h - BLUR_GROWTH)
             hs.append(h - 2 * BLUR_GROWTH)
     return PersonSizes(np.asarray(xs, np.float64), np.asarray(ys, np.float64), np.asarray(hs, np.float64))
+
+
+def people_in_motion(blobs: list[np.ndarray], cam: Camera, min_share: float = 0.25) -> np.ndarray:
+    """(T,) rough people per frame from foreground area: each blob counts its area over one person's at its feet row.
+
+    A person's silhouette fills about 0.3 h x h. Blobs smaller than ``min_share`` of one person
+    (fragments, birds, flicker) count nothing. Rough by design: it sizes the composites' crowds.
+    """
+    out = np.zeros(len(blobs))
+    for t, stats in enumerate(blobs):
+        if not len(stats):
+            continue
+        feet = stats[:, 1] + stats[:, 3]
+        h = row_person_px(cam, feet)
+        one = 0.3 * h * h
+        share = np.where(np.isfinite(one) & (one > 4), stats[:, 4] / one, 0.0)
+        out[t] = float(share[share >= min_share].sum())
+    return out
 
 
 def size_line(sizes: PersonSizes, tol: float = 0.2, seed: int = 0) -> tuple[float, float, float] | None:

@@ -35,27 +35,6 @@ class PreparedScene:
         return self.model.summary() | {"folder": str(self.folder), "picture": str(self.folder / "scene.png")}
 
 
-def max_people(model: SceneModel, frames: np.ndarray) -> int:
-    """Most people a composite holds: twice what the foreground area of the busiest frames could hold, 5 to 300."""
-    from adapt.scene.background import foreground
-
-    if model.camera is None:
-        return 20
-    H, W = frames.shape[1:3]
-    rows = np.arange(H, dtype=np.float64)
-    height = row_person_px(model.camera, rows)
-    area = np.where(np.isfinite(height) & (height > 2), 0.35 * height**2, np.inf)  # a person's box is ~0.35 h wide
-    per_row_weight = 1.0 / area
-    estimates = []
-    for g, bg in enumerate(model.backgrounds):
-        sel = np.nonzero(model.group_of_frame == g)[0]
-        fg = foreground(frames[sel], bg.image, bg.threshold)
-        # foreground pixels on row y stand for 1/area(y) people (feet rows approximated by the pixel's row)
-        estimates += list((fg.sum(2) * per_row_weight[None]).sum(1))
-    p95 = float(np.quantile(estimates, 0.95)) if estimates else 10.0
-    return int(np.clip(round(2 * p95), 5, 300))
-
-
 def scene_picture(model: SceneModel, sample: np.ndarray | None) -> np.ndarray:
     """Empty scene | motion frequency | walk map with person-size ticks | sample composite, side by side (RGB)."""
     empty = model.backgrounds[0].image
@@ -66,10 +45,12 @@ def scene_picture(model: SceneModel, sample: np.ndarray | None) -> np.ndarray:
     walk = cv2.resize((walk * 255).astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST)
     walk = (0.5 * empty + 0.5 * cv2.applyColorMap(walk, cv2.COLORMAP_VIRIDIS)[..., ::-1]).astype(np.uint8)
     if model.camera is not None:
-        for y in np.linspace(H * 0.3, H - 1, 6):
+        # a 1.7 m person standing at a few places: the sizes composites are drawn at
+        for y in np.linspace(max(model.horizon, 0) + 0.15 * H, H - 1, 4):
             h = row_person_px(model.camera, np.array([y]))[0]
-            if np.isfinite(h) and h > 1:
-                cv2.line(walk, (W // 2, int(y)), (W // 2, int(y - h)), (255, 60, 60), max(1, W // 320))
+            for x in np.linspace(0.2 * W, 0.8 * W, 4):
+                if np.isfinite(h) and h > 1:
+                    cv2.line(walk, (int(x), int(y)), (int(x), int(y - h)), (255, 60, 60), max(1, W // 320))
     panels = [empty, freq, walk] + ([sample] if sample is not None else [])
     return np.concatenate(panels, 1)
 
@@ -85,7 +66,7 @@ def prepare_scene(paths: list[Path], folder: Path, max_side: int, n_composites: 
     for old in ("composites", "composites-held"):
         shutil.rmtree(folder / old, ignore_errors=True)
     if model.usable:
-        most = max_people(model, frames)
+        most = model.max_people
         empties = [b.image for b in model.backgrounds]
         n_held = max(1, n_composites // HELD_EVERY)
         comp_dir, held_dir = folder / "composites", folder / "composites-held"

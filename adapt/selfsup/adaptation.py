@@ -276,7 +276,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed,
-                                                               static=scene.model.motion.static if usable else None)
+                                                               scene=scene.model if usable else None)
     moved = None
     if cfg.keep_count and usable:
         # the composites carry exact labels on this camera: the level they teach is the camera's own evidence

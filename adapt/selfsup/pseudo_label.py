@@ -41,6 +41,8 @@ from adapt.data.images import BadImage, load_image
 from adapt.training.engine import loop_forever, make_optimizer
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
+from adapt.data.density import density_map
+from adapt.scene.model import SceneModel
 from adapt.scene.motion import static_on_grid
 
 RULES = ("balanced", "fraction", "threshold")
@@ -155,15 +157,17 @@ def select_confident(
 
 @torch.inference_mode()
 def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device, cfg: PseudoLabelConfig,
-                   static: np.ndarray | None = None) -> PseudoLabels:
+                   scene: SceneModel | None = None) -> PseudoLabels:
     """Ensemble mean and std for every frame; unreadable frames are dropped (the caller counts them).
 
-    ``static`` (the scene model's cells no object ever occupied) are labelled
-    empty and kept whatever the ensemble says: a confident cell on a window or
-    a sign is not a person.
+    With the camera's ``scene`` model two kinds of cell are labelled from the
+    scene, whatever the ensemble says: static cells (no object ever occupied
+    them) are empty, since a confident cell on a window or a sign is not a
+    person; and the cells of each whole single person moving through the frame
+    hold exactly that person's head.
     """
     model.eval()
-    kept_paths, means, stds, margins, valids = [], [], [], [], []
+    kept_paths, means, stds, margins, valids, known = [], [], [], [], [], []
     for path in progress(paths, "pseudo labels"):
         try:
             image, (h, w) = load_padded(path, cfg.max_side)
@@ -179,13 +183,37 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         stds.append(std)
         margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
+        if scene is not None:
+            known.append(scene_labels(scene, image[:h, :w], valid))
     keep = select_confident(means, stds, margins, valids, cfg)
-    if static is not None:
-        for mean, valid, k in zip(means, valids, keep):
-            zero = static_on_grid(static, valid)
-            mean[zero] = 0.0
-            k[zero] = True
+    for mean, k, (cells, density) in zip(means, keep, known):
+        mean[cells] = density[cells]
+        k[cells] = True
     return PseudoLabels(kept_paths, means, stds, margins, valids, keep)
+
+
+def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cells the scene model knows, their density): static cells empty, each moving person's cells with its head.
+
+    ``image`` is the frame at the density grid's scale (unpadded); a frame of
+    another size than the scene model's gets only its static cells.
+    """
+    cells = static_on_grid(scene.motion.static, valid)
+    density = np.zeros(valid.shape, np.float32)
+    if image.shape[:2] != scene.shape:
+        return cells, density
+    heads, sizes, boxes = scene.people_in_frame(image)
+    if not len(heads):
+        return cells, density
+    H, W = image.shape[:2]
+    grid = density_map(heads, (-(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE), sizes).density
+    rows, cols = grid.shape
+    density[:rows, :cols] = grid
+    for x, y, w, h in boxes:
+        c0, c1 = max(0, int(x // STRIDE) - 1), min(cols, int(-(-(x + w) // STRIDE)) + 1)
+        r0, r1 = max(0, int(y // STRIDE) - 1), min(rows, int(-(-(y + h) // STRIDE)) + 1)
+        cells[r0:r1, c0:c1] = True
+    return cells, density
 
 
 class PseudoLabelled(Dataset):
@@ -265,14 +293,14 @@ def finetune_round(
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
-                           static: np.ndarray | None = None) -> list[dict]:
-    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``static``: see predict_frames."""
+                           scene: SceneModel | None = None) -> list[dict]:
+    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``scene``: see predict_frames."""
     if cfg.real_batch % model.config.masks:
         raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
     rounds: list[dict] = []
     previous = None
     for r in range(cfg.rounds):
-        labels = predict_frames(model, frame_paths, device, cfg, static)
+        labels = predict_frames(model, frame_paths, device, cfg, scene)
         if not labels.paths:
             raise ValueError("no readable frames to pseudo-label")
         mean_count = labels.mean_count()
