@@ -360,19 +360,6 @@ def test_defaults_deep_merge_into_every_camera(tmp_path: Path) -> None:
     assert info.value.path == "defaults.buffer.max_frames"
 
 
-def test_camera_buffer_settings_match_the_adapter_buffer(tmp_path: Path) -> None:
-    from dataclasses import fields
-
-    from adapt.store.buffer import BufferConfig
-    from crowdwatch.config import BufferSettings
-    from streamer.infer import buffer_config
-
-    assert set(BufferSettings.model_fields) == {f.name for f in fields(BufferConfig)}
-    assert buffer_config(BufferSettings()) == BufferConfig()
-    cam = parse(base(), tmp_path).cameras["lobby"]
-    assert isinstance(buffer_config(cam.buffer), BufferConfig)
-
-
 def test_config_schema_is_json_with_described_camera_fields(capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
