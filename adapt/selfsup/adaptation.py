@@ -91,6 +91,11 @@ class AdaptConfig:
     composites: int = 300                # composites rendered per run (a fifth held out for the gate)
 
 
+def _jsonable(value: object) -> object:
+    """The report's copy of the run config: settings models as tables, anything else (paths) as text."""
+    return value.model_dump() if isinstance(value, BufferSettings) else str(value)
+
+
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
     """Frame paths from a folder, a video (decoded into the camera's buffer) or the buffer."""
     from adapt.data.datasets import list_images
@@ -261,7 +266,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
         "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "config": json.loads(json.dumps(asdict(cfg), default=_jsonable)),
     }
     usable = scene is not None and scene.model.usable
     if scene is not None:
