@@ -24,7 +24,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from adapt.store.names import validate_camera_name
+from crowdwatch.config.names import validate_camera_name
 
 from .crowd_metrics import FrameMetrics
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from crowdwatch.config import BufferSettings, Config, load_stage_config
+from crowdwatch.config import Config, load_stage_config
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
@@ -41,13 +41,6 @@ from streamer.wire import (
 )
 
 log = logging.getLogger("crowdwatch.infer")
-
-
-def buffer_config(settings: BufferSettings):
-    """A camera's [buffer] settings as the adapter buffer's own BufferConfig (the streamer/adapt boundary)."""
-    from adapt.store.buffer import BufferConfig
-
-    return BufferConfig(**settings.model_dump())
 
 
 STAGE = "infer"
@@ -216,7 +209,7 @@ class InferStage:
     def _open_buffers(self) -> dict:
         from adapt.store.buffer import FrameBuffer
 
-        return {name: FrameBuffer(self.config.paths.var / "buffer", name, buffer_config(cam.buffer)) for name, cam in self.config.cameras.items()}
+        return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
         self.metrics.drop(STAGE, reason, camera)

@@ -7,7 +7,9 @@ device), as ``crowdwatch adapt`` subprocesses, so a crash or a leak in
 training never reaches the online stages.
 
 Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``
-(``adapt/store/runs.py``); the inference stage reads these files to export the adaptation metrics from the
+(``adapt/store/runs.py``): by the job itself (``crowdwatch adapt --record``), or
+here when the buffer is too small to start one or the job died before it could
+record; the inference stage reads these files to export the adaptation metrics from the
 same /metrics endpoint as everything else.
 """
 
@@ -20,9 +22,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from adapt.store.runs import append_run, read_runs
 
@@ -118,6 +120,7 @@ class Scheduler:
         """Run one job to completion; returns the result label."""
         now = self.clock()
         sched = self.cameras[camera]
+        child_recorded = False
         if self.buffer_frames(camera) < MIN_BUFFER_FRAMES:
             result, detail = "skipped", f"buffer has fewer than {MIN_BUFFER_FRAMES} frames"
         else:
@@ -125,6 +128,7 @@ class Scheduler:
             report.parent.mkdir(parents=True, exist_ok=True)
             argv = self.command(camera, report)
             log.info("%s: adapting (%s): %s", camera, reason, " ".join(argv))
+            recorded = len(read_runs(self.var, camera))
             with self._lock:
                 self.running = camera
                 # lowest CPU priority: the online stages come first
@@ -135,7 +139,12 @@ class Scheduler:
                 self.running, self._proc = None, None
             result = RESULTS.get(code, "failed")
             detail = err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {code}"
-        append_run(self.var, camera, {"time": now, "result": result, "reason": reason, "detail": detail[:500]})
+            runs = read_runs(self.var, camera)
+            child_recorded = len(runs) > recorded  # `crowdwatch adapt --record` wrote the run itself
+            if child_recorded:
+                result = str(runs[-1]["result"])
+        if not child_recorded:  # skipped here, or the job died before it could record
+            append_run(self.var, camera, {"time": now, "result": result, "reason": reason, "detail": detail[:500]})
         sched.last_run = now
         if sched.watch is not None:
             sched.watch.reset(now)
@@ -156,12 +165,12 @@ class Scheduler:
                 self._proc.terminate()
 
 
-def adapt_command(registry: Path, buffer_root: Path, extra: Callable[[str], list[str]] = lambda camera: []) -> Callable[[str, Path], list[str]]:
-    """argv of one ``crowdwatch adapt`` run; ``extra`` adds a camera's own options (labels, gate)."""
+def adapt_command(config: Path, var: Path) -> Callable[[str, Path], list[str]]:
+    """argv of one ``crowdwatch adapt`` run: the camera's settings, registry and buffer all come from ``config``."""
+    config, var = Path(config).resolve(), Path(var).resolve()
+
     def argv(camera: str, report: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "streamer.cli", "adapt", "--camera", camera, "--json", str(report),
-            "--models", str(registry), "--buffer", str(buffer_root), *extra(camera),
-        ]
+        return [sys.executable, "-m", "streamer.cli", "adapt", "--config", str(config), "--camera", camera,
+                "--json", str(report), "--record", str(var)]
 
     return argv

@@ -117,7 +117,7 @@ def scrape_uncertainty(url: str) -> dict[str, float]:
     return out
 
 
-def build_scheduler(config: Config):
+def build_scheduler(config: Config, config_path: Path):
     from adapt.store.buffer import FrameBuffer
     from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, adapt_command
 
@@ -142,14 +142,14 @@ def build_scheduler(config: Config):
 
     buffer_root = config.paths.var / "buffer"
     return Scheduler(
-        scheds, config.paths.var, adapt_command(Path(config.model.registry), buffer_root, lambda cam: config.cameras[cam].adapt.command_args()),
-        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam).frames()), uncertainty=uncertainty,
+        scheds, config.paths.var, adapt_command(config_path, config.paths.var),
+        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam, config.cameras[cam].buffer).frames()), uncertainty=uncertainty,
     )
 
 
 def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
     children = build_children(config, config_path, config.paths.var / "log")
-    scheduler = build_scheduler(config) if with_scheduler else None
+    scheduler = build_scheduler(config, config_path) if with_scheduler else None
     sched_thread = None
     if scheduler is not None and scheduler.cameras:
         sched_thread = threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True)

@@ -44,8 +44,7 @@ from urllib.parse import urlsplit
 import zmq
 from prometheus_client.exposition import choose_encoder
 
-from adapt.store.names import InvalidCameraName, validate_camera_name
-from crowdwatch.config import CameraConfig, Config, load_stage_config
+from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stage_config, validate_camera_name
 
 from . import overlay
 from .exporter import Metrics

@@ -45,7 +45,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from adapt.store.names import CAMERA_NAME_RE
+from crowdwatch.config.names import CAMERA_NAME_RE
 
 SCHEMA_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024

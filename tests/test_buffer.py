@@ -13,8 +13,9 @@ import pytest
 
 import adapt.store.buffer as buffer_mod
 from adapt.data.images import load_image
-from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, thumbnail, thumb_distance
+from adapt.store.buffer import SKIP_REASONS, FrameBuffer, frame_name, thumb_distance, thumbnail
 from adapt.store.names import InvalidCameraName
+from crowdwatch.config import BufferSettings
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S  # a plausible epoch time in ns
@@ -45,10 +46,12 @@ def scene(seed: int, people: int = 6, noise: float = 0.0, noise_seed: int = 0, h
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def cfg(**kw) -> BufferConfig:
+def cfg(**kw) -> BufferSettings:
     base = dict(min_interval_s=0.0, min_free_bytes=0)
     base.update(kw)
-    return BufferConfig(**base)
+    # the byte limit is tested on frames of a few kB, under the 1 MiB floor of [buffer] max_bytes
+    small = {"max_bytes": base.pop("max_bytes")} if base.get("max_bytes", 1024**2) < 1024**2 else {}
+    return BufferSettings(**base).model_copy(update=small)
 
 
 def make_buffer(tmp_path: Path, camera: str = "cam1", clock: Clock | None = None, **kw) -> FrameBuffer:
@@ -96,7 +99,7 @@ def test_dedup_threshold_separates_noise_from_motion():
     noise = [thumb_distance(a, b), thumb_distance(thumbnail(jpeg), thumbnail(still))]
     # the same ten people somewhere else
     moved = thumb_distance(thumbnail(scene(6, people=10, **hw)), thumbnail(still))
-    threshold = BufferConfig().dedup_threshold
+    threshold = BufferSettings().dedup_threshold
     assert max(noise) < threshold < moved
 
 
@@ -375,11 +378,11 @@ def test_concurrent_reader_never_sees_a_partial_frame(tmp_path):
 
 def test_config_is_validated():
     with pytest.raises(ValueError, match="max_frames"):
-        BufferConfig(max_frames=0)
+        BufferSettings(max_frames=0)
     with pytest.raises(ValueError, match="jpeg_quality"):
-        BufferConfig(jpeg_quality=101)
+        BufferSettings(jpeg_quality=101)
     with pytest.raises(ValueError, match="retention_days"):
-        BufferConfig(retention_days=0)
+        BufferSettings(retention_days=0)
 
 
 # ------------------------------------------------------------------- imports

@@ -272,7 +272,8 @@ def test_config_is_immutable(tmp_path: Path) -> None:
 
 def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     data = base()
-    from adapt.commands.adapt import build_parser
+    from adapt.commands.adapt import build_config, build_parser
+    from adapt.selfsup.adaptation import AdaptConfig
     from adapt.selfsup.gate import GateConfig
 
     gate = {"per_person_uncertainty": True, "min_count_ratio": 0.4, "max_count_ratio": 3}
@@ -280,16 +281,16 @@ def test_adaptation_gate_options_per_camera(tmp_path: Path) -> None:
     cfg = parse(data, tmp_path)
     lobby, yard = cfg.cameras["lobby"].adapt, cfg.cameras["yard"].adapt
     assert lobby.labels == tmp_path / "labels" / "lobby" and lobby.per_person_uncertainty and not lobby.keep_count
-    # what the scheduler passes is what `crowdwatch adapt` understands
-    args = build_parser().parse_args(["--camera", "lobby", *lobby.command_args()])
-    assert (args.labels, args.min_count_ratio, args.max_count_ratio, args.per_person_uncertainty, args.keep_count) == (tmp_path / "labels" / "lobby", 0.4, 3.0, True, False)
-    # a camera without overrides adds nothing, and the config's defaults are the gate's and adapt's
-    from adapt.selfsup.adaptation import AdaptConfig
-
-    assert yard.labels is None and yard.command_args() == [] and yard.keep_count == AdaptConfig.keep_count
-    assert build_parser().parse_args(["--camera", "yard"]).keep_count == AdaptConfig.keep_count
+    # what the camera's config says is what `crowdwatch adapt --camera lobby` runs with
+    run = build_config(build_parser().parse_args(["--camera", "lobby"]), cfg)
+    assert (run.labels, run.gate.min_count_ratio, run.gate.max_count_ratio, run.gate.per_person_uncertainty, run.keep_count) == (
+        tmp_path / "labels" / "lobby", 0.4, 3.0, True, False)
+    # a camera without overrides runs with the defaults, which the pipeline's dataclasses take from the config model
+    run = build_config(build_parser().parse_args(["--camera", "yard"]), cfg)
+    assert yard.labels is None and run.labels is None and yard.keep_count == run.keep_count == AdaptConfig.keep_count
     d = GateConfig()
     assert (yard.min_count_ratio, yard.max_count_ratio, yard.per_person_uncertainty) == (d.min_count_ratio, d.max_count_ratio, d.per_person_uncertainty)
+    assert run.gate == d
     for key, bad in (("per_person_uncertainty", "no"), ("min_count_ratio", 1.2), ("max_count_ratio", 0.9)):
         data["cameras"]["lobby"]["adapt"]["gate"] = {key: bad}
         with pytest.raises(ConfigError, match=f"cameras.lobby.adapt.gate.{key}"):
@@ -358,19 +359,6 @@ def test_defaults_deep_merge_into_every_camera(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse(data, tmp_path)
     assert info.value.path == "defaults.buffer.max_frames"
-
-
-def test_camera_buffer_settings_match_the_adapter_buffer(tmp_path: Path) -> None:
-    from dataclasses import fields
-
-    from adapt.store.buffer import BufferConfig
-    from crowdwatch.config import BufferSettings
-    from streamer.infer import buffer_config
-
-    assert set(BufferSettings.model_fields) == {f.name for f in fields(BufferConfig)}
-    assert buffer_config(BufferSettings()) == BufferConfig()
-    cam = parse(base(), tmp_path).cameras["lobby"]
-    assert isinstance(buffer_config(cam.buffer), BufferConfig)
 
 
 def test_config_schema_is_json_with_described_camera_fields(capsys: pytest.CaptureFixture[str]) -> None:

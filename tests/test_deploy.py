@@ -156,7 +156,7 @@ def command_flags(command: str) -> frozenset[str]:
 
 
 def test_command_flag_grep_sees_real_flags() -> None:
-    assert {"--camera", "--models", "--buffer", "--json"} <= command_flags("adapt")
+    assert {"--config", "--camera", "--models", "--buffer", "--json", "--record"} <= command_flags("adapt")
     assert {"--camera", "--config"} <= command_flags("ingest")
     assert "--config" in command_flags("infer")
     assert "--config" in command_flags("web")
@@ -219,7 +219,7 @@ def test_k8s_container_args() -> None:
             bad = [a for a in args[1:] if a.startswith("--") and a.split("=", 1)[0] not in command_flags(args[0])]
             assert not bad, f"{obj['metadata']['name']}/{c['name']}: {args[0]} has no {bad}"
             assert "/etc/crowdwatch/config.toml" in args, f"{obj['metadata']['name']}: no --config /etc/crowdwatch/config.toml"
-    assert {"infer", "ingest", "web"} <= seen
+    assert {"infer", "ingest", "web", "adapt"} <= seen
 
 
 # --------------------------------------------------------------------------- configs
@@ -330,14 +330,23 @@ def test_k8s_pods_run_as_non_root() -> None:
 
 
 def test_adapt_cronjob() -> None:
+    """The CronJob is the scheduler's command, with the config from the ConfigMap: no shell, no inline Python."""
     (cj,) = [o for o in k8s_objects() if o["kind"] == "CronJob"]
     assert cj["spec"]["concurrencyPolicy"] == "Forbid"
     (c,) = containers(cj)
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert {"/app/models", "/app/var"} <= mounts
-    script = c["args"][0]
-    assert re.search(r"crowdwatch adapt --camera \"\$CAMERA\" --models /app/models --buffer \"\$VAR/buffer\" --json ", script)
+    assert "command" not in c, "the image's entrypoint (crowdwatch) runs the job"
+    camera = cj["metadata"]["labels"]["crowdwatch.io/camera"]
+    assert c["args"] == ["adapt", "--config", "/etc/crowdwatch/config.toml", "--camera", camera, "--record", "/app/var"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert {"/etc/crowdwatch", "/app/models", "/app/var"} <= set(mounts)
+    volumes = {v["name"]: v for v in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts["/etc/crowdwatch"]]["configMap"]["name"] == "crowdwatch-config"
+    assert {"secretRef": {"name": "crowdwatch-cameras"}} in c.get("envFrom", []), "the config's ${VAR}s are expanded on load"
+    # the paths the job reads and writes are the mounted volumes
+    cfg = k8s_config()
+    assert camera in cfg.cameras
+    assert cfg.model.registry == Path("/app/models") and cfg.paths.var == Path("/app/var")
 
 
 def test_kustomize_builds() -> None:

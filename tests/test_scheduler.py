@@ -4,7 +4,7 @@ import sys
 from adapt.store.runs import append_run, read_runs, run_log_path
 from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, next_daily, next_due
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(*args):
@@ -78,14 +78,27 @@ def test_last_run_survives_a_restart_and_torn_lines_are_ignored(tmp_path):
     assert len(read_runs(tmp_path, "lobby")) == 1
 
 
-def test_adapt_command_carries_each_cameras_own_options(tmp_path):
+def test_a_job_that_records_its_own_run_is_recorded_once(tmp_path):
+    # `crowdwatch adapt --record VAR` appends the run itself; the scheduler must not add a second line
+    script = ("from adapt.store.runs import append_run; "
+              f"append_run({str(tmp_path)!r}, 'lobby', {{'time': 1.0, 'result': 'rejected', 'reason': 'command'}}); raise SystemExit(3)")
+    s, clock = make(tmp_path, script)
+    assert s.run_one("lobby", "schedule") == "rejected"
+    assert [r["result"] for r in read_runs(tmp_path, "lobby")] == ["rejected"]
+
+
+def test_adapt_command_is_one_command_on_the_config(tmp_path):
     from streamer.scheduler import adapt_command
 
-    extra = {"lobby": ["--labels", "/l", "--no-per-person-uncertainty"]}
-    argv = adapt_command(tmp_path / "models", tmp_path / "buffer", lambda cam: extra.get(cam, []))
-    assert argv("lobby", tmp_path / "r.json")[-3:] == ["--labels", "/l", "--no-per-person-uncertainty"]
-    assert argv("yard", tmp_path / "r.json")[-1] == str(tmp_path / "buffer")
-    # the adapt command accepts them: it fails on the missing frames, not on the options
+    config = tmp_path / "config.toml"
+    config.write_text('[paths]\nvar = "var"\n[model]\nregistry = "models"\n[cameras.lobby]\nurl = "synthetic://"\n'
+                      '[cameras.lobby.adapt]\nkeep_count = false\n')
+    var, report = tmp_path / "var", tmp_path / "r.json"
+    argv = adapt_command(config, var)("lobby", report)
+    assert argv[3:] == ["adapt", "--config", str(config), "--camera", "lobby", "--json", str(report), "--record", str(var)]
+    # the adapt command takes them: the registry is the config's (empty here), and the job records its failure itself
     from adapt.commands.adapt import main
 
-    assert main(["--camera", "lobby", "--frames", str(tmp_path / "nope"), "--no-per-person-uncertainty", "--models", str(tmp_path / "models")]) == 1
+    assert main(argv[4:]) == 1
+    (run,) = read_runs(var, "lobby")
+    assert run["result"] == "failed" and str(tmp_path / "models") in run["detail"]

@@ -11,10 +11,13 @@ from pathlib import Path
 
 from adapt.model.checkpoint import CheckpointError
 from adapt.selfsup.adaptation import AdaptConfig, AdaptError, TooFewFrames, adapt_camera
+from adapt.selfsup.flip_stage import FlipStageConfig
 from adapt.selfsup.gate import GateConfig
 from adapt.selfsup.pseudo_label import RULES, PseudoLabelConfig
+from adapt.selfsup.settings import adaptation_config
 from adapt.store.names import InvalidCameraName, validate_camera_name
 from adapt.store.registry import RegistryError
+from crowdwatch.config import CONFIG_HELP, Config, ConfigError, load_command_config
 
 
 def record(args, result: str, detail: str) -> None:
@@ -30,24 +33,26 @@ def record(args, result: str, detail: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch adapt", description="Adapt one camera's model to its own frames, without labels.")
-    p.add_argument("--camera", required=True)
-    p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP)
+    p.add_argument("--camera", required=True, help="a camera of the config: its [cameras.X.adapt] and [cameras.X.buffer] settings apply")
+    p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer); "
+                   "a camera the config does not name runs once on [defaults]")
     p.add_argument("--base", type=Path, help="parent checkpoint (default: the camera's current model, else base)")
     p.add_argument("--json", type=Path, help="write the report (stages, per-round statistics, verdict) here")
     p.add_argument("--stages", default="flip,pseudo", help="comma list from: flip, pseudo")
-    p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: var/synth-source, rendered once)")
-    p.add_argument("--labels", type=Path, help="optional JSON-points frames of this camera: MAE on them decides the gate")
-    gate_defaults = GateConfig()
-    p.add_argument("--min-count-ratio", type=float, default=gate_defaults.min_count_ratio,
-                   help="gate: the candidate's mean count over the parent's must be at least this (default: %(default)s)")
-    p.add_argument("--max-count-ratio", type=float, default=gate_defaults.max_count_ratio,
-                   help="gate: ... and at most this (default: %(default)s)")
-    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=gate_defaults.per_person_uncertainty,
-                   help="gate: the count std per counted person must drop too (default: off)")
+    p.add_argument("--synthetic", type=Path, default=None, help="labelled synthetic source set for L_s (default: <[paths] var>/synth-source, rendered once)")
+    p.add_argument("--labels", type=Path, help="JSON-points frames of this camera: MAE on them decides the gate (default: the camera's adapt.labels)")
+    g = GateConfig()
+    p.add_argument("--min-count-ratio", type=float, default=None,
+                   help=f"gate: the candidate's mean count over the parent's must be at least this (default: the camera's adapt.gate, {g.min_count_ratio})")
+    p.add_argument("--max-count-ratio", type=float, default=None,
+                   help=f"gate: ... and at most this (default: the camera's adapt.gate, {g.max_count_ratio})")
+    p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"gate: the count std per counted person must drop too (default: the camera's adapt.gate, {'on' if g.per_person_uncertainty else 'off'})")
     p.add_argument("--scene", action=argparse.BooleanOptionalAction, default=AdaptConfig.scene,
                    help="use the camera's scene model: composites on its empty scene, empty static cells, the empty-scene gate (default: on)")
-    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=AdaptConfig.keep_count,
-                   help="hold the parent's mean count on the training frames (default: on; docs/ADAPTATION.md)")
+    p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"hold the parent's mean count on the training frames (default: the camera's adapt.keep_count, {'on' if AdaptConfig.keep_count else 'off'}; docs/ADAPTATION.md)")
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
@@ -57,36 +62,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
-    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
+    p.add_argument("--models", type=Path, default=None, help="registry directory (default: [model] registry of the config, else models/)")
+    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: <[paths] var>/buffer of the config, else var/buffer)")
     p.add_argument("--no-publish", action="store_true", help="measure and validate only")
     p.add_argument("--record", type=Path, default=None, metavar="VAR",
-                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl (what the scheduler does; for cron jobs)")
+                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl, and without --json write the report beside it "
+                        "(what the scheduler and the CronJob do)")
     p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
     return p
+
+
+def build_config(args: argparse.Namespace, config: Config | None) -> AdaptConfig:
+    """The run's AdaptConfig: the camera's settings in ``config`` (adaptation_config), then the flags given."""
+    if config is not None and args.camera not in config.cameras and args.frames is None:
+        raise AdaptError(f"camera {args.camera!r} is not in {config.source}: add [cameras.{args.camera}], or give --frames for a one-off run")
+    pseudo = {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction,
+              "rule": args.pseudo_rule, "max_side": args.max_side}
+    return adaptation_config(
+        config, args.camera,
+        frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, publish=not args.no_publish,
+        save_candidate=args.save_candidate, stages=tuple(s for s in args.stages.split(",") if s), keep_count=args.keep_count,
+        scene=args.scene, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio,
+        per_person_uncertainty=args.per_person_uncertainty, max_side=args.max_side, max_frames=args.max_frames,
+        registry_root=args.models, buffer_root=args.buffer, synthetic=args.synthetic,
+        flip=FlipStageConfig() if args.flip_steps is None else replace(FlipStageConfig(), steps=args.flip_steps),
+        pseudo=replace(PseudoLabelConfig(), **{k: v for k, v in pseudo.items() if v is not None}),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = AdaptConfig(camera=args.camera, frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, registry_root=args.models, publish=not args.no_publish, save_candidate=args.save_candidate)
-        cfg.stages = tuple(s for s in args.stages.split(",") if s)
-        cfg.keep_count = args.keep_count
-        cfg.scene = args.scene
-        cfg.gate = replace(cfg.gate, per_person_uncertainty=args.per_person_uncertainty, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio)
-        if args.flip_steps is not None:
-            cfg.flip = replace(cfg.flip, steps=args.flip_steps)
-        pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction, "rule": args.pseudo_rule}.items() if v is not None}
-        if args.max_side is not None:
-            cfg.max_side = args.max_side
-            pl["max_side"] = args.max_side
-        cfg.pseudo = replace(cfg.pseudo, **pl)
-        if args.max_frames is not None:
-            cfg.max_frames = args.max_frames
-        if args.buffer is not None:
-            cfg.buffer_root = args.buffer
-        if args.synthetic is not None:
-            cfg.synthetic = args.synthetic
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch adapt: {exc}", file=sys.stderr)
+        record(args, "failed", str(exc))
+        return 2
+    try:
+        if args.json is None and args.record is not None:  # the report beside runs.jsonl, as the scheduler writes it
+            args.json = args.record / "adapt" / validate_camera_name(args.camera) / f"{int(time.time())}.json"
+        cfg = build_config(args, config)
+        if config is not None and args.camera not in config.cameras:
+            print(f"crowdwatch adapt: {args.camera} is not in {config.source}: a one-off run with its [defaults]", file=sys.stderr)
         report = adapt_camera(cfg)
     except (AdaptError, CheckpointError, RegistryError, InvalidCameraName, ValueError, FloatingPointError) as exc:
         print(f"crowdwatch adapt: {exc}; nothing was published", file=sys.stderr)

@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 
 from adapt.selfsup.calibration import calibrate_camera
+from adapt.store.locations import labels_dir, registry_root
+from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch calibrate", description="Fit one camera's count scale on a few labelled frames (crowdwatch label).")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP)
     p.add_argument("--camera", required=True)
-    p.add_argument("--labels", type=Path, default=None, help="JSON-points frames of this camera (default: labels/CAMERA, where crowdwatch label writes)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="JSON-points frames of this camera (default: where crowdwatch label writes: the camera's adapt.labels, "
+                        "else <[paths] labels>/CAMERA, labels/CAMERA without a config)")
     p.add_argument("--base", type=Path, default=None, help="model to calibrate (default: the camera's current model, else base)")
-    p.add_argument("--models", type=Path, default=None, help="registry directory (default: models/)")
+    p.add_argument("--models", type=Path, default=None, help="registry directory (default: [model] registry of the config, else models/)")
     p.add_argument("--max-side", type=int, default=1024)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="write the report (factor, per-frame counts, verdict) here")
@@ -24,16 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapt.model.checkpoint import CheckpointError
     from adapt.data.datasets import DatasetError
+    from adapt.model.checkpoint import CheckpointError
     from adapt.store.names import InvalidCameraName, validate_camera_name
     from adapt.store.registry import RegistryError
 
     args = build_parser().parse_args(argv)
     try:
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch calibrate: {exc}", file=sys.stderr)
+        return 2
+    try:
         camera = validate_camera_name(args.camera)  # before it becomes a path
-        labels = args.labels or Path("labels") / camera
-        report = calibrate_camera(camera, labels, args.models, args.base, args.max_side, args.device, publish=not args.no_publish)
+        labels = args.labels or labels_dir(config, camera)
+        models = args.models or registry_root(config)
+        report = calibrate_camera(camera, labels, models, args.base, args.max_side, args.device, publish=not args.no_publish)
     except (CheckpointError, DatasetError, RegistryError, InvalidCameraName, ValueError) as exc:
         print(f"crowdwatch calibrate: {exc}; nothing was published", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from adapt.model.checkpoint import CheckpointError
+from adapt.store.locations import registry_root
 from adapt.training.evaluate import evaluate_dataset
+from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapt.store.registry import RegistryError, default_base_checkpoint
 
     p = argparse.ArgumentParser(prog="crowdwatch eval", description="MAE and RMSE of counts on a labelled dataset.")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP + "; its [model] registry holds the base model")
     p.add_argument("--dataset", type=Path, required=True)
     p.add_argument("--format", choices=FORMATS, default="shanghaitech")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the shipped base model")
@@ -27,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
     try:
-        model_path = args.model or default_base_checkpoint()
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch eval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model_path = args.model or default_base_checkpoint(registry_root(config))
         s = evaluate_dataset(model_path, args.dataset, args.format, args.out, args.limit, args.max_side, args.device)
     except (CheckpointError, DatasetError, RegistryError) as exc:
         print(f"crowdwatch eval: {exc}", file=sys.stderr)

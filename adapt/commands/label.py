@@ -10,34 +10,42 @@ import sys
 from pathlib import Path
 
 from adapt.data.datasets import DatasetError
-from adapt.selfsup.adaptation import AdaptConfig, AdaptError, collect_frames
+from adapt.selfsup.adaptation import AdaptError, collect_frames
 from adapt.selfsup.labelling import LabelError, LabelSet, serve, spread
+from adapt.selfsup.settings import adaptation_config
+from adapt.store.locations import labels_dir
 from adapt.store.names import InvalidCameraName, validate_camera_name
+from crowdwatch.config import CONFIG_HELP, Config, ConfigError, load_command_config
 
 
-def source_frames(args) -> list[Path]:
-    cfg = AdaptConfig(camera=args.camera, frames=args.frames)
-    if args.buffer is not None:
-        cfg.buffer_root = args.buffer
-    return collect_frames(cfg)
+def source_frames(args, config: Config | None) -> list[Path]:
+    """The frames to pick from: --frames, else the camera's buffer (with its configured [buffer] settings)."""
+    return collect_frames(adaptation_config(config, args.camera, frames=args.frames, buffer_root=args.buffer))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch label", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP)
     p.add_argument("--camera", required=True)
     p.add_argument("--frames", type=Path, help="folder of images or a video file (default: the camera's buffer)")
-    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: var/buffer)")
-    p.add_argument("--out", type=Path, default=None, help="labelling folder (default: labels/CAMERA)")
+    p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: <[paths] var>/buffer of the config, else var/buffer)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="labelling folder (default: the camera's adapt.labels, else <[paths] labels>/CAMERA, labels/CAMERA without a config)")
     p.add_argument("--n", type=int, default=8, help="frames to label, spread over the source (default: 8)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090, help="0 picks a free port")
     args = p.parse_args(argv)
     try:
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch label: {exc}", file=sys.stderr)
+        return 2
+    try:
         camera = validate_camera_name(args.camera)
-        labels = LabelSet(args.out or Path("labels") / camera)
+        labels = LabelSet(args.out or labels_dir(config, camera))
         added = 0
         if len(labels.frames) < args.n:  # a second run goes on with the frames it has
-            new = [path for path in source_frames(args) if path.stem not in labels.frames]
+            new = [path for path in source_frames(args, config) if path.stem not in labels.frames]
             added = labels.add(spread(new, args.n - len(labels.frames)))
         if not labels.frames:
             raise LabelError("no frames to label")

@@ -6,13 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from adapt.store.locations import registry_root
 from adapt.store.names import InvalidCameraName
 from adapt.store.registry import Registry, RegistryError
+from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch models", description="List or roll back per-camera model versions.")
-    p.add_argument("--root", type=Path, default=None, help="registry directory (default: models/ or $CROWDWATCH_MODELS)")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP)
+    p.add_argument("--root", type=Path, default=None,
+                   help="registry directory (default: [model] registry of the config, else $CROWDWATCH_MODELS or models/)")
     sub = p.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="versions per camera; * marks the serving one")
     ls.add_argument("camera", nargs="?")
@@ -20,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("camera")
     rb.add_argument("--to", default=None)
     args = p.parse_args(argv)
-    reg = Registry(args.root)
+    try:
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch models: {exc}", file=sys.stderr)
+        return 2
+    reg = Registry(args.root or registry_root(config))
     try:
         if args.action == "list":
             for cam in [args.camera] if args.camera else reg.cameras():

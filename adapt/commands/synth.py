@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from adapt.synth.styles import STYLES
+from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
 
 PROG = "crowdwatch synth"
 
@@ -80,6 +81,7 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Render labelled synthetic crowd images (ShanghaiTech .mat and JSON points).")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP + "; checked, nothing in it changes a render")
     p.add_argument("--out", type=Path, help="output directory (must be empty unless --overwrite)")
     p.add_argument("--n", type=_non_negative, default=100, help="number of images (default 100)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; image i uses a seed derived from (seed, i)")
@@ -107,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
+    try:
+        load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     if args.out is None and args.contact_sheet is None:
         print(f"{PROG}: error: nothing to do: give --out DIR and/or --contact-sheet PNG", file=sys.stderr)
         return 2

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from adapt.model.checkpoint import CheckpointError
+from adapt.store.locations import registry_root
 from adapt.training.train import TrainConfig, load_recipe, train
+from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch train", description="Train the density network on labelled data.")
+    p.add_argument("--config", type=Path, default=None, metavar="PATH", help=CONFIG_HELP + "; --publish registers in its [model] registry")
     p.add_argument("--recipe", help="a named recipe (adapt/recipes/NAME.toml) or a TOML file; flags below override it")
     p.add_argument("--data", action="append", help="training dataset DIR[:format] (repeatable); formats: shanghaitech, ucf, gcc, json")
     p.add_argument("--val", help="validation dataset DIR[:format]")
@@ -27,7 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--publish", action="store_true", help="register the best checkpoint as the base model")
     args = p.parse_args(argv)
     try:
+        config = load_command_config(args.config)
+    except (ConfigError, OSError) as exc:
+        print(f"crowdwatch train: {exc}", file=sys.stderr)
+        return 2
+    try:
         cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
+        if cfg.registry is None and config is not None:
+            cfg.registry = str(registry_root(config))
         overrides = {
             "train": args.data, "val": args.val, "out": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "crop": args.crop, "workers": args.workers, "seed": args.seed, "device": args.device, "init": args.init,

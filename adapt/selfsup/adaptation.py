@@ -22,18 +22,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
-from adapt.training.engine import loop_forever, render_if_missing
-from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
-from adapt.store.names import validate_camera_name
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
-from adapt.selfsup.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
-from adapt.store.registry import Registry
+from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
 from adapt.selfsup.gate import GateConfig, frame_stats, gate, scene_stats
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
+from adapt.store.names import validate_camera_name
+from adapt.store.registry import Registry
+from adapt.training.engine import loop_forever, render_if_missing
+from crowdwatch.config.adaptation import AdaptConfig as AdaptSettings
+from crowdwatch.config.buffer import BufferSettings
 
 STAGES = ("flip", "pseudo")
 MIN_FRAMES = 8
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".h264", ".mpg"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
+_SETTINGS = AdaptSettings()  # [cameras.X.adapt]: the defaults of the settings a camera may change
 
 
 class AdaptError(RuntimeError):
@@ -46,6 +49,8 @@ class TooFewFrames(AdaptError):
 
 @dataclass
 class AdaptConfig:
+    """One run: built from a camera's config by ``adapt.selfsup.settings.adaptation_config``."""
+
     camera: str
     frames: Path | None = None           # folder or video; default: the camera's buffer
     base: Path | None = None             # parent checkpoint; default: camera's current, else base
@@ -59,9 +64,10 @@ class AdaptConfig:
     # gate refused every run; with four it fell and the gate published a better
     # model (docs/BENCHMARKS.md, "16 renders a step").
     synth_batch: int = 16
-    labels: Path | None = None           # optional JSON-points frames of this camera
+    labels: Path | None = _SETTINGS.labels  # optional JSON-points frames of this camera
     registry_root: Path | None = None
     buffer_root: Path = REPO_ROOT / "var" / "buffer"
+    buffer: BufferSettings = field(default_factory=BufferSettings)  # the camera's [buffer]: what importing a video may keep
     holdout_every: int = 5               # every k-th frame is held out for the gate
     max_frames: int = 400
     max_side: int = 1024
@@ -76,13 +82,18 @@ class AdaptConfig:
     # the stages refine where people are counted, not how many the camera sees in all.
     # The uncertainty says nothing about a camera-wide scale error, and on the real
     # target the stages moved it the wrong way (docs/ADAPTATION.md, "The count level").
-    keep_count: bool = True
+    keep_count: bool = _SETTINGS.keep_count
     # The camera's scene model (empty scene, motion, people's sizes): composites of its own
     # empty scene join L_s, static cells become empty pseudo labels, and the gate checks
     # the empty scene. Off, or when the frames cannot give one, the paper's stages run alone.
     scene: bool = True
     scene_root: Path = REPO_ROOT / "var" / "scene"
     composites: int = 300                # composites rendered per run (a fifth held out for the gate)
+
+
+def _jsonable(value: object) -> object:
+    """The report's copy of the run config: settings models as tables, anything else (paths) as text."""
+    return value.model_dump() if isinstance(value, BufferSettings) else str(value)
 
 
 def collect_frames(cfg: AdaptConfig) -> list[Path]:
@@ -97,7 +108,7 @@ def collect_frames(cfg: AdaptConfig) -> list[Path]:
     else:
         from adapt.store.buffer import FrameBuffer
 
-        buffer = FrameBuffer(cfg.buffer_root, cfg.camera)
+        buffer = FrameBuffer(cfg.buffer_root, cfg.camera, cfg.buffer)
         if src is not None:
             if src.suffix.lower() not in VIDEO_SUFFIXES:
                 raise AdaptError(f"--frames {src}: expected a folder of images or a video ({', '.join(sorted(VIDEO_SUFFIXES))})")
@@ -255,7 +266,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
         "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
-        "config": json.loads(json.dumps(asdict(cfg), default=str)),
+        "config": json.loads(json.dumps(asdict(cfg), default=_jsonable)),
     }
     usable = scene is not None and scene.model.usable
     if scene is not None:

@@ -28,19 +28,25 @@ import numpy as np
 import torch
 
 from adapt.data.crowd_dataset import readable_batches
-from adapt.selfsup.flip_stage import flip_accuracy
 from adapt.model.network import CrowdCounter
+from adapt.selfsup.flip_stage import flip_accuracy
 from adapt.training.engine import predict_counts
+from crowdwatch.config.adaptation import GateSettings
+
+# [cameras.X.adapt.gate]: the settings an operator may change, declared (with their defaults) in the config model
+_SETTINGS = GateSettings()
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_count_ratio: float = 0.67         # (candidate + 1) / (parent + 1), mean over held-out frames
-    max_count_ratio: float = 1.5
+    """The gate of one run; build it from a camera's settings with :meth:`from_settings`."""
+
+    min_count_ratio: float = _SETTINGS.min_count_ratio  # (candidate + 1) / (parent + 1), mean over held-out frames
+    max_count_ratio: float = _SETTINGS.max_count_ratio
     min_uncertainty_drop: float = 0.0     # relative; 0 means "any drop"; applies to both uncertainty tests
     min_flip_accuracy: float = 0.6        # also at least 2 binomial std above chance
     require_flip: bool = True             # False when the flip stage was not run
-    per_person_uncertainty: bool = False  # std / (count + 1) must drop too; see the module docstring
+    per_person_uncertainty: bool = _SETTINGS.per_person_uncertainty  # std / (count + 1) must drop too; see the module docstring
     # with a scene model: people allowed on static background, absolute plus a share of the frame's count
     max_background_people: float = 0.5
     max_background_share: float = 0.05
@@ -50,7 +56,13 @@ class GateConfig:
         if not 0.0 <= self.min_count_ratio <= 1.0 <= self.max_count_ratio:
             raise ValueError(f"gate count ratios must satisfy 0 <= min <= 1 <= max, got {self.min_count_ratio} and {self.max_count_ratio}")
 
-    def for_stages(self, stages) -> "GateConfig":
+    @classmethod
+    def from_settings(cls, settings: GateSettings, **overrides) -> GateConfig:
+        """The gate a camera's ``[adapt.gate]`` settings ask for; ``overrides`` (command-line flags) win."""
+        fields = {k: getattr(settings, k) for k in ("min_count_ratio", "max_count_ratio", "per_person_uncertainty")}
+        return cls(**(fields | overrides))
+
+    def for_stages(self, stages) -> GateConfig:
         """The flip head is only judged when the flip stage ran."""
         return self if "flip" in stages else replace(self, require_flip=False)
 

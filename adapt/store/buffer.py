@@ -31,9 +31,10 @@ import av
 import cv2
 import numpy as np
 
-from adapt.store.atomic import atomic_write
 from adapt.data.images import IMAGE_SUFFIXES, load_image, natural_key
+from adapt.store.atomic import atomic_write
 from adapt.store.names import validate_camera_name
+from crowdwatch.config.buffer import BufferSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,35 +53,6 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _FRAME_RE = re.compile(r"^(\d{20})\.jpg$")  # exactly what frame_name() writes
 _TMP_RE = re.compile(r"^\..+\.tmp$")
-
-
-@dataclass(frozen=True)
-class BufferConfig:
-    max_frames: int = 2000
-    max_bytes: int = 2 * 1024**3
-    min_interval_s: float = 30.0
-    # Mean absolute difference of 64x36 grayscale thumbnails, 0..255 scale, below
-    # which a frame is a duplicate of the last stored one. Static-scene noise sits
-    # well under it (JPEG q90 ~0.2, sensor noise sigma 15 ~1.3); people moving for
-    # 1 s in PETS S2L1 sit above it (5th percentile 2.5). Measured: docs/BUFFER.md.
-    dedup_threshold: float = 2.0
-    retention_days: float = 7.0
-    jpeg_quality: int = 90
-    min_free_bytes: int = 512 * 1024**2
-
-    def __post_init__(self) -> None:
-        checks = {
-            "max_frames": self.max_frames >= 1,
-            "max_bytes": self.max_bytes >= 1,
-            "min_interval_s": self.min_interval_s >= 0,
-            "dedup_threshold": self.dedup_threshold >= 0,
-            "retention_days": self.retention_days > 0,
-            "jpeg_quality": 1 <= self.jpeg_quality <= 100,
-            "min_free_bytes": self.min_free_bytes >= 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ValueError(f"BufferConfig.{key}: out of range, found {getattr(self, key)!r}")
 
 
 @dataclass
@@ -163,7 +135,7 @@ class FrameBuffer:
     vanish (eviction) before it is opened, which readers must tolerate.
     """
 
-    def __init__(self, root: Path, camera: str, config: BufferConfig = BufferConfig(), clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, camera: str, config: BufferSettings = BufferSettings(), clock: Callable[[], float] = time.time) -> None:
         self.camera = validate_camera_name(camera)  # before the name touches a path
         self.config = config
         self.dir = Path(root) / self.camera

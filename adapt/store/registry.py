@@ -174,8 +174,9 @@ class Registry:
         return out
 
 
-def default_base_checkpoint() -> Path:
-    return Registry().resolve(BASE).checkpoint
+def default_base_checkpoint(root: str | Path | None = None) -> Path:
+    """The base model's current checkpoint in the registry at ``root`` (default: :func:`default_root`)."""
+    return Registry(root).resolve(BASE).checkpoint
 
 
 def ensure_onnx(version: ModelVersion) -> Path:

@@ -57,6 +57,7 @@ class TrainConfig:
     # synthetic datasets to render first if absent (used by recipes)
     synth: list[dict] = field(default_factory=list)
     publish: bool = False                                # register as the base model when done
+    registry: str | None = None                          # where publish registers; default: $CROWDWATCH_MODELS, else models/
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -207,7 +208,7 @@ def train(cfg: TrainConfig) -> Path:
 def publish_base(checkpoint: Path, cfg: TrainConfig) -> None:
     from adapt.store.registry import BASE, Registry, new_version_name
 
-    reg = Registry()
+    reg = Registry(cfg.registry)
     version = new_version_name()
     ckpt = load_checkpoint(checkpoint)
     # re-save with the final version name so the checkpoint's meta matches its card

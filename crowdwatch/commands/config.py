@@ -30,9 +30,11 @@ def summary(config: Config) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch config", description="Check a configuration file or print its schema.")
+    p.add_argument("--config", type=Path, default=Path("config.toml"), help="the TOML file that check reads (default: config.toml)")
     sub = p.add_subparsers(dest="action", required=True)
     check = sub.add_parser("check", help="load and validate a config; one line per camera (exit 2 on an error)")
-    check.add_argument("--config", type=Path, default=Path("config.toml"), help="the TOML file (default: config.toml)")
+    # SUPPRESS: `crowdwatch config --config F check` keeps F (a subparser default would replace it)
+    check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the TOML file (default: config.toml)")
     sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
     return p
 

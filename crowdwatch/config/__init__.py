@@ -5,7 +5,7 @@ Layout (see the repo's config.toml for an annotated example)::
     [server]     metrics and web listeners (127.0.0.1 by default)      server.py
     [transport]  ZeroMQ endpoints, JPEG quality for tcp, hwm, CURVE    transport.py
     [model]      registry directory, backend, providers, batching     model.py
-    [paths]      var directory (buffers) and runtime directory        paths.py
+    [paths]      var (buffers), runtime and labels directories        paths.py
     [defaults]   any camera key but url; every camera starts from these
     [cameras.<name>]  per-camera overrides, deep-merged over [defaults]  camera.py,
                  adaptation.py ([cameras.X.adapt]), buffer.py ([cameras.X.buffer])
@@ -26,7 +26,17 @@ from .adaptation import AdaptConfig, GateSettings, UncertaintyTrigger
 from .buffer import BufferSettings
 from .camera import SOURCE_SCHEMES, Calibration, CameraConfig, CameraSettings, Thresholds, check_url, redact_url
 from .errors import ConfigError
-from .loader import deep_merge, expand_env, load_config, load_stage_config, merge_defaults, parse_config
+from .loader import (
+    CONFIG_HELP,
+    DEFAULT_CONFIG,
+    deep_merge,
+    expand_env,
+    load_command_config,
+    load_config,
+    load_stage_config,
+    merge_defaults,
+    parse_config,
+)
 from .model import BACKENDS, ModelConfig
 from .names import CAMERA_NAME_RE, ZONE_NAME_RE, InvalidCameraName, validate_camera_name
 from .paths import PathsConfig
@@ -38,6 +48,8 @@ from .units import parse_duration, parse_size
 __all__ = [
     "BACKENDS",
     "CAMERA_NAME_RE",
+    "CONFIG_HELP",
+    "DEFAULT_CONFIG",
     "MAX_IPC_PATH_BYTES",
     "SOURCE_SCHEMES",
     "ZONE_NAME_RE",
@@ -61,6 +73,7 @@ __all__ = [
     "deep_merge",
     "expand_env",
     "json_schema",
+    "load_command_config",
     "load_config",
     "load_stage_config",
     "merge_defaults",

@@ -1,9 +1,10 @@
 """[cameras.X.adapt]: when a camera adapts, and the settings `crowdwatch adapt` runs with.
 
 The gate and training options (``keep_count``, ``labels``, the gate's count
-ratios, ``per_person_uncertainty``) are declared here once; ``crowdwatch adapt``
-is to read them from the camera's config (phase 2). Until then the scheduler
-passes them as options (:meth:`AdaptConfig.command_args`).
+ratios, ``per_person_uncertainty``) are declared here once, with their
+defaults; ``crowdwatch adapt --config C --camera X`` reads them from the
+camera's config (``adapt.selfsup.settings.adaptation_config``), and the
+pipeline's own dataclasses take their defaults from these models.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class UncertaintyTrigger(Section):
 
 
 class GateSettings(Section):
-    """The label-free gate (adapt.selfsup.gate.GateConfig holds the same defaults; a test keeps them equal)."""
+    """The label-free gate (adapt.selfsup.gate.GateConfig takes its defaults from here)."""
 
     min_count_ratio: Number = Field(
         0.67, ge=0, le=1, description="lowest accepted ratio of the candidate's mean count over the parent's, on held-out frames"
@@ -75,7 +76,7 @@ class AdaptConfig(Section):
             return {**data, "interval": None}
         return data
 
-    # The gate's settings, flat, as the scheduler and `crowdwatch adapt` name them.
+    # The gate's settings, flat, as `crowdwatch adapt` names its flags.
     @property
     def min_count_ratio(self) -> float:
         return self.gate.min_count_ratio
@@ -87,17 +88,3 @@ class AdaptConfig(Section):
     @property
     def per_person_uncertainty(self) -> bool:
         return self.gate.per_person_uncertainty
-
-    def command_args(self) -> list[str]:
-        """The ``crowdwatch adapt`` options this camera's settings add (until adapt reads --config)."""
-        d, g = AdaptConfig(), GateSettings()
-        args = ["--labels", str(self.labels)] if self.labels is not None else []
-        if self.keep_count != d.keep_count:
-            args.append("--keep-count" if self.keep_count else "--no-keep-count")
-        if self.min_count_ratio != g.min_count_ratio:
-            args += ["--min-count-ratio", repr(self.min_count_ratio)]
-        if self.max_count_ratio != g.max_count_ratio:
-            args += ["--max-count-ratio", repr(self.max_count_ratio)]
-        if self.per_person_uncertainty != g.per_person_uncertainty:
-            args.append("--per-person-uncertainty" if self.per_person_uncertainty else "--no-per-person-uncertainty")
-        return args

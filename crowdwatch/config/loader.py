@@ -120,6 +120,20 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     return parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
 
 
+DEFAULT_CONFIG = Path("config.toml")
+CONFIG_HELP = "configuration file (default: config.toml; built-in defaults when there is none)"
+
+
+def load_command_config(path: str | os.PathLike[str] | None, *, environ: Mapping[str, str] | None = None) -> Config | None:
+    """What ``--config`` of a one-shot command names: ``path`` (which must exist), else ``config.toml``
+    in the current folder when there is one, else None: the command runs on built-in defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG.is_file():
+            return None
+        path = DEFAULT_CONFIG
+    return load_config(path, environ=environ)
+
+
 def load_stage_config(prog: str, path: Path, log_level: str = "INFO") -> Config | None:
     """What every long-running stage does first: set up logging, load the config.
 

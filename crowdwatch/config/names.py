@@ -1,7 +1,6 @@
 """Camera and zone names become paths and Prometheus labels, so they are validated once, here.
 
-``adapt/names.py`` holds a copy of this today; it is to re-export this module
-(phase 2), so that nothing else restates the rule.
+``adapt.store.names`` re-exports this module; nothing else restates the rule.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""[paths]: where buffers, logs and runtime files live."""
+"""[paths]: where buffers, logs, runtime files and labelled frames live."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from .names import validate_camera_name
 class PathsConfig(Section):
     var: ConfigPath = Field(Path("var"), validate_default=True, description="adapter buffers (<var>/buffer/<camera>), logs, adaptation runs")
     run: ConfigPath = Field(None, description="runtime files and ipc:// sockets; default <var>/run")  # type: ignore[assignment]
+    labels: ConfigPath = Field(
+        Path("labels"), validate_default=True,
+        description="crowdwatch label writes <labels>/<camera>, crowdwatch calibrate reads there (a camera's adapt.labels wins)",
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
