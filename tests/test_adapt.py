@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
 def tiny_config(root, **kw):
     cfg = AdaptConfig(
         camera="lobby", frames=root / "frames", synthetic=root / "synth", registry_root=root / "models",
-        buffer_root=root / "buffer", max_side=128, device="cpu", synth_crop=64,
+        buffer_root=root / "buffer", scene_root=root / "scene", max_side=128, device="cpu", synth_crop=64,
         flip=FlipStageConfig(steps=3), pseudo=PseudoLabelConfig(rounds=2, steps_per_round=2, crop=64, max_side=128),
     )
     return replace(cfg, **kw)
