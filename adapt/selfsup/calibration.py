@@ -5,7 +5,7 @@
 The self-supervised stages cannot see a camera-wide count scale: on
 ShanghaiTech B the base model overcounts by a fifth, evenly over confident
 and uncertain cells, so pseudo labels teach the overcount back
-(docs/BENCHMARKS.md, "Why pseudo labels cannot correct this overcount").
+(research/NOTEBOOK.md, "Why pseudo labels cannot correct this overcount").
 One number fixes most of it: the true over the predicted count summed over
 the frames that ``crowdwatch label`` made. It goes into the model's
 ``count_scale`` (network.ModelConfig), inside the exported graph, so every

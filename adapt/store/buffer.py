@@ -60,9 +60,8 @@ class BufferConfig:
     max_bytes: int = 2 * 1024**3
     min_interval_s: float = 30.0
     # Mean absolute difference of 64x36 grayscale thumbnails, 0..255 scale, below
-    # which a frame is a duplicate of the last stored one. Static-scene noise sits
-    # well under it (JPEG q90 ~0.2, sensor noise sigma 15 ~1.3); people moving for
-    # 1 s in PETS S2L1 sit above it (5th percentile 2.5). Measured: docs/BUFFER.md.
+    # which a frame is a duplicate of the last stored one: above static-scene noise,
+    # below people moving for 1 s (docs/BUFFER.md).
     dedup_threshold: float = 2.0
     retention_days: float = 7.0
     jpeg_quality: int = 90

@@ -1,6 +1,6 @@
 """How much do a few labelled frames fix? crowdwatch calibrate on N frames, measured on the rest.
 
-    python bench/calibration.py --labels DIR [--format shanghaitech] [--model PATH] [--n 8] [--subsets 10]
+    python -m research.calibration --labels DIR [--format shanghaitech] [--model PATH] [--n 8] [--subsets 10]
         [--max-side PX] [--out runs/bench-calibration]
 
 Each subset is N frames drawn at random (seeded) from a labelled dataset and

@@ -1,6 +1,6 @@
 """Which cells does the pseudo-label rule keep, and how much of the count do they hold?
 
-    python bench/pseudo_label_cells.py --frames DIR [--model PATH] [--max-side PX] [--n 40] [--rules balanced,fraction]
+    python -m research.pseudo_label_cells --frames DIR [--model PATH] [--max-side PX] [--n 40] [--rules balanced,fraction]
 
 Runs the ensemble on N frames spread over the folder, applies each
 pseudo-label rule (adapt.selfsup.pseudo_label.select_confident, keep_fraction 0.5)

@@ -1,6 +1,6 @@
 """Are the confident cells right? Pseudo labels against the truth, by uncertainty.
 
-    python bench/pseudo_label_quality.py --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--bins 5]
+    python -m research.pseudo_label_quality --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--bins 5]
 
 The pseudo-label stage trusts the cells whose ensemble spread is low. That
 only helps if those cells are nearer the truth than the rest. This runs the
