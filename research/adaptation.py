@@ -79,8 +79,8 @@ def main() -> None:
     overrides = parse_overrides(args.set)
 
     from adapt.selfsup.adaptation import AdaptConfig, adapt_camera
-    from adapt.training.evaluate import evaluate_dataset
     from adapt.store.registry import default_base_checkpoint
+    from adapt.training.evaluate import evaluate_dataset
     from research.stages import ResearchFlipConfig, ResearchPseudoConfig, install, research_config
 
     install()  # adapt_camera runs the stage loops that honour the research switches (research/stages.py)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import read_dataset
+from adapt.model.checkpoint import load_checkpoint
 from adapt.selfsup.pseudo_label import load_padded
 from adapt.store.registry import default_base_checkpoint
 from adapt.training.engine import predict_counts

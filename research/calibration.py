@@ -47,11 +47,11 @@ def main() -> None:
 
     import csv
 
-    from adapt.selfsup.calibration import calibrate_camera
     from adapt.data.datasets import read_dataset
+    from adapt.selfsup.calibration import calibrate_camera
+    from adapt.store.registry import Registry, default_base_checkpoint
     from adapt.training.evaluate import count_errors as errors
     from adapt.training.evaluate import evaluate_dataset
-    from adapt.store.registry import Registry, default_base_checkpoint
 
     model = args.model or default_base_checkpoint()
     args.out.mkdir(parents=True, exist_ok=True)

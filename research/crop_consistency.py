@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import list_images
+from adapt.model.checkpoint import load_checkpoint
 from adapt.model.network import STRIDE
 from adapt.selfsup.pseudo_label import load_padded
 from adapt.store.registry import default_base_checkpoint

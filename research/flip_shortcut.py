@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.crowd_dataset import FrameFolder, collate
 from adapt.data.datasets import list_images
-from adapt.selfsup.flip_stage import flip_accuracy
+from adapt.model.checkpoint import load_checkpoint
 from adapt.model.network import STRIDE
+from adapt.selfsup.flip_stage import flip_accuracy
 
 
 def main() -> None:

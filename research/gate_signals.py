@@ -29,15 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.selfsup.adaptation import split_holdout
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.crowd_dataset import CrowdDataset
 from adapt.data.datasets import list_images, read_dataset
 from adapt.data.images import load_image
-from adapt.training.evaluate import count_errors, run_eval
+from adapt.model.checkpoint import load_checkpoint
+from adapt.selfsup.adaptation import split_holdout
 from adapt.selfsup.pseudo_label import fit_and_pad
 from adapt.store.registry import default_base_checkpoint
 from adapt.training.engine import predict_counts
+from adapt.training.evaluate import count_errors, run_eval
 from research.adaptation import ADAPTED
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.selfsup.adaptation import split_holdout
 from adapt.data.datasets import list_images
+from adapt.selfsup.adaptation import split_holdout
 from adapt.training.evaluate import count_errors
 from research.count_errors import load
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.selfsup.adaptation import split_holdout
 from adapt.data.datasets import list_images
+from adapt.selfsup.adaptation import split_holdout
 from adapt.selfsup.gate import FrameStats, gate
 from research.count_errors import load
 from research.held_count import held_factor

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import list_images
+from adapt.model.checkpoint import load_checkpoint
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, predict_frames, select_confident
 from adapt.store.registry import default_base_checkpoint
 

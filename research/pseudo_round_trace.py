@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.selfsup.adaptation import AdaptConfig, collect_frames, split_holdout, synthetic_batches
 from adapt.model.checkpoint import load_checkpoint
-from adapt.training.engine import loop_forever
 from adapt.model.network import training_mode
+from adapt.selfsup.adaptation import AdaptConfig, collect_frames, split_holdout, synthetic_batches
 from adapt.selfsup.pseudo_label import PseudoLabelled, load_padded, predict_frames
+from adapt.training.engine import loop_forever
 from research.adaptation import parse_overrides
 from research.stages import ResearchPseudoConfig, finetune_round
 

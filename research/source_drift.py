@@ -68,8 +68,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/source-drift"))
     args = p.parse_args()
 
-    from adapt.selfsup.adaptation import AdaptConfig, ensure_synthetic, synthetic_batches
     from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+    from adapt.selfsup.adaptation import AdaptConfig, ensure_synthetic, synthetic_batches
     from adapt.store.registry import default_base_checkpoint
     from adapt.training.engine import seed_everything, select_device
     from research.adaptation import parse_overrides

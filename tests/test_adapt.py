@@ -10,12 +10,12 @@ import scipy.io
 import torch
 
 from adapt.commands.adapt import main
-from adapt.selfsup.adaptation import AdaptConfig, AdaptError, adapt_camera
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
+from adapt.selfsup.adaptation import AdaptConfig, AdaptError, adapt_camera
 from adapt.selfsup.flip_stage import FlipStageConfig, flip_batch
+from adapt.selfsup.gate import GateConfig
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, select_confident
 from adapt.store.registry import BASE, Registry
-from adapt.selfsup.gate import GateConfig
 from tests.test_network import perturbed_model
 
 
@@ -186,12 +186,13 @@ def test_parameter_ema_ends_on_the_average_and_is_off_at_zero():
 
 
 def test_flip_stage_keeps_batchnorm_statistics_and_fits_a_banded_head(setup):
-    from adapt.data.crowd_dataset import AugmentConfig, FrameFolder, collate
-    from adapt.selfsup.adaptation import synthetic_batches
-    from adapt.training.engine import loop_forever
-    from adapt.selfsup.flip_stage import run_flip_stage
-    from adapt.model.network import ModelConfig
     from torch.utils.data import DataLoader
+
+    from adapt.data.crowd_dataset import AugmentConfig, FrameFolder, collate
+    from adapt.model.network import ModelConfig
+    from adapt.selfsup.adaptation import synthetic_batches
+    from adapt.selfsup.flip_stage import run_flip_stage
+    from adapt.training.engine import loop_forever
 
     model = perturbed_model(ModelConfig(flip_rows=1))
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -352,10 +353,11 @@ def test_source_renders_of_an_older_renderer_are_rendered_again(tmp_path):
 def test_keep_count_holds_the_parents_mean_count_on_the_training_frames(setup):
     import copy
 
-    from adapt.selfsup.adaptation import keep_parent_count
-    from adapt.data.crowd_dataset import FrameFolder, collate
-    from adapt.selfsup.gate import frame_stats
     from torch.utils.data import DataLoader
+
+    from adapt.data.crowd_dataset import FrameFolder, collate
+    from adapt.selfsup.adaptation import keep_parent_count
+    from adapt.selfsup.gate import frame_stats
 
     parent = perturbed_model()
     model = copy.deepcopy(parent)

@@ -13,7 +13,7 @@ import pytest
 
 import adapt.store.buffer as buffer_mod
 from adapt.data.images import load_image
-from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, thumbnail, thumb_distance
+from adapt.store.buffer import SKIP_REASONS, BufferConfig, FrameBuffer, frame_name, thumb_distance, thumbnail
 from adapt.store.names import InvalidCameraName
 
 S = 1_000_000_000

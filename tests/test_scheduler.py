@@ -4,7 +4,7 @@ import sys
 from adapt.store.runs import append_run, read_runs, run_log_path
 from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, next_daily, next_due
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def ts(*args):

@@ -19,16 +19,16 @@ with another head (the base model's is untrained) gets a fresh one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from adapt.training.progress import progress
 
 from adapt.data.crowd_dataset import readable_batches
 from adapt.model.network import CrowdCounter, training_mode
 from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, make_optimizer, optimizer_step
+from adapt.training.progress import progress
 
 
 @dataclass(frozen=True)

@@ -25,22 +25,21 @@ every pseudo-label round moves the count").
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from adapt.training.progress import progress
 
 from adapt.data.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
 from adapt.data.images import BadImage, load_image
-from adapt.training.engine import loop_forever, make_optimizer
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
-from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, optimizer_step
 from adapt.scene.motion import static_on_grid
+from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, loop_forever, make_optimizer, optimizer_step
+from adapt.training.progress import progress
 
 RULES = ("balanced", "fraction")
 

@@ -31,8 +31,8 @@ import av
 import cv2
 import numpy as np
 
-from adapt.store.atomic import atomic_write
 from adapt.data.images import IMAGE_SUFFIXES, load_image, natural_key
+from adapt.store.atomic import atomic_write
 from adapt.store.names import validate_camera_name
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Generator, Iterator, Protocol
+from collections.abc import Generator, Iterator
+from typing import Any, Protocol
 
 import av
 import numpy as np
