@@ -38,9 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings, as the other bench scripts do
 from peers import HogParams, constant_prediction, cpu_name, hog_count, people_detector, score  # noqa: E402
 
-from adapt.model.checkpoint import CheckpointError, load_model  # noqa: E402
 from adapt.data.datasets import FORMATS, read_dataset  # noqa: E402
 from adapt.data.images import BadImage, DatasetError, load_image  # noqa: E402
+from adapt.model.checkpoint import CheckpointError, load_model  # noqa: E402
 
 METHODS = ("model", "hog", "mean", "median")
 

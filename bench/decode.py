@@ -3,7 +3,7 @@ full decoding, and the two ways to turn a decoded frame into the model's RGB inp
 
     python bench/decode.py                       # vtest.avi if present, else a generated 720p clip
     python bench/decode.py --media generated     # always the generated 720p clip
-    python bench/decode.py [--media generated] [--write docs/BENCHMARKS.md]
+    python bench/decode.py [--media generated] [--write FILE.md]   # appends the table and this command line
 
 Every number printed is measured in this run: decode-only on both sides (ffmpeg
 ``-f null -`` with only the video stream mapped; PyAV demux + decode of the video

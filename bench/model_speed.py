@@ -71,10 +71,10 @@ def main() -> None:
 
             variants = {
                 # every frame through one mask: the cost of one plain network pass
-                "torch single pass": lambda: (model.head(model.trunk(x)[0] * mask0), sync()),
-                "torch ensemble (ours)": lambda: (model(x), sync()),
-                "torch naive ensemble": lambda: (model.naive_ensemble(x), sync()),
-                "onnxruntime ensemble": lambda: session.run(None, {"image": x_np}),
+                "torch single pass": lambda x=x, mask0=mask0: (model.head(model.trunk(x)[0] * mask0), sync()),
+                "torch ensemble (ours)": lambda x=x: (model(x), sync()),
+                "torch naive ensemble": lambda x=x: (model.naive_ensemble(x), sync()),
+                "onnxruntime ensemble": lambda x_np=x_np: session.run(None, {"image": x_np}),
             }
             with torch.inference_mode():
                 for fn in variants.values():

@@ -244,7 +244,7 @@ def draw_header(
 
 def _draw_zones(img: np.ndarray, zones: Mapping[str, Sequence[tuple[float, float]]],
                 counts: Mapping[str, float], geo: Geometry) -> None:  # fmt: skip
-    for name, points in zones.items():
+    for points in zones.values():
         poly = zone_points(points, geo)
         cv2.polylines(img, [poly], True, ZONE_SHADOW, 4, cv2.LINE_AA)
         cv2.polylines(img, [poly], True, ZONE_LINE, 2, cv2.LINE_AA)

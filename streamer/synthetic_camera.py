@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np

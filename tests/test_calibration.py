@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from adapt.commands.calibrate import main
-from adapt.selfsup.calibration import CalibrationConfig, calibrate_camera, fit_scale, judge, leave_one_out_mae
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
 from adapt.model.network import ModelConfig
+from adapt.selfsup.calibration import CalibrationConfig, calibrate_camera, fit_scale, judge, leave_one_out_mae
 from adapt.store.registry import BASE, Registry
 from adapt.training.engine import predict_counts
 from tests.test_network import perturbed_model

@@ -9,19 +9,13 @@ import pytest
 import scipy.io
 
 from adapt.data.datasets import (
-
     FORMATS,
-
     Annotation,
-
     DatasetError,
-
     read_dataset,
-
 )
-
-from adapt.data.images import BadImage, load_image, natural_key
 from adapt.data.density import density_map
+from adapt.data.images import BadImage, load_image, natural_key
 
 # --------------------------------------------------------------------------- fixture writers
 

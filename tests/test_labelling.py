@@ -19,11 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from test_web import wait_for
 
-from adapt.data.datasets import read_dataset
 from adapt.commands.label import main
+from adapt.data.datasets import read_dataset
 from adapt.selfsup.labelling import LabelError, LabelSet, serve, spread
 
 

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # Mean |estimate - truth| must stay within REL_TOLERANCE * truth + ABS_TOLERANCE.
 # Measured with the shipped synthetic-only model on these 320x256 streams: it
 # overcounts by about 40% (52 vs 38, 21 vs 15), mostly people cut off at the
-# frame edges, which the truth does not count; see docs/BENCHMARKS.md.
+# frame edges, which the truth does not count; see research/NOTEBOOK.md.
 REL_TOLERANCE = 0.5
 ABS_TOLERANCE = 5.0
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from adapt.model.checkpoint import save_checkpoint
-from adapt.store.names import InvalidCameraName
 from adapt.model.network import CrowdCounter, ModelConfig
+from adapt.store.names import InvalidCameraName
 from adapt.store.registry import BASE, Registry, RegistryError, ensure_onnx
 
 

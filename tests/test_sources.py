@@ -29,8 +29,8 @@ from streamer.sources import (
 )
 from streamer.sources.backoff import Backoff
 from streamer.sources.sampling import FpsSampler
-from streamer.sources.timestamps import BestEffortPts, StreamTime
 from streamer.sources.testclip import Clip, pattern, write_clip
+from streamer.sources.timestamps import BestEffortPts, StreamTime
 from streamer.sources.watchdog import Stalled, StallWatchdog
 
 # ---- helpers ---------------------------------------------------------------------------

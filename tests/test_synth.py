@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from adapt.synth import (STYLES, Camera, build_scene, make_person, render, render_sample, sample_camera, sample_crowd,
-                         sample_scene, walk)
 from adapt.commands.synth import main as synth_main
+from adapt.synth import STYLES, Camera, build_scene, make_person, render, render_sample, sample_camera, sample_crowd, sample_scene, walk
 from adapt.synth.crowd import view_flags
 from adapt.synth.writers import image_seed, read_shanghaitech_mat, write_dataset, write_shanghaitech_mat
 

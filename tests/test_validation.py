@@ -43,7 +43,7 @@ def test_the_optional_per_person_test_refuses_std_that_only_follows_counts():
     assert not r.accepted and len(r.reasons) == 1 and "per counted person" in r.reasons[0]
     # the same std drop with counts held is a real gain
     assert gate(PARENT, candidate(mean_count=50.0, mean_count_std=3.0), strict).accepted
-    # off by default: it refused right corrections of an overcount (docs/BENCHMARKS.md)
+    # off by default: it refused right corrections of an overcount (research/NOTEBOOK.md)
     assert gate(PARENT, candidate(mean_count=35.0, mean_count_std=3.0)).accepted
 
 

@@ -41,9 +41,8 @@ import torch
 from torch.utils.data import Dataset
 
 from adapt.data.datasets import Annotation, DatasetError, list_images
-
-from adapt.data.images import BadImage, load_image
 from adapt.data.density import STRIDE, density_map, kernel_sigmas
+from adapt.data.images import BadImage, load_image
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from adapt.store.atomic import atomic_write
 from adapt.model.network import CrowdCounter, ModelConfig
+from adapt.store.atomic import atomic_write
 
 FORMAT = "crowdwatch-checkpoint/1"
 

@@ -70,7 +70,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         return dataclass_from_dict(cls, data, "model config")
 
 
@@ -275,9 +275,8 @@ def training_mode(model: nn.Module, freeze_bn: bool) -> nn.Module:
     """``model.train()``; with ``freeze_bn`` every BatchNorm layer stays in eval mode (its affine weights still learn).
 
     Adaptation batches are small and real-only in places, so training-mode BN
-    would drag the running statistics to the target. That alone moves counts
-    more than anything the stages learn (bench/bn_stats.py: target statistics
-    halve the count on night IR and double it on ShanghaiTech B).
+    would drag the running statistics to the target, which alone moves counts
+    more than anything the stages learn (research/NOTEBOOK.md, research/bn_stats.py).
     """
     model.train()
     if freeze_bn:

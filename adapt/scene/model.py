@@ -122,7 +122,7 @@ class SceneModel:
         (folder / "scene.json").write_text(json.dumps(meta, indent=1))
 
     @classmethod
-    def load(cls, folder: Path) -> "SceneModel":
+    def load(cls, folder: Path) -> SceneModel:
         meta = json.loads((folder / "scene.json").read_text())
         with np.load(folder / "scene.npz") as z:
             k = meta["empty_scenes"]
@@ -220,8 +220,8 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES) -> Scene
 
 def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> np.ndarray:
     """Up to ``max_frames`` frames spread over ``paths``, fitted into ``max_side``; all must share one size."""
-    from adapt.data.images import load_image
     from adapt.data.crowd_dataset import fit_max_side
+    from adapt.data.images import load_image
 
     step = max(1, len(paths) / max_frames) if len(paths) > max_frames else 1
     pick = [paths[int(i * step)] for i in range(min(len(paths), max_frames))]

@@ -62,7 +62,7 @@ class AdaptConfig:
     # from batch / masks renders a step. With one per mask the count wandered with
     # the seed; with two the count std across masks rose on ShanghaiTech B and the
     # gate refused every run; with four it fell and the gate published a better
-    # model (docs/BENCHMARKS.md, "16 renders a step").
+    # model (research/NOTEBOOK.md, "16 renders a step").
     synth_batch: int = 16
     labels: Path | None = _SETTINGS.labels  # optional JSON-points frames of this camera
     registry_root: Path | None = None
@@ -154,8 +154,8 @@ def real_crop_size(paths: list[Path], max_side: int, want: int = 256) -> int:
 
     Padding would let the flip head cheat: zero rows at the bottom move to the top.
     """
-    from adapt.data.images import load_image
     from adapt.data.crowd_dataset import fit_max_side
+    from adapt.data.images import load_image
 
     smallest = min(min(fit_max_side(load_image(p).shape[:2], max_side)) for p in paths[:: max(1, len(paths) // 16)])
     return max(64, min(want, int(smallest * 0.8) // 32 * 32))

@@ -5,7 +5,7 @@
 The self-supervised stages cannot see a camera-wide count scale: on
 ShanghaiTech B the base model overcounts by a fifth, evenly over confident
 and uncertain cells, so pseudo labels teach the overcount back
-(docs/BENCHMARKS.md, "Why pseudo labels cannot correct this overcount").
+(research/NOTEBOOK.md, "Why pseudo labels cannot correct this overcount").
 One number fixes most of it: the true over the predicted count summed over
 the frames that ``crowdwatch label`` made. It goes into the model's
 ``count_scale`` (network.ModelConfig), inside the exported graph, so every
@@ -104,8 +104,8 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
     """
     import torch
 
-    from adapt.selfsup.adaptation import labelled_loader
     from adapt.data.crowd_dataset import readable_batches
+    from adapt.selfsup.adaptation import labelled_loader
     from adapt.training.engine import predict_counts
 
     loader = labelled_loader(labels, max_side)
@@ -124,8 +124,8 @@ def labelled_counts(model, labels: Path, max_side: int, device) -> tuple[np.ndar
 def calibrate_camera(camera: str, labels: Path, registry_root: Path | None = None, base: Path | None = None,
                      max_side: int = 1024, device: str = "auto", publish: bool = True, cfg: CalibrationConfig = CalibrationConfig()) -> dict:
     """Fit, judge and (if accepted) publish a calibrated version of the camera's model; returns the report."""
-    from adapt.selfsup.adaptation import publish_version, resolve_parent
     from adapt.model.checkpoint import load_checkpoint
+    from adapt.selfsup.adaptation import publish_version, resolve_parent
     from adapt.store.names import validate_camera_name
     from adapt.store.registry import Registry
     from adapt.training.engine import select_device

@@ -19,16 +19,16 @@ with another head (the base model's is untrained) gets a fresh one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from adapt.training.progress import progress
 
 from adapt.data.crowd_dataset import readable_batches
 from adapt.model.network import CrowdCounter, training_mode
-from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, make_optimizer, optimizer_step
+from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, make_optimizer, optimizer_step
+from adapt.training.progress import progress
 
 
 @dataclass(frozen=True)
@@ -39,23 +39,14 @@ class FlipStageConfig:
     lr: float = 1e-4
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
-    # 4 bands: perspective is top versus bottom, which one global average
-    # cannot see. Frozen BatchNorm: target statistics alone halve or double
-    # the count (bench/bn_stats.py). Measured in docs/BENCHMARKS.md.
+    # 4 bands see top against bottom; frozen BatchNorm keeps the count (research/NOTEBOOK.md, "A flip head that can see perspective").
     head_rows: int = 4               # bands of the flip head (ModelConfig.flip_rows)
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
-    # > 0: the stage ends on the EMA of its weights, not its last step. 0.99 keeps
-    # the parent's counts through L_s-only steps on renders and real photos alike
-    # (3 seeds: 147.1-149.6 vs parent 149.3 on ShanghaiTech B; without: 133.2-186.8).
+    # > 0: the stage ends on the EMA of its weights, which keeps the parent's counts (research/NOTEBOOK.md, "EMA in the flip stage").
     ema_decay: float = 0.99
-    warmup_steps: int = 0            # linear learning-rate warm-up (make_optimizer)
-    synth_count_weight: float = 0.0  # weight of a count term in L_s (train.count_loss on each synthetic crop)
-    # Weight of an L2 term holding the density of the real crops at the parent's:
-    # L_s alone holds the count of renders, not of real frames (BENCHMARKS.md).
-    anchor_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        check_step_settings(self.ema_decay, self.warmup_steps)
+        check_step_settings(self.ema_decay)
 
 
 def upside_down(images: torch.Tensor) -> torch.Tensor:
@@ -74,16 +65,16 @@ def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
     parent: CrowdCounter | None = None,
 ) -> dict:
-    """Train in place; returns loss and flip-accuracy statistics. ``parent`` is needed for ``anchor_weight``."""
-    if cfg.anchor_weight and parent is None:
-        raise ValueError("anchor_weight needs the parent model")
+    """Train in place; returns loss and flip-accuracy statistics.
+
+    ``parent`` (the model adaptation started from) is not used by this stage;
+    it is accepted so that research stages with the same signature can use it.
+    """
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
-    if parent is not None:
-        parent.to(device).eval()
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, cfg.warmup_steps)
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     ema = ParameterEMA(model, cfg.ema_decay)
-    sums = {"loss_s": 0.0, "loss_a": 0.0, "loss_anchor": 0.0, "flip_acc": 0.0}
+    sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
     tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
     tail_from = cfg.steps - max(1, cfg.steps // 4)
     bar = progress(range(cfg.steps), "flip stage")
@@ -91,27 +82,19 @@ def run_flip_stage(
         synth = next(synth_batches)
         density = model.forward_train(synth["image"].to(device))
         loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
-        if cfg.synth_count_weight:
-            loss_s = loss_s + cfg.synth_count_weight * count_loss(density, synth["count"].to(device))
-        # the L_s-only control (λ = 0, no anchor) reads no real frame
-        real = next(real_batches)["image"].to(device) if cfg.lam or cfg.anchor_weight else None
-        loss_anchor = torch.zeros((), device=device)
-        if cfg.anchor_weight:
-            with torch.no_grad():
-                held = parent.forward_train(real)
-            loss_anchor = density_loss(model.forward_train(real), held, model.config.density_scale)
         if cfg.lam:
-            images, labels = flip_batch(real)
+            # the L_s-only control (λ = 0) reads no real frame
+            images, labels = flip_batch(next(real_batches)["image"].to(device))
             logits = model.flip_logits(images)
             loss_a = F.cross_entropy(logits, labels.to(device))
             acc = (logits.argmax(1).cpu() == labels).float().mean().item()
         else:
             loss_a, acc = torch.zeros((), device=device), float("nan")
-        loss = loss_s + cfg.lam * loss_a + cfg.anchor_weight * loss_anchor
+        loss = loss_s + cfg.lam * loss_a
         optimizer_step(model, opt, loss, f"flip stage step {step}")
         schedule.step()
         ema.update(model)
-        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("loss_anchor", loss_anchor.item()), ("flip_acc", acc)):
+        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
             sums[k] += v
             if step >= tail_from:
                 tail[k] += v

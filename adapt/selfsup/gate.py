@@ -5,7 +5,7 @@ On held-out buffered frames (never trained on), a candidate is refused if:
   ``[min_count_ratio, max_count_ratio]``, by default 2/3 to 3/2): one run
   refines a model, and in every stored benchmark run the better models moved
   the count by 0.69x to 1.30x while most worse ones had halved it
-  (docs/BENCHMARKS.md, "Choosing the gate"); a larger correction needs labels;
+  (research/NOTEBOOK.md, "Choosing the gate"); a larger correction needs labels;
 - its mean uncertainty (count std across masks) does not drop;
 - its flip head is at chance on held-out frames (the flip stage taught the
   encoder nothing about this camera).

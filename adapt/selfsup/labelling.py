@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
-from adapt.store.atomic import atomic_write
 from adapt.data.datasets import DatasetError, check_points, list_images
 from adapt.data.images import load_image
+from adapt.store.atomic import atomic_write
 
 MAX_POINTS = 20000          # more heads than any frame of a camera holds
 MAX_BODY = 1 << 20

@@ -5,8 +5,8 @@ One round:
    mean is the pseudo label, the per-cell std across masks its uncertainty;
 2. keep the least-uncertain cells (``select_confident``);
 3. fine-tune on labelled synthetic crops plus a masked L2 loss on the kept
-   cells of real crops (optionally a count loss on each whole real crop,
-   ``count_weight``, and the EMA of the round's weights, ``ema_decay``).
+   cells of the real frames, ending on the EMA of the round's weights
+   (``ema_decay``).
 
 Rounds repeat until the mean predicted count changes by less than ``tol``
 (relative) from one round to the next, or ``rounds`` are done.
@@ -18,34 +18,32 @@ cells and none of the count, and the rounds teach "no one here". "balanced"
 (the default) keeps the same share of occupied and of empty cells, ranked by
 std / mean and by how far the highest mask's pre-ReLU output sits below zero.
 
-The real training views are whole frames by default: the labels are made on
-whole frames, and the network counts the same pixels differently through a
-crop (bench/crop_consistency.py), so crops drag the count round after round.
-Measurements in docs/BENCHMARKS.md.
+The real training views are whole frames, as the labels are: through a crop
+the network counts the same pixels differently (research/NOTEBOOK.md, "Why
+every pseudo-label round moves the count").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from adapt.training.progress import progress
 
 from adapt.data.crowd_dataset import fit_max_side, pad_to, padded_hw, resize
-from adapt.data.images import BadImage, load_image
-from adapt.training.engine import loop_forever, make_optimizer
-from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
-from adapt.training.engine import ParameterEMA, check_step_settings, count_loss, density_loss, optimizer_step
 from adapt.data.density import density_map
+from adapt.data.images import BadImage, load_image
+from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
 from adapt.scene.motion import static_on_grid
+from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, loop_forever, make_optimizer, optimizer_step
+from adapt.training.progress import progress
 
-RULES = ("balanced", "fraction", "threshold")
+RULES = ("balanced", "fraction")
 
 
 @dataclass(frozen=True)
@@ -60,28 +58,15 @@ class PseudoLabelConfig:
     # (see the module docstring); "fraction" ranks all cells by std.
     rule: str = "balanced"
     keep_fraction: float = 0.5
-    threshold: float = 0.0           # per-cell std in people per cell, for rule="threshold"
     tol: float = 0.02                # stop when the mean count moves less than this (relative)
     real_batch: int = 4              # multiple of the number of masks
-    # Real training views, in pixels (a multiple of 32, clamped to the frame),
-    # or None for whole frames. The labels come from whole frames, and on
-    # ShanghaiTech B the network counts the same pixels 1.5x higher in a
-    # 512-px crop and 2.7x in a 256-px crop (base model, bench/crop_consistency.py), so
-    # crops teach it to count less, round after round (docs/BENCHMARKS.md).
-    crop: int | None = None
-    # A round's count swings by 8 to 28% from one 10-step probe to the next
-    # (bench/pseudo_round_trace.py, whole frames); keeping the average of the round's
-    # weights, not wherever its last step landed, is meant to smooth that.
+    # The round keeps the average of its weights, not wherever its last step
+    # landed: its count swings from step to step (research/NOTEBOOK.md, research/pseudo_round_trace.py).
     ema_decay: float = 0.99          # > 0: the round keeps the EMA of its weights, not its last step
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
-    # Weight of the count term: each real crop's predicted count must match
-    # the ensemble's count for it (all cells, kept or not). Meant to stop the
-    # count drifting from round to round; at 1.0 it did not (BENCHMARKS.md).
-    count_weight: float = 0.0
     lr: float = 5e-5
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
-    warmup_steps: int = 0            # linear learning-rate warm-up of each round (flip_stage.make_optimizer)
     real_weight: float = 1.0
     synth_weight: float = 1.0        # weight of L_s, the labelled synthetic crops
     max_side: int | None = 1024
@@ -91,8 +76,7 @@ class PseudoLabelConfig:
             raise ValueError(f"pseudo-label rule must be one of {RULES}, found {self.rule!r}")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], found {self.keep_fraction}")
-        check_crop(self.crop)
-        check_step_settings(self.ema_decay, self.warmup_steps)
+        check_step_settings(self.ema_decay)
 
 
 def check_crop(crop: int | None) -> None:
@@ -143,8 +127,6 @@ def select_confident(
     ``margin`` is the highest pre-ReLU output over the masks: the more negative,
     the surer the network is that the cell is empty.
     """
-    if cfg.rule == "threshold":
-        return [(s <= cfg.threshold) & v for s, v in zip(std, valid)]
     if cfg.rule == "fraction":
         return lowest_fraction(std, valid, cfg.keep_fraction)
     occupied = [(m > 0) & v for m, v in zip(mean, valid)]
@@ -222,7 +204,7 @@ class PseudoLabelled(Dataset):
     Crops are aligned to the 8-pixel cell grid so image and maps stay registered.
     """
 
-    def __init__(self, labels: PseudoLabels, crop: int | None, max_side: int | None, seed: int = 0):
+    def __init__(self, labels: PseudoLabels, crop: int | None = None, max_side: int | None = None, seed: int = 0):
         check_crop(crop)
         self.labels, self.max_side, self.seed, self.epoch = labels, max_side, seed, 0
         # one size for all frames, so frames of mixed sizes still batch
@@ -262,9 +244,9 @@ def finetune_round(
 ) -> dict:
     """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round."""
     training_mode(model.to(device), cfg.freeze_bn)
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, cfg.warmup_steps)
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
     ema = ParameterEMA(model, cfg.ema_decay)
-    total_s = total_r = total_c = 0.0
+    total_s = total_r = 0.0
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
         synth, real = next(synth_batches), next(real_batches)
@@ -274,10 +256,6 @@ def finetune_round(
         pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
         loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r
-        if cfg.count_weight:
-            loss_c = count_loss(pred_r, real["count"].to(device))
-            loss = loss + cfg.count_weight * loss_c
-            total_c += loss_c.item()
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         schedule.step()
         ema.update(model)
@@ -288,8 +266,7 @@ def finetune_round(
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     ema.apply(model)
     n = max(cfg.steps_per_round, 1)
-    losses = {"loss_s": total_s / n, "loss_pseudo": total_r / n}
-    return {**losses, "loss_count": total_c / n} if cfg.count_weight else losses
+    return {"loss_s": total_s / n, "loss_pseudo": total_r / n}
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
@@ -319,7 +296,7 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
                 rounds.append(stats)
                 break
         loader = DataLoader(
-            PseudoLabelled(labels, cfg.crop, cfg.max_side, seed=seed + r), batch_size=cfg.real_batch, shuffle=True,
+            PseudoLabelled(labels, max_side=cfg.max_side, seed=seed + r), batch_size=cfg.real_batch, shuffle=True,
             drop_last=True, num_workers=0,
         )
         if len(loader) == 0:

@@ -17,6 +17,7 @@ from .camera import Camera
 from .styles import Look, Style
 from .textures import FacadeBlocks, sample_facade_blocks
 
+
 @dataclass(eq=False)
 class Facade:
     """A vertical plane of buildings along the segment p0 -> p1 (ground metres)."""
@@ -97,7 +98,7 @@ def sample_walls(rng: np.random.Generator, cam: Camera, style: Style, look: Look
                                 (6.0, 20.0), 0.0, True), 8)
         for side in (-1, 1):
             if rng.random() < 0.6:
-                try_add(lambda: make_facade(rng, np.array([side * rng.uniform(0.35, 0.9) * reach, far_m / 2]),
+                try_add(lambda side=side: make_facade(rng, np.array([side * rng.uniform(0.35, 0.9) * reach, far_m / 2]),
                                         yaw + math.pi / 2, 200.0, wall_h, (6.0, 20.0), 0.0, True))
         return facades, ceiling
     if horizon_visible or rng.random() < 0.45:

@@ -78,7 +78,7 @@ class _Builder:
         return self.heads >= self.target
 
     def offer(self, xs: np.ndarray, ys: np.ndarray, headings: np.ndarray | None = None,
-              speeds: np.ndarray | None = None, group: "int | np.ndarray" = -1, weighted: bool = True,
+              speeds: np.ndarray | None = None, group: int | np.ndarray = -1, weighted: bool = True,
               limit: int | None = None) -> int:
         """Try candidates in order; returns how many heads in view were accepted."""
         n = len(xs)
@@ -144,7 +144,7 @@ def _uniform(b: _Builder, n: int, flow: float) -> None:
         order = np.argsort(np.concatenate([np.arange(m, dtype=float)] +
                                           [np.array([float(k) + 0.5]) for k in np.nonzero(extra)[0] for _ in range(extra[k])]),
                            kind="stable")
-        cat = lambda parts: np.concatenate(parts)[order]  # noqa: E731
+        cat = lambda parts, order=order: np.concatenate(parts)[order]  # noqa: E731
         b.offer(cat(cx), cat(cy), cat(ch), cat(cs), cat(cg), limit=need)
 
 

@@ -150,7 +150,7 @@ def make_planter(rng: np.random.Generator, x: float, y: float, yaw: float) -> Di
     green = np.array([rng.uniform(0.12, 0.3), rng.uniform(0.3, 0.45), rng.uniform(0.08, 0.18)])
     parts = [_box(x, y, 0.0, h, yaw, L, W, col, 0.22)]
     c, s = math.cos(yaw), math.sin(yaw)
-    for k in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(2, 6))):
         t = rng.uniform(-0.4, 0.4) * L
         r = rng.uniform(0.35, 0.6) * W
         parts.append(Part("sphere", tuple(np.clip(green * rng.uniform(0.8, 1.2), 0, 1)), 0.18,

@@ -15,6 +15,7 @@ import numpy as np
 from .styles import Style
 from .textures import GroundMaterial, coverage, ground_spots, sample_ground_material, shade_ground
 
+
 @dataclass(eq=False)
 class Band:
     """A strip of one material across the layout frame: axis 'a' (along the street) or 'c' (across)."""

@@ -104,14 +104,14 @@ def _visible_region(cam: Camera) -> Region:
     return Region(x0, x1, y0, min(y1, 400.0))
 
 
-def sample_scene(rng: np.random.Generator, width: int, height: int, style: "str | Style") -> Scene:
+def sample_scene(rng: np.random.Generator, width: int, height: int, style: str | Style) -> Scene:
     """A random place, camera and lighting in the given style, with its background rendered."""
     style = get_style(style)
     cam = sample_camera(rng, width, height)
     return build_scene(rng, cam, style)
 
 
-def build_scene(rng: np.random.Generator, camera: Camera, style: "str | Style", with_distractors: bool = True,
+def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, with_distractors: bool = True,
                 with_buildings: bool = True) -> Scene:
     """A scene for a given camera (used by tests and by callers with a known calibration)."""
     style = get_style(style)

@@ -147,7 +147,7 @@ STYLES: dict[str, Style] = {
 }
 
 
-def get_style(style: "str | Style") -> Style:
+def get_style(style: str | Style) -> Style:
     if isinstance(style, Style):
         return style
     try:

@@ -10,7 +10,7 @@ like a real photo. Arrays are flat float32 (N,) / (N, 3).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 _NOISE_SIZE = 256
 
 
-@lru_cache(maxsize=None)
+@cache
 def noise_texture(sigma_texels: float, seed: int) -> np.ndarray:
     """Tileable Gaussian-filtered noise, zero mean and unit std (fixed seed: deterministic everywhere)."""
     rng = np.random.default_rng(seed)

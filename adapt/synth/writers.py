@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import shutil
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -141,7 +141,7 @@ def _check(n: int, width: int, height: int, styles: Sequence[str], count_range: 
     return styles, fmts
 
 
-def write_dataset(out_dir: "str | Path", n: int, seed: int, width: int, height: int, styles: Sequence[str],
+def write_dataset(out_dir: str | Path, n: int, seed: int, width: int, height: int, styles: Sequence[str],
                   count_range: tuple[int, int], formats: Sequence[str] = ("shanghaitech", "json"), workers: int = 1,
                   progress: bool = True, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
     """Render n labelled images into out_dir; returns the meta dict also written to meta.json."""

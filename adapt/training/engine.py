@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
         scaler.update()
 
 
-def check_step_settings(ema_decay: float, warmup_steps: int) -> None:
+def check_step_settings(ema_decay: float, warmup_steps: int = 0) -> None:
     """Validate the EMA decay and warm-up shared by the adaptation stages' configs."""
     if not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), found {ema_decay}")
@@ -167,11 +167,8 @@ def loop_forever(loader) -> Iterator[dict]:
 def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weight_decay: float, warmup_steps: int = 0) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW, and a linear warm-up of its learning rate over ``warmup_steps`` (call the scheduler after every step).
 
-    Why the warm-up: Adam's first update moves every weight by the full learning
-    rate whatever its gradient (m/sqrt(v) is the gradient's sign), and on a
-    converged parent that alone shifts every count (one step at 1e-4: synthetic
-    validation mean 127.3 -> 105.3; bench/source_drift.py). The warm-up keeps
-    the steps small until the moment estimates know which gradients are noise.
+    Adam's first update moves every weight by the full learning rate whatever
+    its gradient; a warm-up keeps the first steps small (research/NOTEBOOK.md, "Controls").
     """
     opt = torch.optim.AdamW(param_groups(model, lr, encoder_lr_mult), weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))

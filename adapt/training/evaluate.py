@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
-from adapt.training.progress import progress
 
 from adapt.model.checkpoint import load_model
 from adapt.model.network import ensemble_mean_std
+from adapt.training.progress import progress
 
 
 @dataclass

@@ -20,14 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from adapt.training.progress import progress
 
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
 from adapt.model.network import CrowdCounter, ModelConfig, dataclass_from_dict
 from adapt.training.engine import (
-    autocast_for, build_optimizer, cosine_lr, density_loss, optimizer_step, predict_counts, render_if_missing, seed_everything,
-    select_device, worker_init,
+    autocast_for,
+    build_optimizer,
+    cosine_lr,
+    density_loss,
+    optimizer_step,
+    predict_counts,
+    render_if_missing,
+    seed_everything,
+    select_device,
+    worker_init,
 )
+from adapt.training.progress import progress
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -60,7 +68,7 @@ class TrainConfig:
     registry: str | None = None                          # where publish registers; default: $CROWDWATCH_MODELS, else models/
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         return dataclass_from_dict(cls, data, "training config")
 
 

@@ -7,8 +7,9 @@ to the model box, sequence numbers, capture times, reconnects and counters.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, Union
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -32,7 +33,7 @@ class Frame:
 @dataclass
 class RawFrame:
     # A decoded PyAV frame (converted only if it is emitted) or an RGB uint8 (h, w, 3) array.
-    image: Union[av.VideoFrame, np.ndarray]
+    image: av.VideoFrame | np.ndarray
     # Stream time in seconds, non-decreasing across loops; sampling and pacing run on it.
     # None: the stream has no timing (e.g. MJPEG over http); arrival time is used.
     time: float | None

@@ -1,7 +1,7 @@
 """When to decode keyframes only.
 
 Decoding keyframes only is far cheaper (the decoder skips every non-key frame:
-see bench/RESULTS_decode.md), and it is enough when the target fps is no higher
+see docs/PERFORMANCE.md, "Camera decode"), and it is enough when the target fps is no higher
 than the stream's keyframe rate: sampling would throw the other frames away
 anyway. Surveillance streams with a keyframe every 1 to 2 s and inference at
 0.5 to 1 fps are the typical case.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 # Behind by more than this (the consumer stalled): start over from now rather than
 # replaying the backlog as a burst, the way a camera would have moved on.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import av
 
@@ -103,7 +103,7 @@ class AvStream:
             raise NoVideoStream(f"no video track in {self.target.redacted}")
         # Decoder threads stay at PyAV's default, slice threading: frame threading would add
         # one frame of latency per thread to a live stream, and with a process per camera,
-        # one thread each is the most frames per core (bench/RESULTS_decode.md).
+        # one thread each is the most frames per core (docs/PERFORMANCE.md, "Camera decode").
         self._video = self._container.streams.video[0]
         # Formats without timestamps (MJPEG over http) get pts invented at an assumed
         # 25 fps by libavformat; the Source must use arrival time instead.

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Generator, Iterator, Protocol
+from collections.abc import Generator, Iterator
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -270,8 +271,7 @@ class Source:
 
 def _rgb(image: av.VideoFrame | np.ndarray) -> np.ndarray:
     if isinstance(image, av.VideoFrame):
-        # Measured faster than frame.reformat(w, h, "rgb24", interpolation="AREA") followed by
-        # to_ndarray (bench/RESULTS_decode.md): convert at source size, resize with OpenCV.
+        # Convert at source size, resize with OpenCV: faster than frame.reformat(w, h, ...) (docs/PERFORMANCE.md, "Camera decode").
         return image.to_ndarray(format="rgb24")
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(

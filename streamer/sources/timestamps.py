@@ -6,7 +6,7 @@ too much, too little or nothing at all.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class BestEffortPts:

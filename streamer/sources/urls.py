@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .config import SourceConfig, SourceError

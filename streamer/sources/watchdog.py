@@ -10,7 +10,7 @@ the stream (`progress()` is called when it hands control back).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 
 class Stalled(Exception):

@@ -1,6 +1,6 @@
 """What ``keep_count`` serves, from a run made without it: MAE and RMSE of the held counts.
 
-    python bench/held_count.py --frames DIR --parent EVAL_DIR [--holdout-every 5] RUN_EVAL_DIR ...
+    python -m research.held_count --frames DIR --parent EVAL_DIR [--holdout-every 5] RUN_EVAL_DIR ...
 
 ``crowdwatch adapt`` holds the parent's mean count on the training frames by
 multiplying the candidate's served density by one factor (adapt.selfsup.adaptation.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.selfsup.adaptation import split_holdout
 from adapt.data.datasets import list_images
+from adapt.selfsup.adaptation import split_holdout
 from adapt.training.evaluate import count_errors
-from count_errors import load
+from research.count_errors import load
 
 
 def training_mean(d: dict[str, np.ndarray], train_names: list[str]) -> float:

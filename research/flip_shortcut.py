@@ -1,6 +1,6 @@
 """Does the flip head read the crowd, or something else in the scene?
 
-    python bench/flip_shortcut.py --model PATH [--max-side PX] [--paint-out] NAME=DIR [NAME=DIR ...]
+    python -m research.flip_shortcut --model PATH [--max-side PX] [--paint-out] NAME=DIR [NAME=DIR ...]
 
 Prints the flip head's held-out accuracy (upright against upside-down) on
 each folder of frames. Run it on scenes with people and on the same style
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.crowd_dataset import FrameFolder, collate
 from adapt.data.datasets import list_images
-from adapt.selfsup.flip_stage import flip_accuracy
+from adapt.model.checkpoint import load_checkpoint
 from adapt.model.network import STRIDE
+from adapt.selfsup.flip_stage import flip_accuracy
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Does self-supervised adaptation help? NoAdapt / flip only / pseudo-labels only / both.
 
-    python bench/adaptation.py --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
+    python -m research.adaptation --frames DIR --labels DIR [--format shanghaitech] [--base PATH]
         [--rows noadapt,flip,pseudo,both] [--flip-steps N] [--rounds K] [--steps-per-round N]
         [--set STAGE.FIELD=VALUE ...]
         [--max-frames N] [--max-side PX] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--seed N] [--out runs/bench-adapt]
@@ -28,11 +28,10 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``flip.head_rows=4`` -> {"flip": {"head_rows": 4}}, typed by the config dataclass."""
     from dataclasses import fields
 
-    from adapt.selfsup.flip_stage import FlipStageConfig
-    from adapt.selfsup.pseudo_label import PseudoLabelConfig
     from adapt.selfsup.gate import GateConfig
+    from research.stages import ResearchFlipConfig, ResearchPseudoConfig
 
-    classes = {"flip": FlipStageConfig, "pseudo": PseudoLabelConfig, "gate": GateConfig}
+    classes = {"flip": ResearchFlipConfig, "pseudo": ResearchPseudoConfig, "gate": GateConfig}
     out: dict[str, dict] = {k: {} for k in classes}
     for item in items:
         key, _, value = item.partition("=")
@@ -80,8 +79,11 @@ def main() -> None:
     overrides = parse_overrides(args.set)
 
     from adapt.selfsup.adaptation import AdaptConfig, adapt_camera
-    from adapt.training.evaluate import evaluate_dataset
     from adapt.store.registry import default_base_checkpoint
+    from adapt.training.evaluate import evaluate_dataset
+    from research.stages import ResearchFlipConfig, ResearchPseudoConfig, install, research_config
+
+    install()  # adapt_camera runs the stage loops that honour the research switches (research/stages.py)
 
     base = args.base or default_base_checkpoint()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +108,8 @@ def main() -> None:
                 cfg.flip = replace(cfg.flip, steps=args.flip_steps)
             pl = {k: v for k, v in {"rounds": args.rounds, "steps_per_round": args.steps_per_round}.items() if v is not None}
             cfg.pseudo = replace(cfg.pseudo, max_side=args.max_side, **pl)
-            cfg.flip = replace(cfg.flip, **overrides["flip"])
-            cfg.pseudo = replace(cfg.pseudo, **overrides["pseudo"])
+            cfg.flip = research_config(cfg.flip, ResearchFlipConfig, **overrides["flip"])
+            cfg.pseudo = research_config(cfg.pseudo, ResearchPseudoConfig, **overrides["pseudo"])
             cfg.gate = replace(cfg.gate, **overrides["gate"])
             report = adapt_camera(cfg)
             (args.out / f"{key}.json").write_text(json.dumps(report, indent=2, default=str))

@@ -1,12 +1,12 @@
 """How much do BatchNorm statistics alone move the count on a target domain?
 
-    python bench/bn_stats.py --model PATH --dataset DIR [--format shanghaitech] [--max-side PX] [--every N]
+    python -m research.bn_stats --model PATH --dataset DIR [--format shanghaitech] [--max-side PX] [--every N]
 
 Counts every N-th labelled image twice: with the model's own (source) BatchNorm
 statistics, and after re-estimating them on those target images (AdaBN: a
 forward pass in train mode, cumulative average, no gradient). Labels are used
 only to report MAE. Adaptation trains in train() mode, so its target batches
-pull the statistics this way (docs/BENCHMARKS.md, synthetic domain shift).
+pull the statistics this way (research/NOTEBOOK.md, synthetic domain shift).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import read_dataset
+from adapt.model.checkpoint import load_checkpoint
 from adapt.selfsup.pseudo_label import load_padded
 from adapt.store.registry import default_base_checkpoint
 from adapt.training.engine import predict_counts

@@ -1,6 +1,6 @@
 """How much do a few labelled frames fix? crowdwatch calibrate on N frames, measured on the rest.
 
-    python bench/calibration.py --labels DIR [--format shanghaitech] [--model PATH] [--n 8] [--subsets 10]
+    python -m research.calibration --labels DIR [--format shanghaitech] [--model PATH] [--n 8] [--subsets 10]
         [--max-side PX] [--out runs/bench-calibration]
 
 Each subset is N frames drawn at random (seeded) from a labelled dataset and
@@ -47,11 +47,11 @@ def main() -> None:
 
     import csv
 
-    from adapt.selfsup.calibration import calibrate_camera
     from adapt.data.datasets import read_dataset
+    from adapt.selfsup.calibration import calibrate_camera
+    from adapt.store.registry import Registry, default_base_checkpoint
     from adapt.training.evaluate import count_errors as errors
     from adapt.training.evaluate import evaluate_dataset
-    from adapt.store.registry import Registry, default_base_checkpoint
 
     model = args.model or default_base_checkpoint()
     args.out.mkdir(parents=True, exist_ok=True)

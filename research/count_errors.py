@@ -1,6 +1,6 @@
 """Split count errors into one global scale and the rest, and see where confidence points.
 
-    python bench/count_errors.py EVAL_DIR [EVAL_DIR ...] [--quartiles] [--every K [--rest]]
+    python -m research.count_errors EVAL_DIR [EVAL_DIR ...] [--quartiles] [--every K [--rest]]
 
 Each EVAL_DIR is the ``--out`` folder of ``crowdwatch eval`` (its
 ``per_image.csv``). For each it prints MAE, RMSE, the mean predicted and true

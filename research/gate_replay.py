@@ -1,8 +1,8 @@
 """Would today's label-free gate have let through the adaptations that made MAE worse?
 
-    python bench/gate_replay.py [--baseline-mae MAE] [--set gate.FIELD=VALUE ...] RUN_DIR [RUN_DIR ...]
+    python -m research.gate_replay [--baseline-mae MAE] [--set gate.FIELD=VALUE ...] RUN_DIR [RUN_DIR ...]
 
-Each RUN_DIR is a ``bench/adaptation.py --out`` folder: one ``<row>.json``
+Each RUN_DIR is a ``research/adaptation.py --out`` folder: one ``<row>.json``
 report per adapted row (its held-out statistics for parent and candidate)
 and ``rows.json`` (MAE measured with the labels afterwards). The gate only
 ever sees the label-free statistics; this replays ``adapt.selfsup.gate.gate``
@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from adapt.selfsup.gate import FrameStats, GateConfig, gate
-from adaptation import ADAPTED, parse_overrides
+from research.adaptation import ADAPTED, parse_overrides
 
 
 def load_stats(d: dict) -> FrameStats:

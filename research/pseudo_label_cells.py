@@ -1,6 +1,6 @@
 """Which cells does the pseudo-label rule keep, and how much of the count do they hold?
 
-    python bench/pseudo_label_cells.py --frames DIR [--model PATH] [--max-side PX] [--n 40] [--rules balanced,fraction]
+    python -m research.pseudo_label_cells --frames DIR [--model PATH] [--max-side PX] [--n 40] [--rules balanced,fraction]
 
 Runs the ensemble on N frames spread over the folder, applies each
 pseudo-label rule (adapt.selfsup.pseudo_label.select_confident, keep_fraction 0.5)
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import list_images
+from adapt.model.checkpoint import load_checkpoint
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, predict_frames, select_confident
 from adapt.store.registry import default_base_checkpoint
 

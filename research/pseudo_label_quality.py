@@ -1,6 +1,6 @@
 """Are the confident cells right? Pseudo labels against the truth, by uncertainty.
 
-    python bench/pseudo_label_quality.py --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--bins 5]
+    python -m research.pseudo_label_quality --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--bins 5]
 
 The pseudo-label stage trusts the cells whose ensemble spread is low. That
 only helps if those cells are nearer the truth than the rest. This runs the
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.crowd_dataset import fit_max_side
 from adapt.data.datasets import read_dataset
-from adapt.data.images import load_image
 from adapt.data.density import density_map
+from adapt.data.images import load_image
+from adapt.model.checkpoint import load_checkpoint
 from adapt.model.network import STRIDE
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, predict_frames
 from adapt.store.registry import default_base_checkpoint

@@ -1,10 +1,10 @@
 """Which label-free statistic tells a better adapted model from a worse one?
 
-    python bench/gate_signals.py --frames DIR [--max-side PX] [--n 24]
+    python -m research.gate_signals --frames DIR [--max-side PX] [--n 24]
         [--base PATH] --noadapt-mae MAE [--synthetic DIR] [--synthetic-n 40] RUN_DIR [RUN_DIR ...]
 
 For the base model and every candidate checkpoint stored in the RUN_DIRs
-(``bench/adaptation.py --out`` folders: ``<row>.pt`` next to ``rows.json``),
+(``research/adaptation.py --out`` folders: ``<row>.pt`` next to ``rows.json``),
 measures on N of the held-out frames (the same every-5th split the gate uses):
 
 - count, count std across masks, std per counted person (today's gate);
@@ -29,16 +29,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.selfsup.adaptation import split_holdout
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.crowd_dataset import CrowdDataset
 from adapt.data.datasets import list_images, read_dataset
 from adapt.data.images import load_image
-from adapt.training.evaluate import count_errors, run_eval
+from adapt.model.checkpoint import load_checkpoint
+from adapt.selfsup.adaptation import split_holdout
 from adapt.selfsup.pseudo_label import fit_and_pad
 from adapt.store.registry import default_base_checkpoint
 from adapt.training.engine import predict_counts
-from adaptation import ADAPTED  # bench/adaptation.py, beside this script
+from adapt.training.evaluate import count_errors, run_eval
+from research.adaptation import ADAPTED
 
 
 def padded(image: np.ndarray, max_side: int | None) -> torch.Tensor:

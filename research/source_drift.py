@@ -1,6 +1,6 @@
 """How far do synthetic-only (L_s) steps move the source model's count calibration?
 
-    python bench/source_drift.py [--base PATH] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--seeds 0,1,2]
+    python -m research.source_drift [--base PATH] [--synthetic DIR] [--synth-crop PX] [--synth-batch N] [--seeds 0,1,2]
         [--variant NAME:[synth_batch=N,]flip.FIELD=VALUE,...] ... [--val DIR] [--real DIR] [--real-limit N]
         [--out runs/source-drift]
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +68,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/source-drift"))
     args = p.parse_args()
 
-    from adapt.selfsup.adaptation import AdaptConfig, ensure_synthetic, synthetic_batches
     from adapt.model.checkpoint import load_checkpoint, save_checkpoint
-    from adapt.selfsup.flip_stage import run_flip_stage
+    from adapt.selfsup.adaptation import AdaptConfig, ensure_synthetic, synthetic_batches
     from adapt.store.registry import default_base_checkpoint
     from adapt.training.engine import seed_everything, select_device
-    from adaptation import parse_overrides  # bench/adaptation.py, beside this script
+    from research.adaptation import parse_overrides
+    from research.stages import ResearchFlipConfig, research_config, run_flip_stage
 
     base = args.base or default_base_checkpoint()
     defaults = AdaptConfig(camera="bench")
@@ -95,7 +94,7 @@ def main() -> None:
     rows = [{"variant": "parent", "seed": None, "sets": [], **evaluate(base)}]
     print(json.dumps(rows[-1]), flush=True)
     for name, sets, variant_batch in variants:
-        flip = replace(defaults.flip, **parse_overrides(sets)["flip"], lam=0.0)
+        flip = research_config(defaults.flip, ResearchFlipConfig, **parse_overrides(sets)["flip"], lam=0.0)
         for seed in seeds:
             seed_everything(seed)
             model = load_checkpoint(base).build(device)

@@ -1,6 +1,6 @@
 """With a few labelled frames, how often does the gate publish a candidate, and what is then served?
 
-    python bench/labelled_gate.py --frames DIR --parent EVAL_DIR [--n 8] [--draws 1000]
+    python -m research.labelled_gate --frames DIR --parent EVAL_DIR [--n 8] [--draws 1000]
         [--held] [--seed 0] CANDIDATE_EVAL_DIR ...
 
 Given ``--labels``, ``crowdwatch adapt`` lets MAE on the labelled frames
@@ -15,7 +15,7 @@ draws of N labelled frames from the per-image CSVs of ``crowdwatch eval``
   parent's and the candidate's own MAE on those frames.
 
 ``--held`` first multiplies each candidate's counts by the factor that
-``keep_count`` applies (bench/held_count.py), for candidates adapted before
+``keep_count`` applies (research/held_count.py), for candidates adapted before
 ``keep_count`` existed.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from adapt.selfsup.adaptation import split_holdout
 from adapt.data.datasets import list_images
+from adapt.selfsup.adaptation import split_holdout
 from adapt.selfsup.gate import FrameStats, gate
-from count_errors import load
-from held_count import held_factor
+from research.count_errors import load
+from research.held_count import held_factor
 
 
 def labelled_stats(true: np.ndarray, pred: np.ndarray) -> FrameStats:

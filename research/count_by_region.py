@@ -1,6 +1,6 @@
 """Where does the count go wrong? Predicted against true count by region of the frame.
 
-    python bench/count_by_region.py --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--views DIR] [--json OUT]
+    python -m research.count_by_region --labels DIR [--format shanghaitech] [--model PATH] [--max-side PX] [--n 40] [--views DIR] [--json OUT]
 
 A global over- or undercount can come from the crowd itself (heads counted
 twice, dense crowds under-resolved) or from things that are not people
@@ -31,7 +31,7 @@ from scipy.spatial import cKDTree
 from adapt.data.images import load_image
 from adapt.model.network import STRIDE
 from adapt.selfsup.pseudo_label import PseudoLabelConfig
-from pseudo_label_quality import add_frame_options, predict_labelled, scaled_points, true_density
+from research.pseudo_label_quality import add_frame_options, predict_labelled, scaled_points, true_density
 
 SPACING_EDGES = (0, 8, 16, 32, 64, np.inf)
 

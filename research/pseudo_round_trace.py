@@ -1,6 +1,6 @@
 """Where does the count go during one pseudo-label round? A step-by-step trace.
 
-    python bench/pseudo_round_trace.py --frames DIR --model CKPT [--set pseudo.FIELD=VALUE ...]
+    python -m research.pseudo_round_trace --frames DIR --model CKPT [--set pseudo.FIELD=VALUE ...]
         [--probe 12] [--every 25] [--synthetic DIR] [--max-side PX] [--json OUT]
 
 Makes the round-start pseudo labels exactly as the stage does, then fine-tunes
@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from adapt.selfsup.adaptation import AdaptConfig, collect_frames, split_holdout, synthetic_batches
 from adapt.model.checkpoint import load_checkpoint
-from adapt.training.engine import loop_forever
 from adapt.model.network import training_mode
-from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, finetune_round, load_padded, predict_frames
-from adaptation import parse_overrides  # bench/adaptation.py, beside this script
+from adapt.selfsup.adaptation import AdaptConfig, collect_frames, split_holdout, synthetic_batches
+from adapt.selfsup.pseudo_label import PseudoLabelled, load_padded, predict_frames
+from adapt.training.engine import loop_forever
+from research.adaptation import parse_overrides
+from research.stages import ResearchPseudoConfig, finetune_round
 
 
 @torch.inference_mode()
@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="pseudo.FIELD=VALUE")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    cfg = replace(PseudoLabelConfig(max_side=args.max_side), **parse_overrides(args.set)["pseudo"])
+    cfg = ResearchPseudoConfig(**{"max_side": args.max_side, **parse_overrides(args.set)["pseudo"]})
     torch.manual_seed(args.seed)
     device = torch.device("cpu")
     model = load_checkpoint(args.model).build().to(device)

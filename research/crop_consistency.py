@@ -1,6 +1,6 @@
 """Does the density net count the same pixels the same way in a crop and in the full frame?
 
-    python bench/crop_consistency.py --frames DIR [--model PATH] [--max-side PX] [--n 16]
+    python -m research.crop_consistency --frames DIR [--model PATH] [--max-side PX] [--n 16]
 
 For N frames spread over the folder, predicts the full frame and centred
 square crops of several sizes, and compares, for each crop, the ensemble-mean
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adapt.model.checkpoint import load_checkpoint
 from adapt.data.datasets import list_images
+from adapt.model.checkpoint import load_checkpoint
 from adapt.model.network import STRIDE
 from adapt.selfsup.pseudo_label import load_padded
 from adapt.store.registry import default_base_checkpoint
