@@ -132,3 +132,26 @@ def test_whole_single_people_moving_through_a_frame_are_found_at_their_heads(cli
     # precise rather than complete: merged, cut or standing people are left to the other labels
     assert found >= 10 and matched / found > 0.8
     assert len(model.people_in_frame(frames[0][:100])[0]) == 0  # another size: nothing claimed
+
+
+def test_a_configured_calibration_is_checked_against_the_people_seen(clip):
+    frames, scene, _ = clip
+    image = np.array([[60.0, 200.0], [260.0, 200.0], [100.0, 150.0], [220.0, 150.0]])
+    ground = scene.camera.pixel_to_ground(image)
+    agreeing = build_scene_model(frames, calibration=(image, ground))
+    assert agreeing.usable and agreeing.size_source == "observed people"
+    assert not any("calibration" in n for n in agreeing.notes)
+    # a calibration three times too large: named, and people stay sized as they were seen
+    wrong = build_scene_model(frames, calibration=(image, ground * 3))
+    assert wrong.usable and any("disagrees" in n for n in wrong.notes)
+
+
+def test_a_calibration_sizes_people_when_no_single_person_was_seen():
+    from adapt.scene.geometry import camera_from_calibration, row_person_px
+
+    cam = Camera(320, 240, height_m=4.0, tilt_deg=20.0, focal_px=280.0)
+    image = np.array([[60.0, 220.0], [260.0, 220.0], [100.0, 150.0], [220.0, 150.0], [160.0, 180.0]])
+    fitted, err = camera_from_calibration(image, cam.pixel_to_ground(image), 320, 240)
+    assert err < 0.05
+    rows = np.array([150.0, 200.0, 239.0])
+    assert np.all(np.abs(np.log(row_person_px(fitted, rows) / row_person_px(cam, rows))) < np.log(1.25))

@@ -173,3 +173,39 @@ def fit_camera(sizes: PersonSizes, width: int, height: int) -> tuple[Camera, flo
         return None
     got = row_person_px(best, sizes.feet_y[keep])
     return best, float(np.median(np.abs(np.log(got / sizes.height_px[keep]))))
+
+
+def camera_from_calibration(image_pts: np.ndarray, ground_pts: np.ndarray, width: int, height: int) -> tuple[Camera, float] | None:
+    """The renderer camera that maps the calibration's image points to ground points as far apart as configured.
+
+    A ground-plane calibration fixes distances on the ground, not which way is up; the
+    camera is fitted to the pairwise distances, which do not depend on where the
+    configured ground frame has its origin. Returns (camera, median |log| distance error).
+    """
+    img = np.asarray(image_pts, np.float64).reshape(-1, 2)
+    gnd = np.asarray(ground_pts, np.float64).reshape(-1, 2)
+    i, j = np.triu_indices(len(img), 1)
+    want = np.hypot(*(gnd[i] - gnd[j]).T)
+    if len(want) == 0 or (want <= 0).any():
+        return None
+    best, best_err = None, math.inf
+    for hfov in (40.0, 50.0, 60.0, 70.0, 80.0):
+        f = (width / 2) / math.tan(math.radians(hfov) / 2)
+        for tilt in np.linspace(0.0, 80.0, 41):
+            for cam_h in np.exp(np.linspace(math.log(0.8), math.log(60.0), 40)):
+                cam = Camera(width, height, float(cam_h), float(tilt), f)
+                g = cam.pixel_to_ground(img)
+                if not np.isfinite(g).all():
+                    continue
+                got = np.hypot(*(g[i] - g[j]).T)
+                err = float(np.median(np.abs(np.log(np.maximum(got, 1e-9) / want))))
+                if err < best_err:
+                    best, best_err = cam, err
+    return (best, best_err) if best is not None else None
+
+
+def size_disagreement(a: Camera, b: Camera, rows: np.ndarray) -> float:
+    """Median |log| ratio of the person heights two cameras give on the same rows (NaN where either has none)."""
+    ha, hb = row_person_px(a, rows), row_person_px(b, rows)
+    ok = np.isfinite(ha) & np.isfinite(hb) & (ha > 0) & (hb > 0)
+    return float(np.median(np.abs(np.log(ha[ok] / hb[ok])))) if ok.any() else math.inf

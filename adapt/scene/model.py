@@ -18,7 +18,16 @@ import numpy as np
 
 from adapt.scene.background import Background, estimate_background, foreground
 from adapt.scene.composite import WalkMap, walk_map
-from adapt.scene.geometry import blob_stats, fit_camera, people_in_motion, person_blobs, row_person_px, size_line
+from adapt.scene.geometry import (
+    blob_stats,
+    camera_from_calibration,
+    fit_camera,
+    people_in_motion,
+    person_blobs,
+    row_person_px,
+    size_disagreement,
+    size_line,
+)
 from adapt.scene.motion import MotionStats, motion_stats
 from adapt.synth.camera import Camera
 
@@ -30,6 +39,7 @@ MAX_UNSEEN_SHARE = 0.3  # more of the image never seen empty than this
 MAX_SHIFT_PX = 2.0  # the camera moved if frames sit further than this from the empty scene
 LIGHTING_STEP = 40.0  # grey levels between the mean brightness of two lighting groups
 MAX_SIZE_RESIDUAL = 0.35  # median |log| error of the fitted person sizes
+CALIBRATION_TOL = 0.4  # |log| of person sizes between calibration and observation: 50% off
 PERSON_SIZE_TOL = 0.25  # |log| of a blob's height over a person's at its feet row, to count as one person
 
 
@@ -44,6 +54,7 @@ class SceneModel:
     walk: WalkMap
     group_of_frame: np.ndarray  # (T,) index into backgrounds per input frame
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # findings that do not stop the scene model being used
     people_in_motion: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (T,) rough people per frame from foreground
 
     @property
@@ -97,6 +108,7 @@ class SceneModel:
         return {
             "usable": self.usable,
             "problems": list(self.problems),
+            "notes": list(self.notes),
             "frames": int(len(self.group_of_frame)),
             "empty_scenes": len(self.backgrounds),
             "moving_cells": round(self.motion.moving_share, 4),
@@ -134,7 +146,8 @@ class SceneModel:
         cam = Camera(**meta["camera"]) if meta["camera"] else None
         resid = meta["size_residual"] if meta["size_residual"] is not None else float("inf")
         horizon = meta["horizon_row"] if meta["horizon_row"] is not None else float("nan")
-        return cls(bgs, motion, cam, meta["size_source"], resid, horizon, walk, groups, list(meta["problems"]), moving)
+        return cls(bgs, motion, cam, meta["size_source"], resid, horizon, walk, groups, list(meta["problems"]),
+                   list(meta.get("notes", [])), moving)
 
 
 def camera_shift(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -162,17 +175,23 @@ def lighting_groups(frames: np.ndarray) -> np.ndarray:
     return (luma > cut).astype(np.int64)
 
 
-def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES) -> SceneModel:
-    """The scene model of (T, H, W, 3) uint8 frames of one fixed camera, in time order."""
+def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
+                      calibration: tuple[np.ndarray, np.ndarray] | None = None) -> SceneModel:
+    """The scene model of (T, H, W, 3) uint8 frames of one fixed camera, in time order.
+
+    ``calibration`` is the camera's configured (image points at these frames'
+    scale, ground points in metres): it sizes people when none were seen moving,
+    and is checked against the sizes of those who were.
+    """
     T, H, W, _ = frames.shape
     problems: list[str] = []
     if T < min_frames:
         problems.append(f"too short: {T} frames, a scene model needs at least {min_frames}")
     groups = lighting_groups(frames)
+    notes: list[str] = []
     if groups.max() > 0:
-        problems.append(f"lighting changes within the buffer (two brightness groups of {int((groups == 0).sum())} "
-                        f"and {int((groups == 1).sum())} frames); one empty scene per group")
-        problems.pop()  # not a failure: each group gets its own empty scene
+        notes.append(f"lighting changes within the buffer (two brightness groups of {int((groups == 0).sum())} "
+                     f"and {int((groups == 1).sum())} frames): one empty scene for each")
     backgrounds = []
     fg = np.zeros((T, H, W), bool)
     for g in range(int(groups.max()) + 1):
@@ -208,6 +227,19 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES) -> Scene
         if fit is not None:
             cam, resid = fit
             source = "observed people"
+    if calibration is not None:
+        calibrated = camera_from_calibration(*calibration, W, H)
+        if calibrated is None:
+            notes.append("the configured calibration fits no camera; people are sized from what moved")
+        elif cam is None:
+            cam, resid, source = calibrated[0], 0.0, "calibration"
+            horizon = float(np.nan_to_num(cam.cy - cam.focal_px * np.tan(np.radians(cam.tilt_deg)), nan=H / 3))
+        else:
+            rows = np.linspace(max(horizon, 0) + 0.1 * H, H - 1, 8)
+            off = size_disagreement(cam, calibrated[0], rows)
+            if off > CALIBRATION_TOL:
+                notes.append(f"the configured calibration disagrees with the people seen: its person sizes are "
+                             f"{np.expm1(off):.0%} off; people are sized as they were seen")
     if cam is None:
         problems.append(f"no ground plane: {len(sizes)} single-person blobs, too few or inconsistent to size people")
     elif resid > MAX_SIZE_RESIDUAL:
@@ -215,7 +247,7 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES) -> Scene
     feet = np.column_stack([sizes.feet_x, sizes.feet_y]) if len(sizes) else np.zeros((0, 2))
     walk = walk_map(feet, (H, W), 8, horizon if np.isfinite(horizon) else H / 3)
     moving = people_in_motion(blobs, cam) if cam is not None else np.zeros(0)
-    return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems, moving)
+    return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems, notes, moving)
 
 
 def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> np.ndarray:

@@ -55,10 +55,19 @@ def scene_picture(model: SceneModel, sample: np.ndarray | None) -> np.ndarray:
     return np.concatenate(panels, 1)
 
 
-def prepare_scene(paths: list[Path], folder: Path, max_side: int, n_composites: int, seed: int) -> PreparedScene:
-    """Build, store and picture the camera's scene model; render its composites when it is usable."""
+def prepare_scene(paths: list[Path], folder: Path, max_side: int, n_composites: int, seed: int,
+                  calibration: tuple | None = None) -> PreparedScene:
+    """Build, store and picture the camera's scene model; render its composites when it is usable.
+
+    ``calibration`` is the camera's configured (image points in its own frame's pixels, ground metres).
+    """
+    from adapt.data.images import load_image
+
     frames = load_frames(paths, max_side=max_side)
-    model = build_scene_model(frames)
+    if calibration is not None:
+        scale = frames.shape[2] / load_image(paths[0]).shape[1]
+        calibration = (np.asarray(calibration[0], np.float64) * scale, np.asarray(calibration[1], np.float64))
+    model = build_scene_model(frames, calibration=calibration)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder)
     comp_dir = held_dir = None

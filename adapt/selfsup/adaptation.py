@@ -89,6 +89,7 @@ class AdaptConfig:
     scene: bool = True
     scene_root: Path = REPO_ROOT / "var" / "scene"
     composites: int = 300                # composites rendered per run (a fifth held out for the gate)
+    calibration: tuple | None = None     # the camera's ground plane: (image points, ground metres), from its config
 
 
 def _jsonable(value: object) -> object:
@@ -254,7 +255,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     if cfg.scene:
         from adapt.scene.prepare import prepare_scene
 
-        scene = prepare_scene(paths, cfg.scene_root / camera, cfg.max_side, cfg.composites, cfg.seed)
+        scene = prepare_scene(paths, cfg.scene_root / camera, cfg.max_side, cfg.composites, cfg.seed, cfg.calibration)
     generic = ensure_synthetic(cfg.synthetic, cfg.synthetic_n, cfg.seed)
     if scene is not None and scene.composites is not None:
         half = masks * max(1, synth_batch // (2 * masks))
