@@ -157,3 +157,14 @@ def test_importing_a_video_keeps_a_configured_buffer_larger_than_the_default(con
     on_disk = sorted(buffer.glob("*.jpg"))
     assert all(path.exists() for path in kept), "configured frames were evicted"
     assert len(on_disk) > 2100 and len(on_disk) <= 2500  # the video's frames joined them, within the camera's own limit
+
+
+def test_the_scene_model_setting_comes_from_the_camera_and_a_flag_overrides_it(tmp_path):
+    from adapt.selfsup.settings import adaptation_config
+    from crowdwatch.config import parse_config
+
+    data = {"cameras": {"lobby": {"url": "synthetic://?people=5", "adapt": {"scene": False}}}}
+    config = parse_config(data, base_dir=tmp_path)
+    assert adaptation_config(config, "lobby").scene is False
+    assert adaptation_config(config, "lobby", scene=True).scene is True
+    assert adaptation_config(None, "lobby").scene is True

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"gate: ... and at most this (default: the camera's adapt.gate, {g.max_count_ratio})")
     p.add_argument("--per-person-uncertainty", action=argparse.BooleanOptionalAction, default=None,
                    help=f"gate: the count std per counted person must drop too (default: the camera's adapt.gate, {'on' if g.per_person_uncertainty else 'off'})")
-    p.add_argument("--scene", action=argparse.BooleanOptionalAction, default=AdaptConfig.scene,
-                   help="use the camera's scene model: composites on its empty scene, empty static cells, the empty-scene gate (default: on)")
+    p.add_argument("--scene", action=argparse.BooleanOptionalAction, default=None,
+                   help="adapt with the camera's scene model: composites on its empty scene, empty static cells, moving people, "
+                        f"the empty-scene gate (default: the camera's adapt.scene, {'on' if AdaptConfig.scene else 'off'}; docs/ADAPTATION.md)")
     p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=None,
                    help=f"hold the parent's mean count on the training frames (default: the camera's adapt.keep_count, {'on' if AdaptConfig.keep_count else 'off'}; docs/ADAPTATION.md)")
     p.add_argument("--flip-steps", type=int, default=None)

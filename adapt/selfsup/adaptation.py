@@ -83,10 +83,8 @@ class AdaptConfig:
     # The uncertainty says nothing about a camera-wide scale error, and on the real
     # target the stages moved it the wrong way (docs/ADAPTATION.md, "The count level").
     keep_count: bool = _SETTINGS.keep_count
-    # The camera's scene model (empty scene, motion, people's sizes): composites of its own
-    # empty scene join L_s, static cells become empty pseudo labels, and the gate checks
-    # the empty scene. Off, or when the frames cannot give one, the paper's stages run alone.
-    scene: bool = True
+    # off, or when the frames cannot give a scene model, the paper's stages run alone (docs/ADAPTATION.md)
+    scene: bool = _SETTINGS.scene
     scene_root: Path = REPO_ROOT / "var" / "scene"
     composites: int = 300                # composites rendered per run (a fifth held out for the gate)
     calibration: tuple | None = None     # the camera's ground plane: (image points, ground metres), from its config

@@ -63,7 +63,12 @@ class AdaptConfig(Section):
     max_failures_per_day: Integer = Field(0, ge=0, le=1000, description="more failed runs than this within a day -> alert")
     labels: OptionalPath = Field(None, description="a few JSON-points frames of this camera (crowdwatch label): MAE on them decides the gate")
     keep_count: Flag = Field(
-        True, description="hold the parent's mean count and refine where people are counted; false lets adaptation move the level too"
+        True, description="without a usable scene model, hold the parent's mean count and refine where people are counted; "
+        "false lets adaptation move the level too"
+    )
+    scene: Flag = Field(
+        True, description="build the camera's scene model (empty scene, motion, people's sizes) and adapt with it: "
+        "composites on its empty scene, empty static cells, moving people as labels, the empty-scene gate"
     )
     gate: GateSettings = Field(default_factory=GateSettings, description="the label-free gate")
 
