@@ -46,9 +46,9 @@ def scene_picture(model: SceneModel, sample: np.ndarray | None) -> np.ndarray:
     walk = (0.5 * empty + 0.5 * cv2.applyColorMap(walk, cv2.COLORMAP_VIRIDIS)[..., ::-1]).astype(np.uint8)
     if model.camera is not None:
         # a 1.7 m person standing at a few places: the sizes composites are drawn at
-        for y in np.linspace(max(model.horizon, 0) + 0.15 * H, H - 1, 4):
+        for k, y in enumerate(np.linspace(max(model.horizon, 0) + 0.15 * H, H - 1, 4)):
             h = row_person_px(model.camera, np.array([y]))[0]
-            for x in np.linspace(0.2 * W, 0.8 * W, 4):
+            for x in np.linspace(0.1 * W, 0.7 * W, 4) + k * 0.06 * W:  # staggered, so bars of two rows do not join
                 if np.isfinite(h) and h > 1:
                     cv2.line(walk, (int(x), int(y)), (int(x), int(y - h)), (255, 60, 60), max(1, W // 320))
     panels = [empty, freq, walk] + ([sample] if sample is not None else [])
