@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.store.runs import append_run, read_runs
+from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.scheduler")
 
@@ -131,8 +132,9 @@ class Scheduler:
             recorded = len(read_runs(self.var, camera))
             with self._lock:
                 self.running = camera
-                # lowest CPU priority: the online stages come first
-                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=lambda: os.nice(10))
+                # lowest CPU priority: the online stages come first; dies with the supervisor
+                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                              preexec_fn=die_with_parent(then=lambda: os.nice(10)))
             _, err = self._proc.communicate()
             code = self._proc.returncode
             with self._lock:

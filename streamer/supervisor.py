@@ -9,7 +9,9 @@ adapt`` jobs one at a time.
 
 A child that exits is restarted after an exponential backoff (1 s doubling to
 60 s, reset once it has run for a minute). SIGINT/SIGTERM stop the scheduler,
-then the children (SIGTERM, then SIGKILL after a grace period).
+then the children (SIGTERM, then SIGKILL after a grace period). Every child
+(and every adaptation job) gets SIGTERM from the kernel if this process dies,
+even by SIGKILL (``streamer/pdeath.py``), so no stage outlives the supervisor.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crowdwatch.config import Config, load_stage_config
+from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.run")
 
@@ -49,7 +52,9 @@ class Child:
     def start(self, now: float) -> None:
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            # die_with_parent: a SIGKILL of `crowdwatch run` takes its stages with it
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent())
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
