@@ -141,6 +141,9 @@ class Metrics:
         )
         self.buffer = Gauge("crowd_buffer_frames", "Frames in the adaptation buffer", cam, registry=r)
         self._lock = threading.Lock()
+        # Per-camera crowd figures: exported only while the camera is up (see camera_up).
+        self._crowd = (self.people, self.people_truth, self.uncertainty, self.density_peak, self.close_pairs, self.area_ratio)
+        self._zones: dict[str, set[str]] = {}
 
     # ----------------------------------------------------------------- per camera setup
 
@@ -191,6 +194,8 @@ class Metrics:
         name = validate_camera_name(camera)
         now = time.time() if now is None else now
         self.people.labels(name).set(m.count)
+        with self._lock:
+            self._zones.setdefault(name, set()).update(m.zones)
         for zone, value in m.zones.items():
             self.zone_people.labels(name, zone).set(value)
         self.uncertainty.labels(name).set(_num(m.uncertainty))
@@ -215,7 +220,36 @@ class Metrics:
         self.dropped.labels(cam, _label(stage, "stage"), _label(reason, "reason")).inc(n)
 
     def camera_up(self, camera: str, up: bool) -> None:
-        self.up.labels(validate_camera_name(camera)).set(1 if up else 0)
+        """The camera delivers frames (1) or is down or stale (0).
+
+        Going down also removes the camera's crowd figures (``forget_crowd``):
+        a down camera exports no count, so no crowd alert can fire on its last
+        value; the next ``observe_frame`` brings them back.
+        """
+        name = validate_camera_name(camera)
+        self.up.labels(name).set(1 if up else 0)
+        if not up:
+            self.forget_crowd(name)
+
+    def forget_crowd(self, camera: str) -> None:
+        """Remove the camera's crowd figures (people, truth, zones, uncertainty, density, pairs, area).
+
+        ``crowd_calibrated``, ``crowd_last_frame_timestamp_seconds`` (the
+        staleness rule needs it), thresholds and counters stay.
+        """
+        name = validate_camera_name(camera)
+        with self._lock:
+            zones = self._zones.pop(name, set())
+            for gauge in self._crowd:
+                try:
+                    gauge.remove(name)
+                except KeyError:
+                    pass
+            for zone in zones:
+                try:
+                    self.zone_people.remove(name, zone)
+                except KeyError:
+                    pass
 
     def camera_reconnect(self, camera: str) -> None:
         self.reconnects.labels(validate_camera_name(camera)).inc()

@@ -225,3 +225,40 @@ def test_healthz_without_a_timeout_ignores_beats() -> None:
         assert status(server.url + "/healthz") == 200
     finally:
         server.stop()
+
+
+CROWD_SERIES = ("crowd_people", "crowd_people_truth", "crowd_count_uncertainty", "crowd_density_peak_per_m2",
+                "crowd_close_pairs", "crowd_area_over_density_ratio")  # fmt: skip
+
+
+def test_a_down_camera_exports_no_crowd_figures_until_results_return(served: tuple[Metrics, MetricsServer], tmp_path: Path) -> None:
+    metrics, server = served
+    metrics.configure_camera(camera_config(tmp_path), stages=("infer",))
+    metrics.camera_up("plaza", True)
+    metrics.camera_up("hall", True)
+    metrics.observe_frame("plaza", frame_metrics(), truth=60, now=1000.0)
+    metrics.observe_frame("hall", frame_metrics(count=9.0), now=1000.0)
+    cam = (("camera", "plaza"),)
+    fountain = (("camera", "plaza"), ("zone", "fountain"))
+
+    metrics.camera_up("plaza", False)
+    s = scrape(server.url)
+    for name in CROWD_SERIES:
+        assert (name, cam) not in s, name
+    assert not any(name == "crowd_zone_people" and dict(labels)["camera"] == "plaza" for name, labels in s)
+    # the truth about the camera stays: it is down, and when its last frame was
+    assert s[("crowd_camera_up", cam)] == 0
+    assert s[("crowd_last_frame_timestamp_seconds", cam)] == 1000.0
+    assert s[("crowd_people_threshold", cam)] == 80 and s[("crowd_calibrated", cam)] == 1
+    # another camera is untouched
+    assert s[("crowd_people", (("camera", "hall"),))] == 9.0
+    metrics.camera_up("plaza", False)  # idempotent
+
+    metrics.camera_up("plaza", True)
+    metrics.observe_frame("plaza", frame_metrics(count=12.0, zones={"fountain": 2.0}), now=1010.0)
+    s = scrape(server.url)
+    assert s[("crowd_people", cam)] == 12.0
+    assert s[("crowd_zone_people", fountain)] == 2.0
+    assert s[("crowd_close_pairs", cam)] == 4.5
+    assert ("crowd_people_truth", cam) not in s  # this frame carried no truth
+    assert s[("crowd_last_frame_timestamp_seconds", cam)] == 1010.0

@@ -107,3 +107,25 @@ def test_the_loop_beats_even_without_frames(stage):
     s.stop_event.set()
     t.join(timeout=10)
     assert len(beats) >= 3 and not t.is_alive()
+
+
+def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
+    s, metrics, push, sub, tmp = stage
+    img = np.zeros((96, 128, 3), dtype=np.uint8)
+    push.send_multipart(encode_frame(FrameMessage("lobby", 1, time.time_ns(), img, source_size=(128, 96), truth=3.0)))
+    deadline = time.monotonic() + 20
+    while sample(metrics, "crowd_people", camera="lobby") is None and time.monotonic() < deadline:
+        s.step()
+    assert sample(metrics, "crowd_camera_up", camera="lobby") == 1
+    s._mark_stalled(time.monotonic() + 3600)  # no frame for an hour
+    assert sample(metrics, "crowd_camera_up", camera="lobby") == 0
+    assert sample(metrics, "crowd_people", camera="lobby") is None
+    assert sample(metrics, "crowd_people_truth", camera="lobby") is None
+    assert sample(metrics, "crowd_close_pairs", camera="lobby") is None
+    assert sample(metrics, "crowd_last_frame_timestamp_seconds", camera="lobby") is not None
+    push.send_multipart(encode_frame(FrameMessage("lobby", 2, time.time_ns(), img, source_size=(128, 96), truth=3.0)))
+    deadline = time.monotonic() + 20
+    while sample(metrics, "crowd_people", camera="lobby") is None and time.monotonic() < deadline:
+        s.step()
+    assert sample(metrics, "crowd_camera_up", camera="lobby") == 1
+    assert sample(metrics, "crowd_people", camera="lobby") is not None
