@@ -107,3 +107,37 @@ def test_source_reconnects_by_itself_after_the_server_restarts(server: RtspServe
     finally:
         consumer.stop()
     assert not stats.up
+
+
+class _CountingClock:
+    """The real clock, counting what the source asks to sleep (pacing or backoff)."""
+
+    def __init__(self) -> None:
+        self.slept = 0.0
+
+    def time_ns(self) -> int:
+        return time.time_ns()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float, /) -> None:
+        self.slept += seconds
+        time.sleep(seconds)
+
+
+def test_realtime_is_ignored_for_a_live_rtsp_camera(rtsp_ready: None, generated_clip: Path):
+    with RtspServer(generated_clip) as server:
+        server.start()
+        clock = _CountingClock()
+        source = Source(SourceConfig(camera="rtsp-live", url=server.url, fps=5, width=320, height=320, realtime=True,
+                                     open_timeout_s=5, read_timeout_s=5, stall_timeout_s=5), clock=clock)
+        assert source.live and not source.paced
+        frames = []
+        for frame in source.frames():
+            frames.append(frame)
+            if len(frames) == 5:
+                break
+        source.close()
+        assert len(frames) == 5
+        assert clock.slept == 0.0  # the camera sets the pace; the source never waits on its timestamps

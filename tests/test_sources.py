@@ -548,6 +548,59 @@ def test_read_timeout_breaks_a_silent_connection(http_server):
     assert "ExitError" in (stats.last_error or "")  # PyAV's interrupt callback, not a server close
 
 
+
+def test_stream_time_repairs_a_live_streams_timestamp_jumps():
+    clock = FakeClock()
+    st = StreamTime(clock.monotonic, live=True)
+    times = []
+    for raw in (0.0, 0.1, 0.2, 25.2, 25.3, 3.3, 3.4):  # +25 s jump, then a reset back
+        clock.sleep(0.1)
+        times.append(st(raw))
+    assert times == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert st.discontinuities == 2 and not st.distrusted
+    file_time = StreamTime(clock.monotonic)  # a file's gap is its own
+    assert [file_time(t) for t in (0.0, 0.1, 25.1)] == [0.0, 0.1, 25.1]
+
+
+class _FakeLiveStream:
+    """What AvStream.open() gives for an rtsp:// camera, scripted: frame times in seconds."""
+
+    times: tuple[float, ...] = ()
+    clock: FakeClock | None = None  # frames arrive 0.5 s apart on it (a live camera's pace)
+
+    def __init__(self, target, cfg, stats, watchdog, stop) -> None:
+        pass
+
+    def open(self) -> _FakeLiveStream:
+        return self
+
+    def __iter__(self) -> Iterator[RawFrame]:
+        for i, t in enumerate(self.times):
+            if i and self.clock is not None:
+                self.clock.now += 0.5  # arrival, not a sleep of the source
+            yield RawFrame(pattern(64, 32, i), time=t, pts=t)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("realtime", [True, False])
+def test_a_live_source_is_never_paced_and_delivers_across_a_timestamp_jump(monkeypatch, clips, realtime):
+    import streamer.sources.source as source_module
+
+    monkeypatch.setattr(source_module, "AvStream", _FakeLiveStream)
+    clock = FakeClock()
+    monkeypatch.setattr(_FakeLiveStream, "times", (0.0, 0.5, 1.0, 26.0, 26.5))  # a 25 s jump
+    monkeypatch.setattr(_FakeLiveStream, "clock", clock)
+    source = Source(cfg("rtsp://cam.example/stream", fps=2, realtime=realtime), clock=clock)
+    assert source.live and not source.paced
+    frames = take(source, 5)
+    assert [f.source_pts for f in frames] == [0.0, 0.5, 1.0, 26.0, 26.5]  # the jumped frame comes too
+    assert clock.slept == 0.0  # nothing slept through the jump (or anything else)
+    # a file (or plugin) standing in for a camera is still paced
+    assert Source(cfg(clips["h264"].path, realtime=True)).paced
+
+
 # ---- plugin schemes and reconnect ------------------------------------------------------
 
 

@@ -122,7 +122,7 @@ class CameraSettings(Section):
 
     fps: Number = Field(1.0, gt=0, le=60, description="inference frames per second")
     loop: Flag = Field(True, description="files: restart at the end")
-    realtime: Flag = Field(True, description="files: pace at the file's own rate")
+    realtime: Flag = Field(True, description="files: pace at the file's own rate; live rtsp/http cameras are never paced")
     width: Integer = multiple_of_32("model input width; a multiple of 32, the aspect is kept (letterbox)", 640)
     height: Integer = multiple_of_32("model input height; a multiple of 32", 480)
     zones: Zones = Field(default_factory=lambda: MappingProxyType({}), description="named polygons, pixels of the camera's own frame")

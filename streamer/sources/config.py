@@ -29,7 +29,7 @@ class SourceConfig:
     width: int | None = None
     height: int | None = None
     loop: bool = False  # files (and seekable http): start again at EOF
-    realtime: bool = False  # pace decoding at the stream's own rate (files standing in for cameras)
+    realtime: bool = False  # pace decoding at the stream's own rate (files and plugins standing in for cameras; ignored for rtsp/http)
     keyframes_only: bool | None = None  # None: auto, when fps <= the stream's keyframe rate
     open_timeout_s: float = 10.0
     read_timeout_s: float = 10.0

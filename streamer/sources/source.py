@@ -67,6 +67,20 @@ class Source:
         )
 
     @property
+    def live(self) -> bool:
+        """A network camera (rtsp, http): frames come at the camera's pace, never ahead of it."""
+        return self.target.is_network
+
+    @property
+    def paced(self) -> bool:
+        """Frames are held back to their timestamps: ``realtime`` on a file or plugin source only.
+
+        A live stream cannot run ahead of its camera; pacing it would only sleep
+        through its timestamp jumps while the camera moves on.
+        """
+        return self.cfg.realtime and not self.live
+
+    @property
     def closed(self) -> bool:
         return self._stop.is_set()
 
@@ -124,7 +138,8 @@ class Source:
         that ended it (None: end of stream, or close())."""
         sampler = FpsSampler(self.cfg.fps)
         pacer = Pacer(self._clock.monotonic)
-        stream_time = StreamTime(self._clock.monotonic)
+        # a live stream arrives at its own pace: never paced, and its timestamp jumps are repaired
+        stream_time = StreamTime(self._clock.monotonic, live=self.live)
         watchdog.progress()
         items = iter(stream)
         delivered = False
@@ -140,7 +155,7 @@ class Source:
                 if not delivered:
                     delivered = True
                     self._came_up()
-                if self.cfg.realtime and raw.time is not None:
+                if self.paced and raw.time is not None:
                     if not self._sleep(pacer.delay(raw.time)):
                         break
                     watchdog.progress()
@@ -148,6 +163,9 @@ class Source:
                 keep = sampler.keep(stream_time(raw.time))
                 if stream_time.distrusted_at_frame:
                     log.warning("camera %s: timestamps stopped advancing; sampling by arrival time", self.cfg.camera)
+                if stream_time.jumped_at_frame:
+                    log.warning("camera %s: timestamp jump (discontinuity %d of this connection); timing continues from the wall clock",
+                                self.cfg.camera, stream_time.discontinuities)
                 if not keep:
                     self.stats.drop(SAMPLING)
                     continue

@@ -47,12 +47,21 @@ class StreamTime:
     timestamps stop advancing while frames keep coming (cameras and servers that send
     constant RTP timestamps exist) would let sampling emit nothing ever again, so after
     `STUCK_S` of that the connection is timed by the wall clock from then on.
+
+    On a live stream (``live=True``: rtsp, http) the timestamps must follow the wall
+    clock: a jump of more than `JUMP_S` beyond the wall time between two frames, either
+    way (a camera's clock reset, an RTP timestamp wrap, a server's splice) is a
+    discontinuity, not a gap: the stream time goes on from the previous frame by the
+    wall time in between, and later timestamps are taken relative to the new base.
+    A file's gaps are its own and stay.
     """
 
     STUCK_S = 2.0
+    JUMP_S = 5.0
 
-    def __init__(self, monotonic: Callable[[], float]) -> None:
+    def __init__(self, monotonic: Callable[[], float], *, live: bool = False) -> None:
         self._monotonic = monotonic
+        self.live = live
         self.reset()
 
     def reset(self) -> None:
@@ -63,10 +72,25 @@ class StreamTime:
         self._stuck_since: float | None = None
         self.distrusted = False  # timestamps of this connection are being ignored
         self.distrusted_at_frame = False
+        self._offset = 0.0  # added to a live stream's timestamps after its discontinuities
+        self.discontinuities = 0
+        self.jumped_at_frame = False
 
     def __call__(self, t: float | None) -> float:
         now = self._monotonic()
         self.distrusted_at_frame = False  # True only for the frame that turned distrust on
+        self.jumped_at_frame = False  # True only for a frame whose timestamp was rebased
+        if t is not None and not self.distrusted and self.live and self._last_raw is not None and self._last_t is not None:
+            step, wall = t - self._last_raw, now - self._last_wall
+            if step > wall + self.JUMP_S or step < -self.JUMP_S:
+                # continue from the previous frame by the wall time in between
+                self._offset = self._last_t + wall - t
+                self.discontinuities += 1
+                self.jumped_at_frame = True
+                self._last_raw = t
+                self._stuck_since = None
+                self._last_t, self._last_wall = t + self._offset, now
+                return self._last_t
         if t is not None and not self.distrusted:
             if self._last_raw is None or t > self._last_raw:
                 self._stuck_since = None
@@ -77,5 +101,7 @@ class StreamTime:
             self._last_raw = t
         if t is None or self.distrusted:
             t = self._last_t + (now - self._last_wall) if self._last_t is not None else now - self._opened
+        else:
+            t = t + self._offset
         self._last_t, self._last_wall = t, now
         return t
