@@ -27,6 +27,7 @@ from prometheus_client.exposition import choose_encoder
 from crowdwatch.config.names import validate_camera_name
 
 from .crowd_metrics import FrameMetrics
+from .wire import IGNORED
 
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 ADAPTATION_RESULTS = ("succeeded", "failed", "rejected", "skipped")
@@ -124,6 +125,9 @@ class Metrics:
         self.dropped = Counter("crowd_frames_dropped", "Frames dropped", cam + ["stage", "reason"], registry=r)
         self.up = Gauge("crowd_camera_up", "1 while the camera source delivers frames", cam, registry=r)
         self.reconnects = Counter("crowd_camera_reconnects", "Camera source reconnects", cam, registry=r)
+        self.ignored = Counter(
+            "crowd_wire_ignored", "Parts of received messages discarded while the message was kept", cam + ["stage", "what"], registry=r
+        )
         self.inference = Histogram(
             "crowd_inference_seconds", "Model run time per batch", registry=r, buckets=INFERENCE_BUCKETS
         )
@@ -178,6 +182,8 @@ class Metrics:
         self.reconnects.labels(name)
         for stage in stages:
             self.frames.labels(name, _label(stage, "stage"))
+            for what in IGNORED:
+                self.ignored.labels(name, stage, what)
 
     # ----------------------------------------------------------------- crowd figures
 
@@ -251,8 +257,14 @@ class Metrics:
                 except KeyError:
                     pass
 
-    def camera_reconnect(self, camera: str) -> None:
-        self.reconnects.labels(validate_camera_name(camera)).inc()
+    def camera_reconnect(self, camera: str, n: int = 1) -> None:
+        self.reconnects.labels(validate_camera_name(camera)).inc(n)
+
+    def wire_ignored(self, stage: str, what: str, camera: str) -> None:
+        """Count a discarded part of a kept message (``streamer.wire.IGNORED``: unknown or clamped stats, truth)."""
+        if what not in IGNORED:
+            raise ValueError(f"what must be one of {IGNORED}, found {what!r}")
+        self.ignored.labels(validate_camera_name(camera), _label(stage, "stage"), what).inc()
 
     def observe_inference(self, seconds: float, batch_size: int) -> None:
         self.inference.observe(seconds)

@@ -13,6 +13,7 @@ beside the old one, which keeps serving until the switch, so no frame is lost.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -175,7 +176,12 @@ class InferStage:
         self.auth = start_authenticator(self.ctx, t.curve.authorized_clients or None) if curve is not None else None
         self.frames = open_socket(self.ctx, "pull", t.frames_bind, bind=True, hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
         self.results = open_socket(self.ctx, "pub", t.results_bind, bind=True, hwm=t.hwm * 4, curve=curve)
-        self.receiver = LatestReceiver(self.frames, decode_frame, cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped)
+        # a frame bigger than its camera's model box is dropped before it is decoded
+        boxes = {name: (cam.width, cam.height) for name, cam in config.cameras.items()}
+        self.receiver = LatestReceiver(
+            self.frames, lambda parts: decode_frame(parts, max_size=boxes.get),
+            cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped,
+        )
         self.buffers = self._open_buffers()
         for cam in self.cameras:
             metrics.configure_camera(config.cameras[cam], stages=(STAGE,))
@@ -222,22 +228,34 @@ class InferStage:
             st.geometry[key] = CameraGeometry.for_camera(self.config.cameras[msg.camera], source_size=msg.source_size, input_size=(w, h))
         return st.geometry[key]
 
-    def _source_stats(self, msg: FrameMessage) -> None:
+    def _source_stats(self, msg: FrameMessage) -> FrameMessage:
+        """Export the frame's in-band counters; returns the frame as it may be used.
+
+        The wire keeps only the known counters, clamped (``wire.STATS_LIMITS``), so
+        the ``reason`` labels below are a fixed set; what it discarded is counted.
+        ``truth`` is believed from synthetic cameras only: any other camera's is
+        dropped and counted.
+        """
         st = self.state[msg.camera]
         if not st.up:
             st.up = True
             self.metrics.camera_up(msg.camera, True)
+        for what in msg.ignored:
+            self.metrics.wire_ignored(STAGE, what, msg.camera)
         for key, value in (msg.stats or {}).items():
             delta = value - st.stats.get(key, 0)
             if delta < 0:  # ingest restarted: counters start again from zero
                 delta = value
             if delta:
                 if key == "reconnects":
-                    for _ in range(delta):
-                        self.metrics.camera_reconnect(msg.camera)
+                    self.metrics.camera_reconnect(msg.camera, delta)
                 elif key.startswith("dropped_"):
                     self.metrics.drop("ingest", key[len("dropped_"):], msg.camera, n=delta)
             st.stats[key] = value
+        if msg.truth is not None and self.config.cameras[msg.camera].source_kind != "synthetic":
+            self.metrics.wire_ignored(STAGE, "truth", msg.camera)
+            msg = dataclasses.replace(msg, truth=None)
+        return msg
 
     def _mark_stalled(self, now: float) -> None:
         for cam, st in self.state.items():
@@ -294,8 +312,7 @@ class InferStage:
             self.metrics.model_version(cam, self.pool.backend(cam)[1].version)
         m = self.config.model
         frames = collect(self.receiver, m.max_batch, m.max_wait_ms / 1000.0)
-        for f in frames:
-            self._source_stats(f)
+        frames = [self._source_stats(f) for f in frames]
         for batch in group_batches(frames, lambda cam: self.pool.backend(cam)[0], m.max_batch):
             self.process(batch)
         self._mark_stalled(time.monotonic())

@@ -113,10 +113,27 @@ class FrameMessage:
     # cumulative source counters (reconnects, drops by reason), so one /metrics
     # endpoint at the inference stage covers every ingest process
     stats: Mapping[str, int] | None = None
+    # what the decoder discarded from an otherwise good message, one of IGNORED
+    # each ("unknown_stat", "clamped_stat"): the receiver counts them
+    ignored: tuple[str, ...] = ()
 
 
 MAX_STATS = 32
 _STAT_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+# The in-band source counters a frame may carry (streamer.ingest.counters), with the
+# highest value each is believed up to: a fixed set, so the metrics they become have
+# a fixed set of label values whatever a sender puts in its header.
+STATS_LIMITS: Mapping[str, int] = MappingProxyType({
+    "reconnects": 10**7,  # one every 10 s for three years
+    "dropped_hwm": 10**15,
+    "dropped_sampling": 10**15,
+    "dropped_nonkey": 10**15,
+    "dropped_decode_error": 10**15,
+})
+# Parts of a message that a receiver discarded while keeping the message (counted in
+# crowd_wire_ignored_total{what}); "truth" is discarded by the infer stage for a
+# camera that is not synthetic.
+IGNORED = ("unknown_stat", "clamped_stat", "truth")
 
 
 @dataclass(frozen=True, eq=False)
@@ -428,14 +445,55 @@ def _check_result_fields(h: Mapping[str, Any]) -> None:
             raise WireError("bad_field", f"timings.{k}"[:80])
 
 
-def decode_frame(parts: Sequence[Buffer | zmq.Frame]) -> FrameMessage:
-    """Validate and decode a frame message; raises WireError(reason)."""
+def _image_size(header: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(w, h) the header announces for its image part, if it is well formed."""
+    for desc in header.get("parts") or ():
+        if isinstance(desc, dict) and desc.get("name") == "image":
+            shape = desc.get("shape")
+            if isinstance(shape, list) and len(shape) == 3 and all(_is_int(v, 1, MAX_NS) for v in shape[:2]):
+                return shape[1], shape[0]
+    return None
+
+
+def _bounded_stats(stats: object) -> tuple[dict[str, int] | None, tuple[str, ...]]:
+    """The known counters, clamped to their limits; the rest is reported, not kept."""
+    if stats is None:
+        return None, ()
+    if not (isinstance(stats, dict) and len(stats) <= MAX_STATS and all(isinstance(k, str) and _STAT_RE.fullmatch(k) and _is_int(v, 0, MAX_NS) for k, v in stats.items())):
+        raise WireError("bad_field", "stats")
+    out: dict[str, int] = {}
+    ignored: list[str] = []
+    for key, value in stats.items():
+        limit = STATS_LIMITS.get(key)
+        if limit is None:
+            if "unknown_stat" not in ignored:
+                ignored.append("unknown_stat")
+        elif value > limit:
+            out[key] = limit
+            if "clamped_stat" not in ignored:
+                ignored.append("clamped_stat")
+        else:
+            out[key] = value
+    return out, tuple(ignored)
+
+
+def decode_frame(
+    parts: Sequence[Buffer | zmq.Frame], max_size: Callable[[str], tuple[int, int] | None] | None = None
+) -> FrameMessage:
+    """Validate and decode a frame message; raises WireError(reason).
+
+    ``max_size(camera)`` gives the largest image (w, h) accepted for a camera (its
+    configured model box); a bigger one is ``oversized`` and rejected before its
+    buffer is decoded. Stats keep only the keys of :data:`STATS_LIMITS`, clamped;
+    what was discarded is listed in ``FrameMessage.ignored``.
+    """
     header, buffers = _parse_header(parts, "frame")
     source_size = _get_source_size(header)
-    stats = header.get("stats")
-    if stats is not None:
-        if not (isinstance(stats, dict) and len(stats) <= MAX_STATS and all(isinstance(k, str) and _STAT_RE.fullmatch(k) and _is_int(v, 0, MAX_NS) for k, v in stats.items())):
-            raise WireError("bad_field", "stats")
+    stats, ignored = _bounded_stats(header.get("stats"))
+    if max_size is not None:
+        limit, size = max_size(header["camera"]), _image_size(header)
+        if limit is not None and size is not None and (size[0] > limit[0] or size[1] > limit[1]):
+            raise WireError("oversized", f"image {size[0]}x{size[1]} above the camera's {limit[0]}x{limit[1]}")
     arrays = _decode_parts(header, buffers)
     return FrameMessage(
         camera=header["camera"],
@@ -445,6 +503,7 @@ def decode_frame(parts: Sequence[Buffer | zmq.Frame]) -> FrameMessage:
         source_size=source_size,
         truth=_opt_num(header, "truth"),
         stats=stats,
+        ignored=ignored,
     )
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
+import streamer.wire as wire
 from adapt.model.checkpoint import save_checkpoint
 from adapt.store.registry import BASE, Registry
 from adapt.store.runs import append_run
@@ -28,7 +29,7 @@ def stage(tmp_path):
         "paths": {"var": str(tmp_path / "var"), "run": str(tmp_path / "run")},
         "model": {"registry": str(tmp_path / "models"), "backend": "torch", "max_batch": 4, "max_wait_ms": 50},
         "defaults": {"width": 128, "height": 96, "buffer": {"min_interval_s": 0}},
-        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://"}},
+        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://"}, "gate": {"url": "rtsp://cam.example/stream"}},
     }, base_dir=tmp_path)
     metrics = Metrics(process_metrics=False)
     ctx = zmq.Context()
@@ -129,3 +130,71 @@ def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
         s.step()
     assert sample(metrics, "crowd_camera_up", camera="lobby") == 1
     assert sample(metrics, "crowd_people", camera="lobby") is not None
+
+
+def _serve_until(s, metrics, camera, frames_before, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while (sample(metrics, "crowd_frames_total", camera=camera, stage="infer") or 0) <= frames_before and time.monotonic() < deadline:
+        s.step()
+    return sample(metrics, "crowd_frames_total", camera=camera, stage="infer")
+
+
+def _ignored(metrics, camera, what):
+    return sample(metrics, "crowd_wire_ignored_total", camera=camera, stage="infer", what=what)
+
+
+def test_untrusted_frame_contents_are_dropped_counted_and_the_stage_goes_on(stage):
+    s, metrics, push, sub, tmp = stage
+    img = np.zeros((96, 128, 3), dtype=np.uint8)
+
+    def good(cam, seq, **kw):
+        push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, source_size=(128, 96), **kw)))
+
+    # 1. a well-formed 4096x4096 frame for a 128x96 camera: dropped unread, counted
+    push.send_multipart(encode_frame(FrameMessage("gate", 1, time.time_ns(), np.zeros((4096, 4096, 3), np.uint8))))
+    for _ in range(3):
+        s.step()
+    assert sample(metrics, "crowd_frames_dropped_total", camera="gate", stage="infer", reason="oversized") == 1
+    assert sample(metrics, "crowd_frames_total", camera="gate", stage="infer") == 0
+    good("gate", 2)
+    assert _serve_until(s, metrics, "gate", 0) == 1
+
+    # 2. a stats key the exporter would refuse as a label: dropped and counted, no new label
+    good("gate", 3, stats={"dropped_" + "q" * 40: 5, "dropped_sampling": 1})
+    assert _serve_until(s, metrics, "gate", 1) == 2
+    assert _ignored(metrics, "gate", "unknown_stat") == 1
+    assert sample(metrics, "crowd_frames_dropped_total", camera="gate", stage="ingest", reason="sampling") == 1
+
+    # 3. an absurd reconnect count: clamped, counted, one increment (no loop per reconnect)
+    t0 = time.monotonic()
+    good("gate", 4, stats={"reconnects": 100_000_000})
+    assert _serve_until(s, metrics, "gate", 2) == 3
+    assert time.monotonic() - t0 < 10
+    assert _ignored(metrics, "gate", "clamped_stat") == 1
+    assert sample(metrics, "crowd_camera_reconnects_total", camera="gate") == wire.STATS_LIMITS["reconnects"]
+
+    # 4. new dropped_<x> keys in every frame cannot grow /metrics
+    before = sum(1 for fam in metrics.registry.collect() for _ in fam.samples)
+    for i in range(20):
+        good("gate", 5 + i, stats={f"dropped_x{i}": 1})
+        _serve_until(s, metrics, "gate", 3 + i)
+    after = sum(1 for fam in metrics.registry.collect() for _ in fam.samples)
+    assert after == before, (before, after)
+    assert _ignored(metrics, "gate", "unknown_stat") == 21
+
+    # 5. truth from a camera that is not synthetic: dropped and counted, neither exported nor published
+    while True:  # empty the results published so far
+        try:
+            sub.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:
+            break
+    good("gate", 30, truth=999.0)
+    assert _serve_until(s, metrics, "gate", 23) == 24
+    assert _ignored(metrics, "gate", "truth") == 1
+    assert sample(metrics, "crowd_people_truth", camera="gate") is None
+    assert decode_result(sub.recv_multipart()).truth is None
+    # a synthetic camera's truth is still believed
+    good("hall", 1, truth=7.0)
+    _serve_until(s, metrics, "hall", 0)
+    assert sample(metrics, "crowd_people_truth", camera="hall") == 7.0
+    assert _ignored(metrics, "hall", "truth") == 0

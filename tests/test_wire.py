@@ -438,3 +438,31 @@ def test_result_carries_the_source_size():
     msg = ResultMessage("cam", 1, 5, 3.0, np.zeros((4, 8), np.float32), "v1", source_size=(1920, 1080))
     assert decode_result([bytes(p) for p in encode_result(msg)]).source_size == (1920, 1080)
     assert decode_result([bytes(p) for p in encode_result(ResultMessage("cam", 1, 5, 3.0, np.zeros((4, 8), np.float32), "v1"))]).source_size is None
+
+
+def test_stats_keep_a_fixed_set_of_keys_with_bounded_values():
+    from streamer.ingest import counters
+    from streamer.sources import SourceStats
+
+    assert set(counters(SourceStats(), 0)) <= set(wire.STATS_LIMITS)  # everything ingest sends is known
+    img = np.zeros((32, 64, 3), np.uint8)
+    forged = {"reconnects": 100_000_000, "dropped_" + "x" * 40: 3, "dropped_sampling": 7, "dropped_new": 1}
+    msg = decode_frame([bytes(p) for p in encode_frame(FrameMessage("cam", 1, 5, img, stats=forged))])
+    assert msg.stats == {"reconnects": wire.STATS_LIMITS["reconnects"], "dropped_sampling": 7}
+    assert msg.ignored == ("clamped_stat", "unknown_stat")
+    clean = decode_frame([bytes(p) for p in encode_frame(FrameMessage("cam", 1, 5, img, stats={"reconnects": 2}))])
+    assert clean.ignored == ()
+
+
+def test_a_frame_larger_than_its_cameras_box_is_rejected_before_decoding():
+    img = np.zeros((96, 128, 3), np.uint8)
+    boxes = {"cam": (128, 96), "small": (64, 64)}
+    for quality in (None, 80):
+        parts = [bytes(p) for p in encode_frame(FrameMessage("cam", 1, 5, img), quality)]
+        assert decode_frame(parts, max_size=boxes.get).image.shape == (96, 128, 3)
+        small = [bytes(p) for p in encode_frame(FrameMessage("small", 1, 5, img), quality)]
+        with pytest.raises(WireError) as e:
+            decode_frame(small, max_size=boxes.get)
+        assert e.value.reason == "oversized"
+        other = [bytes(p) for p in encode_frame(FrameMessage("other", 1, 5, img), quality)]
+        assert decode_frame(other, max_size=boxes.get).camera == "other"  # unknown cameras: the receiver decides
