@@ -29,6 +29,7 @@ from crowdwatch.config import Config, load_stage_config
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
+from streamer.heartbeat import Heartbeat
 from streamer.wire import (
     FrameMessage,
     LatestReceiver,
@@ -361,8 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     install_signal_handlers(stage.stop_event)
     log.info("infer: metrics on %s, %d cameras, backend %s", server.url, len(stage.cameras), config.model.backend)
+    heartbeat = Heartbeat.from_env()  # for crowdwatch run's stall detection; /healthz has server.beat
+
+    def beat() -> None:
+        server.beat()
+        heartbeat.beat()
+
     try:
-        stage.run(ready=server.set_ready, beat=server.beat)
+        stage.run(ready=server.set_ready, beat=beat)
     finally:
         stage.close()
         server.stop()

@@ -20,6 +20,7 @@ from pathlib import Path
 import zmq
 
 from crowdwatch.config import CameraConfig, load_stage_config
+from streamer.heartbeat import Heartbeat
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
 from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, open_socket, send_parts
 
@@ -51,6 +52,10 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
     source = Source(source_config(cam), stats)
     stop_watcher = threading.Thread(target=lambda: (stop.wait(), source.close()), daemon=True)
     stop_watcher.start()
+    # The frame loop blocks inside the source while it reconnects; a hung decoder is
+    # the source's own watchdog's (stall_timeout). The heartbeat thread stops with
+    # the process (SIGSTOP, a deadlock of the interpreter), which crowdwatch run sees.
+    Heartbeat.from_env().run_thread(stop)
     hwm_drops = 0
     try:
         for frame in source.frames():

@@ -11,10 +11,17 @@ Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``
 here when the buffer is too small to start one or the job died before it could
 record; the inference stage reads these files to export the adaptation metrics from the
 same /metrics endpoint as everything else.
+
+A job gets its camera's ``adapt.timeout``: one still running then is stopped
+(SIGTERM, SIGKILL 10 s later) and recorded as ``failed`` ("timed out"). Its
+whole output (stdout and stderr) goes to ``<var>/adapt/<camera>/job.log``,
+bounded: past ``JOB_LOG_BYTES`` the file rotates to ``job.log.1`` (one
+previous file kept), and each run starts a fresh ``job.log``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -34,6 +41,53 @@ log = logging.getLogger("crowdwatch.scheduler")
 # `crowdwatch adapt` exit codes -> crowd_adaptation_runs_total{result}
 RESULTS = {0: "succeeded", 3: "rejected", 4: "skipped"}
 MIN_BUFFER_FRAMES = 8
+JOB_LOG_BYTES = 256 * 1024
+KILL_GRACE_S = 10.0
+
+
+class JobLog:
+    """A job's output in ``path``, rotated to ``path.1`` whenever it passes ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int | None = None):
+        self.path, self.max_bytes = Path(path), JOB_LOG_BYTES if max_bytes is None else max_bytes
+        self.rotated = self.path.with_name(self.path.name + ".1")
+        self._tail = b""
+
+    @property
+    def last_line(self) -> str:
+        lines = [ln.strip() for ln in self._tail.decode(errors="replace").splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else ""
+
+    def _rotate(self) -> None:
+        if self.path.exists():
+            os.replace(self.path, self.rotated)
+
+    def copy(self, stream) -> None:
+        """Copy ``stream`` (the job's stdout) until EOF; never raises."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._rotate()  # each run starts a fresh job.log
+            out = open(self.path, "ab")
+            try:
+                for chunk in iter(lambda: stream.read1(65536), b""):
+                    self._tail = (self._tail + chunk)[-4096:]
+                    while chunk:
+                        room = self.max_bytes - out.tell()
+                        if room <= 0:
+                            out.close()
+                            self._rotate()
+                            out = open(self.path, "ab")
+                            room = self.max_bytes
+                        out.write(chunk[:room])
+                        chunk = chunk[room:]
+                    out.flush()
+            finally:
+                out.close()
+        except (OSError, ValueError) as exc:
+            log.warning("job log %s: %s", self.path, exc)
+            with contextlib.suppress(OSError, ValueError):
+                for _ in iter(lambda: stream.read1(65536), b""):  # keep draining so the job never blocks
+                    pass
 
 
 def next_daily(after: float, hour: int, minute: int, tz: dt.tzinfo | None = None) -> float:
@@ -80,6 +134,7 @@ class CameraSchedule:
     interval_s: float | None
     daily: tuple[int, int] | None
     watch: UncertaintyWatch | None
+    timeout_s: float | None = None  # a job running longer is stopped and recorded as failed
     last_run: float | None = None
     due_reason: str | None = None
 
@@ -130,17 +185,34 @@ class Scheduler:
             argv = self.command(camera, report)
             log.info("%s: adapting (%s): %s", camera, reason, " ".join(argv))
             recorded = len(read_runs(self.var, camera))
+            joblog = JobLog(report.parent / "job.log")
             with self._lock:
                 self.running = camera
                 # lowest CPU priority: the online stages come first; dies with the supervisor
-                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                              preexec_fn=die_with_parent(then=lambda: os.nice(10)))
-            _, err = self._proc.communicate()
-            code = self._proc.returncode
+                self._proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                     preexec_fn=die_with_parent(then=lambda: os.nice(10)))
+            reader = threading.Thread(target=joblog.copy, args=(proc.stdout,), name=f"adapt-log-{camera}", daemon=True)
+            reader.start()
+            timed_out = False
+            try:
+                code = proc.wait(timeout=sched.timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                log.error("%s: adaptation still running after %.0f s; stopping it", camera, sched.timeout_s)
+                proc.terminate()
+                try:
+                    code = proc.wait(timeout=KILL_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+            reader.join(timeout=5.0)
+            proc.stdout.close()
             with self._lock:
                 self.running, self._proc = None, None
             result = RESULTS.get(code, "failed")
-            detail = err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {code}"
+            detail = joblog.last_line or f"exit {code}"
+            if timed_out:
+                result, detail = "failed", f"timed out after {sched.timeout_s:.0f} s; last line: {detail}"
             runs = read_runs(self.var, camera)
             child_recorded = len(runs) > recorded  # `crowdwatch adapt --record` wrote the run itself
             if child_recorded:

@@ -48,6 +48,7 @@ from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stag
 
 from . import overlay
 from .exporter import Metrics
+from .heartbeat import Heartbeat
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
 from .wire import LatestReceiver, ResultMessage, WireError, curve_keys_from_config, decode_result, open_socket
 
@@ -708,9 +709,10 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, zmq.ZMQError) as exc:
             print(f"crowdwatch web: cannot start on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
             return 1
+        heartbeat = Heartbeat.from_env()  # crowdwatch run replaces a web stage that stops beating
         try:
             while not stop.wait(1.0):
-                pass
+                heartbeat.beat()
         finally:
             server.stop()
     finally:

@@ -102,3 +102,36 @@ def test_adapt_command_is_one_command_on_the_config(tmp_path):
     assert main(argv[4:]) == 1
     (run,) = read_runs(var, "lobby")
     assert run["result"] == "failed" and str(tmp_path / "models") in run["detail"]
+
+
+def test_a_job_past_its_timeout_is_stopped_and_recorded_as_failed(tmp_path):
+    import time
+
+    s, clock = make(tmp_path, "import time; print('epoch 1', flush=True); time.sleep(60)")
+    s.cameras["lobby"].timeout_s = 1.0
+    t0 = time.monotonic()
+    assert s.run_one("lobby", "schedule") == "failed"
+    assert time.monotonic() - t0 < 15
+    run = read_runs(tmp_path, "lobby")[-1]
+    assert run["detail"].startswith("timed out after 1 s") and "epoch 1" in run["detail"]
+    assert s.running is None
+
+
+def test_the_whole_job_output_is_kept_in_a_bounded_rotating_log(tmp_path, monkeypatch):
+    import streamer.scheduler as scheduler
+
+    monkeypatch.setattr(scheduler, "JOB_LOG_BYTES", 4096)
+    # 100 KiB of stdout, then a stderr line: everything reaches the log, at most two files of 4 KiB are kept
+    s, _ = make(tmp_path, "import sys\nfor i in range(1000): print(f'line {i:04d} ' + 'x' * 90)\nsys.stdout.flush()\n"
+                          "print('the real reason', file=sys.stderr); sys.exit(1)")
+    assert s.run_one("lobby", "schedule") == "failed"
+    log_dir = tmp_path / "adapt" / "lobby"
+    current, previous = log_dir / "job.log", log_dir / "job.log.1"
+    assert current.stat().st_size <= 4096 and previous.stat().st_size <= 4096
+    assert current.read_text().rstrip().endswith("the real reason")
+    assert "line 0999" in current.read_text() + previous.read_text()
+    assert read_runs(tmp_path, "lobby")[-1]["detail"] == "the real reason"
+    # a second run starts a fresh job.log
+    s.command = lambda cam, report: [sys.executable, "-c", "print('second run')"]
+    s.run_one("lobby", "schedule")
+    assert current.read_text() == "second run\n"

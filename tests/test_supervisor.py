@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -92,3 +93,61 @@ def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
     assert pdeath.die_with_parent() is None
     f = lambda: None  # noqa: E731
     assert pdeath.die_with_parent(then=f) is f
+
+
+# A minimal real stage: beats its heartbeat from its loop, as infer, web and ingest do.
+BEATING_STAGE = "from streamer.heartbeat import Heartbeat; import time\nhb = Heartbeat.from_env()\nwhile True:\n    hb.beat(); time.sleep(0.1)"
+
+
+def _stage_config(tmp_path, **server):
+    from crowdwatch.config.loader import parse_config
+
+    return parse_config({"server": {"stall_restart": "2s", "start_timeout": "5s", **server},
+                         "paths": {"var": str(tmp_path / "var"), "run": str(tmp_path / "run")},
+                         "cameras": {"east": {"url": "synthetic://?people=3"}}})
+
+
+def _run_supervisor(monkeypatch, tmp_path, argv_for, config=None):
+    from streamer import supervisor
+
+    env_path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    monkeypatch.setenv("PYTHONPATH", env_path)
+    monkeypatch.setattr(supervisor, "stage_argv", lambda stage, config_path, *extra: argv_for(stage))
+    built: list = []
+    real_build = supervisor.build_children
+    monkeypatch.setattr(supervisor, "build_children", lambda *a: built.extend(real_build(*a)) or built)
+    stop = threading.Event()
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(supervisor.supervise(config or _stage_config(tmp_path), tmp_path / "config.toml", stop,
+                                                                          tick_s=0.1, with_scheduler=False)), daemon=True)
+    t.start()
+    return built, stop, t, result
+
+
+def _wait(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("victim", ["infer", "ingest:east"])
+def test_a_sigstopped_stage_is_replaced_within_60_s(monkeypatch, tmp_path, victim):
+    built, stop, t, _ = _run_supervisor(monkeypatch, tmp_path, lambda stage: [sys.executable, "-c", BEATING_STAGE])
+    try:
+        assert _wait(lambda: len(built) == 3 and all(c.proc is not None for c in built), 30)
+        child = next(c for c in built if c.name == victim)
+        assert _wait(lambda: child.heartbeat.exists(), 30)
+        old = child.proc.pid
+        os.kill(old, signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert _wait(lambda: child.proc is not None and child.proc.pid != old, 60), f"{victim} was not replaced within 60 s"
+        assert time.monotonic() - t0 < 60 and child.stalls == 1
+        assert not _pid_alive(old)
+        others = [c for c in built if c is not child]
+        assert all(c.restarts == 0 and c.stalls == 0 for c in others)  # only the stopped stage was touched
+    finally:
+        stop.set()
+        t.join(30)

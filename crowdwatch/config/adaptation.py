@@ -59,6 +59,10 @@ class AdaptConfig(Section):
     interval_s: Duration | None = Field(86400.0, ge=60, alias="interval", description="adapt this often (exclusive with daily)")
     daily: DailyTime = Field(None, description='adapt once a day at this local time "HH:MM" (exclusive with interval)')
     uncertainty_trigger: UncertaintyTrigger = Field(default_factory=UncertaintyTrigger, description="adapt early when the model stays unsure")
+    timeout_s: Duration = Field(
+        6 * 3600.0, ge=60, le=7 * 86400, alias="timeout",
+        description="an adaptation job still running after this long is stopped and recorded as failed",
+    )  # fmt: skip
     max_age_s: Duration = Field(3 * 86400.0, ge=60, alias="max_age", description="last successful adaptation older than this -> alert")
     max_failures_per_day: Integer = Field(0, ge=0, le=1000, description="more failed runs than this within a day -> alert")
     labels: OptionalPath = Field(None, description="a few JSON-points frames of this camera (crowdwatch label): MAE on them decides the gate")

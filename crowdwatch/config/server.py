@@ -22,6 +22,14 @@ class ServerConfig(Section):
         120.0, ge=1, alias="liveness_timeout",
         description="/healthz turns 503 when the inference loop has not finished a cycle for this long",
     )  # fmt: skip
+    stall_restart_s: Duration = Field(
+        30.0, ge=1, le=3600, alias="stall_restart",
+        description="crowdwatch run replaces a stage whose loop made no progress (no heartbeat) for this long: a hang or a SIGSTOP",
+    )  # fmt: skip
+    start_timeout_s: Duration = Field(
+        300.0, ge=1, le=86400, alias="start_timeout",
+        description="crowdwatch run: how long a stage may take from its start to its first heartbeat (loading models) before it counts as hung",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
