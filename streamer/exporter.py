@@ -136,6 +136,12 @@ class Metrics:
             "crowd_frame_latency_seconds", "Capture to metrics latency", cam, registry=r, buckets=LATENCY_BUCKETS
         )
         self.model = Gauge("crowd_model_info", "Model version serving the camera (value 1)", cam + ["version"], registry=r)
+        self.model_load_failures = Counter(
+            "crowd_model_load_failures", "Failed loads of a model version for the camera", cam, registry=r
+        )
+        self.model_fallback = Gauge(
+            "crowd_model_fallback", "1 while the camera is served by a fallback (last good or base) instead of its current version", cam, registry=r
+        )
         self._versions: dict[str, str] = {}
 
         # Adaptation.
@@ -284,6 +290,16 @@ class Metrics:
                 self.model.remove(name, old)
             self._versions[name] = version
             self.model.labels(name, version).set(1)
+
+    def model_load_failure(self, camera: str) -> None:
+        """One failed load of a model version for ``camera``."""
+        self.model_load_failures.labels(validate_camera_name(camera)).inc()
+
+    def model_fallback_state(self, camera: str, fallback: bool) -> None:
+        """Whether ``camera`` is served by a fallback model instead of its ``current`` one."""
+        name = validate_camera_name(camera)
+        self.model_load_failures.labels(name)  # starts at 0, so increase() sees the first failure
+        self.model_fallback.labels(name).set(1 if fallback else 0)
 
     # ----------------------------------------------------------------- adaptation
 

@@ -10,8 +10,9 @@ of a stopped process does not run either).
 
 A stage that cannot start for a reason a restart will not fix (address in
 use, no model registry, an invalid config) exits with :data:`EXIT_FATAL`
-(78, ``EX_CONFIG`` of sysexits.h) after printing one line saying why; the
-supervisor then stops instead of restarting it in a loop.
+(78, ``EX_CONFIG`` of sysexits.h) after printing one line saying why; a
+usage or config error exits with 2, as every command does. The supervisor
+stops on either (:data:`FATAL_EXIT_CODES`) instead of restarting in a loop.
 
 Without the variable (a stage started by hand or by an orchestrator, which
 has ``/healthz`` instead) :meth:`beat` does nothing.
@@ -27,6 +28,7 @@ from pathlib import Path
 ENV = "CROWDWATCH_HEARTBEAT"
 MIN_INTERVAL_S = 1.0
 EXIT_FATAL = 78
+FATAL_EXIT_CODES = frozenset({2, EXIT_FATAL})
 
 
 class Heartbeat:

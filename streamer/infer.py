@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import signal
 import sys
@@ -29,7 +30,7 @@ from crowdwatch.config import Config, load_stage_config
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
-from streamer.heartbeat import Heartbeat
+from streamer.heartbeat import EXIT_FATAL, Heartbeat
 from streamer.wire import (
     FrameMessage,
     LatestReceiver,
@@ -57,22 +58,71 @@ class _Loaded:
     backend: Backend
 
 
-class ModelPool:
-    """Per-camera models from the registry, hot-swapped on pointer changes."""
+class ModelUnavailable(RuntimeError):
+    """No model at all can serve a camera (not its current, not its last good, not base)."""
 
-    def __init__(self, registry_root: Path, cameras: list[str], backend: str, providers, torch_device: str, poll_s: float = 2.0):
+
+class ModelPool:
+    """Per-camera models from the registry, hot-swapped on pointer changes.
+
+    At start, a camera whose ``current`` cannot be resolved or loaded is served
+    by its last good version (its serving record, ``adapt/store/serving.py``),
+    else by the base model, with a log line, ``on_failure(camera)`` and
+    ``fallback[camera] = True``; every other camera is unaffected. Only a camera
+    that nothing can serve raises (``ModelUnavailable``, or ``RegistryError``
+    when there is no base model at all).
+    """
+
+    def __init__(self, registry_root: Path, cameras: list[str], backend: str, providers, torch_device: str, poll_s: float = 2.0,
+                 var: Path | None = None, on_failure=lambda camera: None):
         from adapt.store.registry import Registry
 
         self.registry = Registry(registry_root)
         self.kind, self.providers, self.torch_device, self.poll_s = backend, providers, torch_device, poll_s
         self.cameras = cameras
+        self.var, self.on_failure = var, on_failure
         self._by_key: dict[str, Backend] = {}
         self._camera_key: dict[str, str] = {}
         self._lock = threading.Lock()
         self._last_poll = 0.0
         self.swaps = 0
+        self.fallback: dict[str, bool] = {}
+        self.errors: dict[str, str | None] = {}
         for cam in cameras:
-            self._assign(cam, self._load(self.registry.resolve(cam).path))
+            self._start(cam)
+
+    def _start(self, camera: str) -> None:
+        """Serve ``camera`` by its current version, else its last good one, else base."""
+        from adapt.store.registry import BASE, ModelVersion, RegistryError
+        from adapt.store.serving import read_serving
+
+        try:
+            mv = self.registry.resolve(camera)
+            self._assign(camera, self._load(mv.path), mv)
+            return
+        except Exception as exc:  # a corrupt pointer or model of one camera must not stop the others
+            error = f"{type(exc).__name__}: {exc}"
+            self.on_failure(camera)
+        candidates: list[ModelVersion] = []
+        rec = read_serving(self.var, camera) if self.var is not None else None
+        if rec is not None:
+            candidates.append(ModelVersion(str(rec.get("model") or camera), rec["version"], Path(rec["path"])))
+        try:
+            candidates.append(self.registry.resolve(BASE))
+        except RegistryError as exc:
+            if not candidates:
+                raise RegistryError(str(exc) if str(exc) in error else f"{camera}: {error}; and {exc}") from None
+        for mv in candidates:
+            try:
+                loaded = self._load(mv.path)
+            except Exception as exc:
+                log.error("%s: fallback %s/%s failed to load too: %s", camera, mv.camera, mv.version, exc)
+                self.on_failure(camera)
+                continue
+            log.error("%s: its current model cannot be used (%s); serving %s/%s instead", camera, error, mv.camera, mv.version)
+            self._assign(camera, loaded, mv, fallback=True, error=error)
+            return
+        raise ModelUnavailable(f"{camera}: no model can serve it: {error}")
 
     def _load(self, version_dir: Path) -> _Loaded:
         key = str(version_dir)
@@ -84,7 +134,7 @@ class ModelPool:
             self._by_key.setdefault(key, backend)
         return _Loaded(key, self._by_key[key])
 
-    def _assign(self, camera: str, loaded: _Loaded) -> None:
+    def _assign(self, camera: str, loaded: _Loaded, mv=None, fallback: bool = False, error: str | None = None) -> None:
         with self._lock:
             old = self._camera_key.get(camera)
             self._camera_key[camera] = loaded.key
@@ -95,6 +145,21 @@ class ModelPool:
             used = set(self._camera_key.values())
             for k in [k for k in self._by_key if k not in used]:
                 del self._by_key[k]
+        self.fallback[camera], self.errors[camera] = fallback, error
+        self._record(camera, loaded.key, mv, fallback, error)
+
+    def _record(self, camera: str, key: str, mv, fallback: bool, error: str | None) -> None:
+        """Write the camera's serving record (what ``models list`` shows; the last good version after a restart)."""
+        if self.var is None:
+            return
+        from adapt.store.serving import write_serving
+
+        path = Path(key)
+        model, version = (mv.camera, mv.version) if mv is not None else (path.parent.name, path.name)
+        try:
+            write_serving(self.var, camera, model, version, path, fallback=fallback, error=error)
+        except OSError as exc:
+            log.warning("%s: cannot write its serving record: %s", camera, exc)
 
     def backend(self, camera: str) -> tuple[str, Backend]:
         with self._lock:
@@ -114,12 +179,17 @@ class ModelPool:
         switched = []
         for cam in self.cameras:
             try:
-                target = str(self.registry.resolve(cam).path)
+                mv = self.registry.resolve(cam)
+                target = str(mv.path)
                 if target == self._camera_key.get(cam):
+                    if self.fallback.get(cam):  # back on its own pointer's version
+                        self._assign(cam, _Loaded(target, self.backend(cam)[1]), mv)
+                        switched.append(cam)
                     continue
-                self._assign(cam, self._load(Path(target)))
+                self._assign(cam, self._load(Path(target)), mv)
                 switched.append(cam)
             except Exception as exc:  # a bad new version must never take the stage down
+                self.on_failure(cam)
                 log.error("%s: keeping the current model; the new one failed to load: %s", cam, exc)
         return switched
 
@@ -169,7 +239,8 @@ class InferStage:
         self.ctx = ctx or zmq.Context.instance()
         self.cameras = list(config.cameras)
         m = config.model
-        self.pool = ModelPool(Path(m.registry), self.cameras, m.backend, m.providers, m.torch_device)
+        self.pool = ModelPool(Path(m.registry), self.cameras, m.backend, m.providers, m.torch_device,
+                              var=config.paths.var, on_failure=metrics.model_load_failure)
         self.state = {c: CameraState() for c in self.cameras}
         t = config.transport
         curve = curve_keys_from_config(t.curve, "server") if t.curve.enabled else None
@@ -188,6 +259,7 @@ class InferStage:
             metrics.configure_camera(config.cameras[cam], stages=(STAGE,))
             metrics.camera_up(cam, False)
             metrics.model_version(cam, self.pool.backend(cam)[1].version)
+            metrics.model_fallback_state(cam, self.pool.fallback.get(cam, False))
         self._adapt_seen: dict[str, tuple[int, int]] = {}  # camera -> (file size, runs exported)
         self._last_adapt_poll = 0.0
         self.stop_event = threading.Event()
@@ -311,6 +383,7 @@ class InferStage:
         """One collect-and-infer cycle; returns frames processed."""
         for cam in self.pool.refresh():
             self.metrics.model_version(cam, self.pool.backend(cam)[1].version)
+            self.metrics.model_fallback_state(cam, self.pool.fallback.get(cam, False))
         m = self.config.model
         frames = collect(self.receiver, m.max_batch, m.max_wait_ms / 1000.0)
         frames = [self._source_stats(f) for f in frames]
@@ -333,6 +406,19 @@ class InferStage:
             self.auth.stop()
 
 
+def not_transient(exc: BaseException) -> bool:
+    """A start-up error that a restart will not fix: no registry or model, a socket address in use or invalid."""
+    from adapt.store.registry import RegistryError
+
+    if isinstance(exc, (RegistryError, ModelUnavailable)):
+        return True
+    if isinstance(exc, zmq.ZMQError):
+        return exc.errno in (zmq.EADDRINUSE, zmq.EADDRNOTAVAIL, errno.EINVAL, errno.ENOENT, errno.EACCES, zmq.EPROTONOSUPPORT)
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return False
+
+
 def install_signal_handlers(stop: threading.Event) -> None:
     def handler(signum, _frame):
         log.info("signal %s: stopping", signum)
@@ -350,16 +436,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = load_stage_config("crowdwatch infer", args.config, args.log_level)
     if config is None:
-        return 2
+        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     metrics = Metrics()
     port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port
-    server = MetricsServer(metrics, config.server.metrics_host, port, config.server.liveness_timeout_s).start()
+    try:
+        server = MetricsServer(metrics, config.server.metrics_host, port, config.server.liveness_timeout_s).start()
+    except OSError as exc:
+        print(f"crowdwatch infer: cannot start: metrics on {config.server.metrics_host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_FATAL if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) else 1
     try:
         stage = InferStage(config, metrics)
     except Exception as exc:
         server.stop()
         print(f"crowdwatch infer: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FATAL if not_transient(exc) else 1
     install_signal_handlers(stage.stop_event)
     log.info("infer: metrics on %s, %d cameras, backend %s", server.url, len(stage.cameras), config.model.backend)
     heartbeat = Heartbeat.from_env()  # for crowdwatch run's stall detection; /healthz has server.beat

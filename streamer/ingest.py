@@ -26,6 +26,9 @@ from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, op
 
 log = logging.getLogger("crowdwatch.ingest")
 
+URL_RETRY_INITIAL_S = 5.0
+URL_RETRY_MAX_S = 300.0
+
 
 def source_config(cam: CameraConfig) -> SourceConfig:
     url = str(cam.file_path) if cam.source_kind == "file" and cam.file_path else cam.url
@@ -46,16 +49,12 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
     from streamer.synthetic_camera import register
 
     register()
+    stats = SourceStats()
+    source = Source(source_config(cam), stats)  # SourceError (a URL that cannot work) before any socket
     ctx = ctx or zmq.Context.instance()
     sock = open_socket(ctx, "push", endpoint, bind=False, hwm=hwm, curve=curve)
-    stats = SourceStats()
-    source = Source(source_config(cam), stats)
     stop_watcher = threading.Thread(target=lambda: (stop.wait(), source.close()), daemon=True)
     stop_watcher.start()
-    # The frame loop blocks inside the source while it reconnects; a hung decoder is
-    # the source's own watchdog's (stall_timeout). The heartbeat thread stops with
-    # the process (SIGSTOP, a deadlock of the interpreter), which crowdwatch run sees.
-    Heartbeat.from_env().run_thread(stop)
     hwm_drops = 0
     try:
         for frame in source.frames():
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     config = load_stage_config("crowdwatch ingest", args.config, args.log_level)
     if config is None:
-        return 2
+        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     cam = config.cameras.get(args.camera)
     if cam is None:
         print(f"crowdwatch ingest: no camera {args.camera!r} in {args.config} (have {sorted(config.cameras)})", file=sys.stderr)
@@ -112,11 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     log.info("ingest %s from %s -> %s", cam.name, cam.redacted_url(), t.frames)
-    try:
-        run_ingest(cam, t.frames, t.hwm, quality, stop, curve)
-    except SourceError as exc:
-        print(f"crowdwatch ingest: {cam.name}: {exc}", file=sys.stderr)
-        return 2
+    # The frame loop blocks inside the source while it reconnects; a hung decoder is
+    # the source's own watchdog's (stall_timeout). The heartbeat thread stops with
+    # the process (SIGSTOP, a deadlock of the interpreter), which crowdwatch run sees.
+    Heartbeat.from_env().run_thread(stop)
+    retry_s = URL_RETRY_INITIAL_S
+    while not stop.is_set():
+        try:
+            run_ingest(cam, t.frames, t.hwm, quality, stop, curve)
+            break
+        except SourceError as exc:
+            # a URL that cannot work (a missing file, a bad plugin): the camera stays down
+            # (crowd_camera_up 0 in infer) and is retried here, never a crash loop
+            log.error("%s: camera down: %s; retrying in %.0f s", cam.name, exc, retry_s)
+            stop.wait(retry_s)
+            retry_s = min(retry_s * 2, URL_RETRY_MAX_S)
     return 0
 
 

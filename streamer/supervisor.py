@@ -13,7 +13,7 @@ error line (from its log). A child whose heartbeat file
 (``streamer/heartbeat.py``) has not moved for ``[server] stall_restart`` (or,
 before its first beat, ``start_timeout``) is hung or stopped: it is killed
 (SIGKILL works on a SIGSTOPped process) and restarted the same way. A child
-that exits with ``EXIT_FATAL`` (78) cannot start for a reason a restart will
+that exits with ``EXIT_FATAL`` (78) or 2 (usage, config) cannot start for a reason a restart will
 not fix (address in use, no registry, an invalid config): the supervisor
 prints its last error line once and stops everything instead of looping. SIGINT/SIGTERM stop the scheduler,
 then the children (SIGTERM, then SIGKILL after a grace period). Every child
@@ -37,7 +37,7 @@ from pathlib import Path
 
 from crowdwatch.config import Config, load_stage_config
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
-from streamer.heartbeat import EXIT_FATAL
+from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
 from streamer.pdeath import die_with_parent
 
@@ -131,7 +131,7 @@ class Child:
             self.proc.kill()  # SIGKILL also ends a SIGSTOPped process
             code = self.proc.wait()
         why = last_error_line(self.log_path)
-        if code == EXIT_FATAL:
+        if code in FATAL_EXIT_CODES:
             self.fatal = why or f"{self.name} exited with {code}"
             self.proc = None
             return
@@ -227,7 +227,7 @@ def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
 
 
 def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
-    """Run until ``stop``, or until a child exits with EXIT_FATAL (see :func:`fatal_error`)."""
+    """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`)."""
     children = build_children(config, config_path, config.paths.var / "log")
     scheduler = build_scheduler(config, config_path) if with_scheduler else None
     sched_thread = None

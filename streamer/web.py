@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import html
 import json
 import logging
@@ -48,7 +49,7 @@ from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stag
 
 from . import overlay
 from .exporter import Metrics
-from .heartbeat import Heartbeat
+from .heartbeat import EXIT_FATAL, Heartbeat
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
 from .wire import LatestReceiver, ResultMessage, WireError, curve_keys_from_config, decode_result, open_socket
 
@@ -688,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_stage_config("crowdwatch web", args.config, args.log_level)
     if config is None:
-        return 2
+        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"crowdwatch web: --port must be in [0, 65535], found {args.port}", file=sys.stderr)
         return 2
@@ -708,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
             server = WebServer(config, settings).start()
         except (OSError, ValueError, zmq.ZMQError) as exc:
             print(f"crowdwatch web: cannot start on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
-            return 1
+            # a port in use or an address that is not ours will not change by itself
+            return EXIT_FATAL if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) else 1
         heartbeat = Heartbeat.from_env()  # crowdwatch run replaces a web stage that stops beating
         try:
             while not stop.wait(1.0):

@@ -56,3 +56,32 @@ def test_batches_group_by_model_and_size():
     batches = group_batches(frames, models.get, max_batch=2)
     assert sorted(len(b) for b in batches) == [1, 2, 2]
     assert all(len({fr.image.shape for fr in b}) == 1 for b in batches)
+
+
+def test_a_corrupt_current_leaves_other_cameras_counting_and_that_camera_on_its_last_good_model(tmp_path_factory):
+    """After an infer restart (a new pool), a camera whose `current` is corrupt keeps its last good version."""
+    from streamer.exporter import Metrics
+    from tests.test_infer import sample
+
+    root = tmp_path_factory.mktemp("models")
+    var = tmp_path_factory.mktemp("var")
+    ckpt = root / "m.pt"
+    save_checkpoint(ckpt, perturbed_model(), {"version": "x"})
+    reg = Registry(root)
+    reg.publish(BASE, {"model.pt": ckpt}, {}, "b1")
+    reg.publish("lobby", {"model.pt": ckpt}, {"parent": "b1"}, "v1")
+    first = ModelPool(root, ["lobby", "hall"], "torch", ["cpu"], "cpu", poll_s=0, var=var)
+    assert first.backend("lobby")[0].endswith("lobby/v1") and not first.fallback["lobby"]
+    (root / "lobby" / "current").write_text("v9-missing\n")  # corrupt pointer
+    metrics = Metrics()
+    pool = ModelPool(root, ["lobby", "hall"], "torch", ["cpu"], "cpu", poll_s=0, var=var, on_failure=metrics.model_load_failure)
+    assert pool.backend("lobby")[0].endswith("lobby/v1") and pool.fallback["lobby"]   # its last good model
+    assert pool.backend("hall")[0].endswith("base/b1") and not pool.fallback["hall"]  # the others as before
+    x = np.zeros((1, 64, 64, 3), np.uint8)
+    assert pool.backend("hall")[1].infer(x).density.shape == (1, 1, 8, 8)
+    assert pool.backend("lobby")[1].infer(x).density.shape == (1, 1, 8, 8)
+    assert sample(metrics, "crowd_model_load_failures_total", camera="lobby") == 1
+    # without a serving record (or with an unloadable one) the base model serves it
+    (var / "serving" / "lobby.json").unlink()
+    pool = ModelPool(root, ["lobby", "hall"], "torch", ["cpu"], "cpu", poll_s=0, var=var)
+    assert pool.backend("lobby")[0].endswith("base/b1") and pool.fallback["lobby"]

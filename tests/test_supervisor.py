@@ -151,3 +151,79 @@ def test_a_sigstopped_stage_is_replaced_within_60_s(monkeypatch, tmp_path, victi
     finally:
         stop.set()
         t.join(30)
+
+
+def _crowdwatch_run(tmp_path, server: dict, registry: Path, timeout=120):
+    cfg = tmp_path / "config.toml"
+    srv = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in server.items())
+    cfg.write_text(f'[server]\n{srv}\n[paths]\nvar = "var"\nrun = "run"\n[model]\nregistry = "{registry}"\n'
+                   'providers = ["CPUExecutionProvider"]\n[cameras.east]\nurl = "synthetic://?people=3"\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _free_port() -> int:
+    import socket as socketlib
+
+    with socketlib.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_non_transient_start_errors_stop_with_one_clear_line_and_no_retry(tmp_path):
+    import socket as socketlib
+
+    # a missing registry
+    ports = {"metrics_port": _free_port(), "web_port": _free_port()}
+    out = _crowdwatch_run(tmp_path, ports, tmp_path / "no-such-registry")
+    fatal = [ln for ln in out.stderr.splitlines() if "cannot start" in ln and ln.startswith("crowdwatch run:")]
+    assert out.returncode == 1 and len(fatal) == 1, out.stderr
+    assert "infer cannot start, not restarting" in fatal[0] and "no base model" in fatal[0]
+    assert "restart" not in out.stderr.replace("not restarting", "")
+    # the metrics port in use
+    with socketlib.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        ports = {"metrics_port": busy.getsockname()[1], "web_port": _free_port()}
+        out = _crowdwatch_run(tmp_path, ports, REPO / "models")
+    fatal = [ln for ln in out.stderr.splitlines() if ln.startswith("crowdwatch run:")]
+    assert out.returncode == 1 and len(fatal) == 1, out.stderr
+    assert "infer cannot start" in fatal[0] and "in use" in fatal[0]
+    assert "restart" not in out.stderr.replace("not restarting", "")
+
+
+def test_an_exiting_stage_shows_its_last_error_line(tmp_path, caplog):
+    from streamer.supervisor import Child
+
+    log = tmp_path / "x.log"
+    child = Child("ingest:east", [sys.executable, "-c", "import sys; print('noise'); sys.exit('cannot open camera: boom')"], log_path=log)
+    child.start(time.monotonic())
+    child.proc.wait()
+    with caplog.at_level("WARNING"):
+        child.check(time.monotonic())
+    assert "ingest:east exited with 1; restart 1 in 1 s; its last line: cannot open camera: boom" in caplog.text
+
+
+def test_an_ingest_whose_file_is_missing_stays_up_marked_down_and_retries(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[paths]\nvar = "var"\nrun = "run"\n[cameras.gone]\nurl = "{tmp_path / "missing.mp4"}"\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "ingest", "--config", str(cfg), "--camera", "gone"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        lines = []
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "camera down" in line:
+                break
+        assert any("gone: camera down: video file not found" in ln and "retrying in 5 s" in ln for ln in lines), lines
+        assert proc.poll() is None  # not a crash: it waits and retries
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
