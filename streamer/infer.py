@@ -47,6 +47,8 @@ log = logging.getLogger("crowdwatch.infer")
 
 
 STAGE = "infer"
+RETRY_INITIAL_S = 2.0    # a failed model load is retried after this long, doubling ...
+RETRY_MAX_S = 300.0      # ... up to this
 
 
 # --------------------------------------------------------------------------- models
@@ -87,6 +89,7 @@ class ModelPool:
         self._last_poll = 0.0
         self.swaps = 0
         self.fallback: dict[str, bool] = {}
+        self._retry: dict[str, tuple[str, float, float]] = {}  # camera -> (failed target, next try, delay)
         self.errors: dict[str, str | None] = {}
         for cam in cameras:
             self._start(cam)
@@ -96,13 +99,17 @@ class ModelPool:
         from adapt.store.registry import BASE, ModelVersion, RegistryError
         from adapt.store.serving import read_serving
 
+        target = None
         try:
             mv = self.registry.resolve(camera)
+            target = str(mv.path)
             self._assign(camera, self._load(mv.path), mv)
             return
         except Exception as exc:  # a corrupt pointer or model of one camera must not stop the others
             error = f"{type(exc).__name__}: {exc}"
             self.on_failure(camera)
+            # refresh() retries this target after a backoff, not on its first poll
+            self._retry[camera] = (target or f"unresolved: {exc}", time.monotonic() + RETRY_INITIAL_S, RETRY_INITIAL_S)
         candidates: list[ModelVersion] = []
         rec = read_serving(self.var, camera) if self.var is not None else None
         if rec is not None:
@@ -170,7 +177,10 @@ class ModelPool:
         """Re-resolve every camera (cheap: a few stat/read calls); load what changed.
 
         A model that fails to load is logged and skipped: the camera keeps its
-        working model. Returns the cameras that switched.
+        working model. The same failing target is retried with an exponential
+        backoff (``poll_s`` doubling to ``RETRY_MAX_S``), one log line and one
+        ``on_failure`` per try; a new target is tried at once. Returns the
+        cameras that switched.
         """
         now = time.monotonic() if now is None else now
         if now - self._last_poll < self.poll_s:
@@ -181,16 +191,30 @@ class ModelPool:
             try:
                 mv = self.registry.resolve(cam)
                 target = str(mv.path)
-                if target == self._camera_key.get(cam):
-                    if self.fallback.get(cam):  # back on its own pointer's version
-                        self._assign(cam, _Loaded(target, self.backend(cam)[1]), mv)
-                        switched.append(cam)
-                    continue
+            except Exception as exc:  # a dangling or corrupt pointer
+                mv, target, error = None, f"unresolved: {exc}", exc
+            else:
+                error = None
+            if error is None and target == self._camera_key.get(cam):
+                self._retry.pop(cam, None)
+                if self.fallback.get(cam):  # back on its own pointer's version
+                    self._assign(cam, _Loaded(target, self.backend(cam)[1]), mv)
+                    switched.append(cam)
+                continue
+            failed = self._retry.get(cam)
+            if failed is not None and failed[0] == target and now < failed[1]:
+                continue  # backing off this target
+            try:
+                if error is not None:
+                    raise error
                 self._assign(cam, self._load(Path(target)), mv)
+                self._retry.pop(cam, None)
                 switched.append(cam)
             except Exception as exc:  # a bad new version must never take the stage down
+                delay = min(failed[2] * 2, RETRY_MAX_S) if failed is not None and failed[0] == target else max(self.poll_s, RETRY_INITIAL_S)
+                self._retry[cam] = (target, now + delay, delay)
                 self.on_failure(cam)
-                log.error("%s: keeping the current model; the new one failed to load: %s", cam, exc)
+                log.error("%s: keeping the current model; the new one failed to load (next try in %.0f s): %s", cam, delay, exc)
         return switched
 
 

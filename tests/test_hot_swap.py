@@ -85,3 +85,26 @@ def test_a_corrupt_current_leaves_other_cameras_counting_and_that_camera_on_its_
     (var / "serving" / "lobby.json").unlink()
     pool = ModelPool(root, ["lobby", "hall"], "torch", ["cpu"], "cpu", poll_s=0, var=var)
     assert pool.backend("lobby")[0].endswith("base/b1") and pool.fallback["lobby"]
+
+
+def test_a_failing_version_backs_off_and_counts_each_failure(registry, caplog):
+    from streamer.exporter import Metrics
+    from tests.test_infer import sample
+
+    metrics = Metrics()
+    registry.set_current("lobby", "v1")
+    pool = ModelPool(registry.root, ["lobby"], "torch", ["cpu"], "cpu", poll_s=0, on_failure=metrics.model_load_failure)
+    before = pool.backend("lobby")
+    (registry.root / "lobby" / "v2" / "model.pt").write_bytes(b"corrupt")
+    registry.set_current("lobby", "v2")
+    with caplog.at_level("ERROR", logger="crowdwatch.infer"):
+        for t in range(1, 200):  # 200 s of polls every second
+            assert pool.refresh(now=float(t)) == []
+    tries = [r for r in caplog.records if "failed to load" in r.getMessage()]
+    # tries at 1, 3, 7, 15, 31, 63, 127 s: one log line and one count per backoff step
+    assert len(tries) == 7 and "next try in 2 s" in tries[0].getMessage() and "next try in 128 s" in tries[-1].getMessage()
+    assert sample(metrics, "crowd_model_load_failures_total", camera="lobby") == 7
+    assert pool.backend("lobby") == before
+    registry.set_current("lobby", "v1")  # the pointer moves on: back to normal at once
+    assert pool.refresh(now=200.0) == []
+    assert pool._retry == {}

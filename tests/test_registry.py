@@ -91,3 +91,43 @@ def test_models_command_lists_and_rolls_back(tmp_path, checkpoint, capsys):
     assert main(["--root", str(tmp_path), "rollback", "lobby"]) == 0
     assert reg.current("lobby").version == "v1"
     assert main(["--root", str(tmp_path), "rollback", "../etc"]) == 1
+
+
+def test_models_list_shows_what_actually_serves(tmp_path, checkpoint, capsys):
+    from adapt.commands.models import main
+    from adapt.store.serving import write_serving
+
+    root, var = tmp_path / "models", tmp_path / "var"
+    reg = Registry(root)
+    reg.publish("lobby", {"model.pt": checkpoint}, {"parent": None}, "v1")
+    reg.publish("lobby", {"model.pt": checkpoint}, {"parent": "v1"}, "v2")
+    # v2 is current but failed to load: infer serves v1, its last good version
+    write_serving(var, "lobby", "lobby", "v1", root / "lobby" / "v1", fallback=True, error="BackendError: cannot load model.onnx")
+    assert main(["--root", str(root), "list", "--var", str(var)]) == 0
+    out = capsys.readouterr().out
+    assert "> v2" in out and "* v1" in out and "FALLBACK" in out and "cannot load model.onnx" in out
+    # served by base
+    write_serving(var, "lobby", "base", "b1", root / "base" / "b1", fallback=True, error="x")
+    assert main(["--root", str(root), "list", "lobby", "--var", str(var)]) == 0
+    out = capsys.readouterr().out
+    assert "served by base/b1" in out and "* " not in out and "> v2" in out
+
+
+def test_rollback_repairs_a_dangling_current(tmp_path, checkpoint, capsys):
+    from adapt.commands.models import main
+
+    reg = Registry(tmp_path)
+    reg.publish("lobby", {"model.pt": checkpoint}, {"parent": None}, "v1")
+    reg.publish("lobby", {"model.pt": checkpoint}, {"parent": "v1"}, "v2")
+    (tmp_path / "lobby" / "current").write_text("v3\n")  # names a version that is not there
+    assert main(["--root", str(tmp_path), "list", "--var", str(tmp_path / "var")]) == 0
+    assert "DANGLING" in capsys.readouterr().out
+    assert main(["--root", str(tmp_path), "rollback", "lobby"]) == 0
+    assert reg.current("lobby").version == "v2"  # the newest version older than the dangling name
+    (tmp_path / "lobby" / "current").write_text("v3\n")
+    assert main(["--root", str(tmp_path), "rollback", "lobby", "--to", "v1"]) == 0
+    assert reg.current("lobby").version == "v1"
+    # nothing left to point at: the pointer goes, base serves
+    (tmp_path / "solo").mkdir()
+    (tmp_path / "solo" / "current").write_text("gone\n")
+    assert reg.rollback("solo") is None and reg.current("solo") is None

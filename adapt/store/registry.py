@@ -142,9 +142,25 @@ class Registry:
             raise RegistryError(f"{camera} has no version {version!r}")
         atomic_write(self.camera_dir(camera) / POINTER, (version + "\n").encode())
 
-    def rollback(self, camera: str, to: str | None = None) -> ModelVersion:
-        """Point ``current`` at ``to``, or at the parent of the current version."""
-        cur = self.current(camera)
+    def pointer_text(self, camera: str) -> str | None:
+        """What the ``current`` file says, unchecked (None without one)."""
+        try:
+            return (self.camera_dir(camera) / POINTER).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def rollback(self, camera: str, to: str | None = None) -> ModelVersion | None:
+        """Point ``current`` at ``to``, or at the parent of the current version.
+
+        A dangling ``current`` (naming a version that is not there) is repaired:
+        it is pointed at ``to``, else at the newest version older than the name
+        it holds (else the newest version); with no version left the pointer is
+        removed and the camera falls back to base (returns None).
+        """
+        try:
+            cur = self.current(camera)
+        except RegistryError:
+            return self._repair(camera, to)
         if to is None:
             if cur is None:
                 raise RegistryError(f"{camera} has no current version to roll back from")
@@ -157,6 +173,18 @@ class Registry:
                 if not older:
                     raise RegistryError(f"{camera}/{cur.version} has no earlier version; remove {self.camera_dir(camera) / POINTER} to fall back to base")
                 to = older[-1]
+        self.set_current(camera, to)
+        return ModelVersion(camera, to, self.camera_dir(camera) / to)
+
+    def _repair(self, camera: str, to: str | None) -> ModelVersion | None:
+        if to is None:
+            named = self.pointer_text(camera) or ""
+            own = [v.version for v in self.versions(camera)]
+            older = [v for v in own if v < named]
+            to = (older or own or [None])[-1]
+        if to is None:
+            (self.camera_dir(camera) / POINTER).unlink(missing_ok=True)
+            return None
         self.set_current(camera, to)
         return ModelVersion(camera, to, self.camera_dir(camera) / to)
 
