@@ -142,6 +142,20 @@ def inliers(sizes: PersonSizes, slope: float, horizon: float, tol: float = 0.2) 
     return out
 
 
+def best_camera(width: int, height: int, error, max_tilt: float, max_height_m: float) -> tuple[Camera | None, float]:
+    """The renderer camera of least ``error(camera)`` over a grid of fields of view, tilts (2 degree steps) and heights."""
+    best, best_err = None, math.inf
+    for hfov in (40.0, 50.0, 60.0, 70.0, 80.0):
+        f = (width / 2) / math.tan(math.radians(hfov) / 2)
+        for tilt in np.arange(0.0, max_tilt + 1e-9, 2.0):
+            for cam_h in np.exp(np.linspace(math.log(0.8), math.log(max_height_m), 40)):
+                cam = Camera(width, height, float(cam_h), float(tilt), f)
+                err = error(cam)
+                if err < best_err:
+                    best, best_err = cam, err
+    return best, best_err
+
+
 def fit_camera(sizes: PersonSizes, width: int, height: int) -> tuple[Camera, float] | None:
     """The renderer camera whose projected person heights best match the whole-person blobs; (camera, median |log error|).
 
@@ -157,18 +171,12 @@ def fit_camera(sizes: PersonSizes, width: int, height: int) -> tuple[Camera, flo
     if keep.sum() < 3:
         return None
     y, h = sizes.feet_y[keep], sizes.height_px[keep]
-    best, best_err = None, math.inf
-    for hfov in (40.0, 50.0, 60.0, 70.0, 80.0):
-        f = (width / 2) / math.tan(math.radians(hfov) / 2)
-        for tilt in np.linspace(0.0, 70.0, 36):
-            for cam_h in np.exp(np.linspace(math.log(0.8), math.log(40.0), 40)):
-                cam = Camera(width, height, float(cam_h), float(tilt), f)
-                got = row_person_px(cam, y)
-                if not np.isfinite(got).all():
-                    continue
-                err = float(np.median(np.abs(np.log(got / h))))
-                if err < best_err:
-                    best, best_err = cam, err
+
+    def error(cam: Camera) -> float:
+        got = row_person_px(cam, y)
+        return float(np.median(np.abs(np.log(got / h)))) if np.isfinite(got).all() else math.inf
+
+    best, _ = best_camera(width, height, error, max_tilt=70.0, max_height_m=40.0)
     if best is None:
         return None
     got = row_person_px(best, sizes.feet_y[keep])
@@ -188,19 +196,15 @@ def camera_from_calibration(image_pts: np.ndarray, ground_pts: np.ndarray, width
     want = np.hypot(*(gnd[i] - gnd[j]).T)
     if len(want) == 0 or (want <= 0).any():
         return None
-    best, best_err = None, math.inf
-    for hfov in (40.0, 50.0, 60.0, 70.0, 80.0):
-        f = (width / 2) / math.tan(math.radians(hfov) / 2)
-        for tilt in np.linspace(0.0, 80.0, 41):
-            for cam_h in np.exp(np.linspace(math.log(0.8), math.log(60.0), 40)):
-                cam = Camera(width, height, float(cam_h), float(tilt), f)
-                g = cam.pixel_to_ground(img)
-                if not np.isfinite(g).all():
-                    continue
-                got = np.hypot(*(g[i] - g[j]).T)
-                err = float(np.median(np.abs(np.log(np.maximum(got, 1e-9) / want))))
-                if err < best_err:
-                    best, best_err = cam, err
+
+    def error(cam: Camera) -> float:
+        g = cam.pixel_to_ground(img)
+        if not np.isfinite(g).all():
+            return math.inf
+        got = np.hypot(*(g[i] - g[j]).T)
+        return float(np.median(np.abs(np.log(np.maximum(got, 1e-9) / want))))
+
+    best, best_err = best_camera(width, height, error, max_tilt=80.0, max_height_m=60.0)
     return (best, best_err) if best is not None else None
 
 
