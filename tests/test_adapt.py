@@ -457,7 +457,8 @@ def test_pseudo_labels_know_static_cells_and_moving_people(street):
     valid = np.ones((16, 20), bool)
     people = 0
     for image in images[::5]:
-        cells, density = scene_labels(model, image, valid)
+        cells, density, moving = scene_labels(model, image, valid)
+        assert not (moving & cells).any()
         assert cells[model.motion.static].all()  # every static cell is labelled, and empty
         assert density[model.motion.static & ~cells].sum() == 0
         heads = model.people_in_frame(image)[0]

@@ -76,6 +76,11 @@ class SceneModel:
         luma = float(image.mean())
         return min(self.backgrounds, key=lambda b: abs(float(b.image.mean()) - luma))
 
+    def foreground(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) bool: what differs from the empty scene in this frame (people, and anything else that moves)."""
+        bg = self.background_for(image)
+        return foreground(image[None], bg.image, bg.threshold)[0]
+
     def people_in_frame(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Heads (k, 2), head sizes (k,) and boxes (k, 4: x, y, w, h) of the whole single people moving in a frame.
 
@@ -87,9 +92,8 @@ class SceneModel:
         empty = np.zeros((0, 2)), np.zeros(0), np.zeros((0, 4))
         if self.camera is None or image.shape[:2] != self.shape:
             return empty
-        bg = self.background_for(image)
         sizes_ok = []
-        blobs = blob_stats(foreground(image[None], bg.image, bg.threshold))[0]
+        blobs = blob_stats(self.foreground(image)[None])[0]
         single = person_blobs([blobs], self.shape)
         if not len(single):
             return empty

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from adapt.data.density import density_map
 from adapt.data.images import BadImage, load_image
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
-from adapt.scene.motion import static_on_grid
+from adapt.scene.motion import CELL_FOREGROUND, cell_occupancy, static_on_grid
 from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, loop_forever, make_optimizer, optimizer_step
 from adapt.training.progress import progress
 
@@ -168,25 +169,33 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         if scene is not None:
             known.append(scene_labels(scene, image[:h, :w], valid))
     keep = select_confident(means, stds, margins, valids, cfg)
-    for mean, k, (cells, density) in zip(means, keep, known):
+    for mean, k, (cells, density, moving) in zip(means, keep, known):
+        # where something moves and the scene cannot say who, "nobody here" is not believed:
+        # a person the model does not see yet must not be taught away
+        k[moving & (mean <= 0)] = False
         mean[cells] = density[cells]
         k[cells] = True
     return PseudoLabels(kept_paths, means, stds, margins, valids, keep)
 
 
-def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(cells the scene model knows, their density): static cells empty, each moving person's cells with its head.
+def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cells the scene model knows, their density, other cells where something moves in this frame).
 
-    ``image`` is the frame at the density grid's scale (unpadded); a frame of
-    another size than the scene model's gets only its static cells.
+    Known: static cells, empty; each whole single moving person's cells, with
+    its head. ``image`` is the frame at the density grid's scale (unpadded); a
+    frame of another size than the scene model's gets only its static cells.
     """
     cells = static_on_grid(scene.motion.static, valid)
     density = np.zeros(valid.shape, np.float32)
+    moving = np.zeros(valid.shape, bool)
     if image.shape[:2] != scene.shape:
-        return cells, density
+        return cells, density, moving
+    fg = cell_occupancy(scene.foreground(image)[None])[0] > CELL_FOREGROUND
+    fg = cv2.dilate(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # outlines blur into neighbours
+    moving[: fg.shape[0], : fg.shape[1]] = fg
     heads, sizes, boxes = scene.people_in_frame(image)
     if not len(heads):
-        return cells, density
+        return cells, density, moving & ~cells
     H, W = image.shape[:2]
     grid = density_map(heads, (-(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE), sizes).density
     rows, cols = grid.shape
@@ -195,7 +204,7 @@ def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tup
         c0, c1 = max(0, int(x // STRIDE) - 1), min(cols, int(-(-(x + w) // STRIDE)) + 1)
         r0, r1 = max(0, int(y // STRIDE) - 1), min(rows, int(-(-(y + h) // STRIDE)) + 1)
         cells[r0:r1, c0:c1] = True
-    return cells, density
+    return cells, density, moving & ~cells
 
 
 class PseudoLabelled(Dataset):
