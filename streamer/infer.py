@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
@@ -89,7 +90,7 @@ class ModelPool:
             self._camera_key[camera] = loaded.key
             if old is not None and old != loaded.key:
                 self.swaps += 1
-                log.info("%s: now served by %s (was %s)", camera, loaded.key, old)
+                logs.event(log, "model_swap", "%s: now served by %s (was %s)", camera, loaded.key, old, camera=camera)
             # drop backends nobody uses any more
             used = set(self._camera_key.values())
             for k in [k for k in self._by_key if k not in used]:
@@ -119,7 +120,8 @@ class ModelPool:
                 self._assign(cam, self._load(Path(target)))
                 switched.append(cam)
             except Exception as exc:  # a bad new version must never take the stage down
-                log.error("%s: keeping the current model; the new one failed to load: %s", cam, exc)
+                logs.event(log, "model_swap_failed", "%s: keeping the current model; the new one failed to load: %s", cam, exc,
+                           camera=cam, level=logging.ERROR)
         return switched
 
 
@@ -240,6 +242,7 @@ class InferStage:
         if not st.up:
             st.up = True
             self.metrics.camera_up(msg.camera, True)
+            logs.event(log, "camera_up", "%s: frames are arriving", msg.camera, camera=msg.camera)
         for what in msg.ignored:
             self.metrics.wire_ignored(STAGE, what, msg.camera)
         for key, value in (msg.stats or {}).items():
@@ -260,9 +263,11 @@ class InferStage:
     def _mark_stalled(self, now: float) -> None:
         for cam, st in self.state.items():
             stall = self.config.cameras[cam].thresholds.stall_s
-            if st.up and now - st.last_frame > min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps)):
+            limit = min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps))
+            if st.up and now - st.last_frame > limit:
                 st.up = False
                 self.metrics.camera_up(cam, False)
+                logs.event(log, "camera_down", "%s: no frame for %.0f s", cam, now - st.last_frame, camera=cam, level=logging.WARNING)
 
     def process(self, batch: list[FrameMessage]) -> None:
         key, backend = self.pool.backend(batch[0].camera)
@@ -345,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
     p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format)
     if config is None:
         return 2
     metrics = Metrics()

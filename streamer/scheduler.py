@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.store.runs import append_run, read_runs
+from crowdwatch import logs
 from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.scheduler")
@@ -128,19 +129,30 @@ class Scheduler:
             report = Path(self.var) / "adapt" / camera / f"{int(now)}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
             argv = self.command(camera, report)
-            log.info("%s: adapting (%s): %s", camera, reason, " ".join(argv))
+            logs.event(log, "adaptation_started", "%s: adapting (%s): %s", camera, reason, " ".join(argv), camera=camera)
             recorded = len(read_runs(self.var, camera))
+            # The job logs JSON lines to its stderr (same level as here); they are logged again
+            # here, in this process's format, and its other stderr lines give the run's detail.
+            env = {**os.environ, **logs.child_env(), logs.FORMAT_ENV: "json"}
             with self._lock:
                 self.running = camera
                 # lowest CPU priority: the online stages come first; dies with the supervisor
-                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                                               preexec_fn=die_with_parent(then=lambda: os.nice(10)))
-            _, err = self._proc.communicate()
-            code = self._proc.returncode
+            last = ""
+            for raw in self._proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                fields = logs.parse_line(line)
+                if fields is not None:
+                    logs.relay(log, fields)
+                elif line.strip():
+                    last = line.strip()
+            code = self._proc.wait()
+            self._proc.stderr.close()
             with self._lock:
                 self.running, self._proc = None, None
             result = RESULTS.get(code, "failed")
-            detail = err.decode(errors="replace").strip().splitlines()[-1] if err.strip() else f"exit {code}"
+            detail = last or f"exit {code}"
             runs = read_runs(self.var, camera)
             child_recorded = len(runs) > recorded  # `crowdwatch adapt --record` wrote the run itself
             if child_recorded:
@@ -150,7 +162,8 @@ class Scheduler:
         sched.last_run = now
         if sched.watch is not None:
             sched.watch.reset(now)
-        log.info("%s: adaptation %s (%s)", camera, result, detail)
+        logs.event(log, "adaptation_verdict", "%s: adaptation %s (%s)", camera, result, detail, camera=camera,
+                   level=logging.INFO if result in ("succeeded", "rejected", "skipped") else logging.WARNING)
         return result
 
     def loop(self, stop: threading.Event, tick_s: float = 30.0) -> None:

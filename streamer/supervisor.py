@@ -27,6 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
 from streamer.pdeath import die_with_parent
 
@@ -47,19 +48,18 @@ class Child:
     restarts: int = 0
     backoff: float = BACKOFF_INITIAL_S
     next_start: float = 0.0
-    log_path: Path | None = None
 
     def start(self, now: float) -> None:
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        try:
-            # die_with_parent: a SIGKILL of `crowdwatch run` takes its stages with it
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                         preexec_fn=die_with_parent())
-        finally:
-            if out is not subprocess.DEVNULL:
-                out.close()
+        # The child writes its own log lines (crowdwatch.logs) to the stdout it shares with
+        # this process, and to its own rotated file under <var>/log when [log] files is on.
+        # die_with_parent: a SIGKILL of `crowdwatch run` takes its stages with it
+        self.proc = subprocess.Popen(self.argv, start_new_session=True, preexec_fn=die_with_parent())
         self.started = now
-        log.info("started %s (pid %d)", self.name, self.proc.pid)
+        logs.event(log, "stage_started", "started %s (pid %d)", self.name, self.proc.pid, camera=self.camera)
+
+    @property
+    def camera(self) -> str | None:
+        return self.name.split(":", 1)[1] if self.name.startswith("ingest:") else None
 
     def check(self, now: float) -> None:
         """Restart with backoff if it has exited."""
@@ -74,7 +74,8 @@ class Child:
             return
         self.restarts += 1
         self.next_start = now + self.backoff
-        log.warning("%s exited with %s; restart %d in %.0f s", self.name, code, self.restarts, self.backoff)
+        logs.event(log, "stage_exited", "%s exited with %s; restart %d in %.0f s", self.name, code, self.restarts, self.backoff,
+                   camera=self.camera, level=logging.WARNING)
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)
         self.proc = None
 
@@ -97,12 +98,11 @@ def stage_argv(stage: str, config_path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "streamer.cli", stage, "--config", str(config_path), *extra]
 
 
-def build_children(config: Config, config_path: Path, log_dir: Path) -> list[Child]:
-    children = [Child("infer", stage_argv("infer", config_path)), Child("web", stage_argv("web", config_path))]
-    children += [Child(f"ingest:{cam}", stage_argv("ingest", config_path, "--camera", cam)) for cam in config.cameras]
-    log_dir.mkdir(parents=True, exist_ok=True)
-    for c in children:
-        c.log_path = log_dir / f"{c.name.replace(':', '-')}.log"
+def build_children(config: Config, config_path: Path) -> list[Child]:
+    """infer, web and one ingest per camera, each with this process's log level and format."""
+    flags = logs.child_flags()
+    children = [Child("infer", stage_argv("infer", config_path, *flags)), Child("web", stage_argv("web", config_path, *flags))]
+    children += [Child(f"ingest:{cam}", stage_argv("ingest", config_path, "--camera", cam, *flags)) for cam in config.cameras]
     return children
 
 
@@ -153,7 +153,7 @@ def build_scheduler(config: Config, config_path: Path):
 
 
 def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
-    children = build_children(config, config_path, config.paths.var / "log")
+    children = build_children(config, config_path)
     scheduler = build_scheduler(config, config_path) if with_scheduler else None
     sched_thread = None
     if scheduler is not None and scheduler.cameras:
@@ -183,16 +183,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch run", description="Run every stage on one machine, supervised.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
     p.add_argument("--no-adapt", action="store_true", help="do not schedule adaptation jobs")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch run", args.config, args.log_level)
+    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor")
     if config is None:
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     s = config.server
-    print(f"crowdwatch: {len(config.cameras)} cameras; live page http://{s.web_host}:{s.web_port}/ ; metrics http://{s.metrics_host}:{s.metrics_port}/metrics ; logs in {config.paths.var / 'log'}", flush=True)
+    files = f"; log files in {config.paths.var / 'log'}" if config.log.files else ""
+    logs.event(log, "service_started", "%d cameras; live page http://%s:%s/ ; metrics http://%s:%s/metrics%s",
+               len(config.cameras), s.web_host, s.web_port, s.metrics_host, s.metrics_port, files)
     supervise(config, args.config, stop, with_scheduler=not args.no_adapt)
     return 0
 

@@ -679,13 +679,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config.toml", help="config file (default: %(default)s)")
     p.add_argument("--host", help="listen address (default: server.web_host from the config, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: server.web_port from the config; 0 picks one)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_stage_config("crowdwatch web", args.config, args.log_level)
+    config = load_stage_config("crowdwatch web", args.config, args.log_level, args.log_format)
     if config is None:
         return 2
     if args.port is not None and not 0 <= args.port <= 65535:
