@@ -27,6 +27,7 @@ import zmq
 
 from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
+from crowdwatch.httpbase import Access, AccessError, Limits
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
@@ -359,8 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return 2
     metrics = Metrics()
-    port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port
-    server = MetricsServer(metrics, config.server.metrics_host, port, config.server.liveness_timeout_s).start()
+    srv = config.server
+    port = args.metrics_port if args.metrics_port is not None else srv.metrics_port
+    try:
+        access = Access.for_bind(srv.metrics_host, srv.auth_token_env)
+        server = MetricsServer(metrics, srv.metrics_host, port, srv.liveness_timeout_s, access=access,
+                               limits=Limits(srv.max_connections, srv.request_timeout_s)).start()  # fmt: skip
+    except (AccessError, OSError) as exc:
+        print(f"crowdwatch infer: cannot serve metrics on {srv.metrics_host}:{port}: {exc}", file=sys.stderr)
+        return 2
     try:
         stage = InferStage(config, metrics)
     except Exception as exc:

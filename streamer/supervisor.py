@@ -29,6 +29,7 @@ from pathlib import Path
 
 from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
+from crowdwatch.httpbase import Access, AccessError
 from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.run")
@@ -106,12 +107,13 @@ def build_children(config: Config, config_path: Path) -> list[Child]:
     return children
 
 
-def scrape_uncertainty(url: str) -> dict[str, float]:
-    """Latest crowd_count_uncertainty per camera from the infer stage's /metrics."""
+def scrape_uncertainty(url: str, token: str | None = None) -> dict[str, float]:
+    """Latest crowd_count_uncertainty per camera from the infer stage's /metrics (with the access token, if it needs one)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        text = urllib.request.urlopen(url, timeout=2).read().decode()
+        text = urllib.request.urlopen(request, timeout=2).read().decode()
     except OSError:
         return {}
     out = {}
@@ -136,12 +138,13 @@ def build_scheduler(config: Config, config_path: Path):
     host = config.server.metrics_host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind is reached via loopback
     metrics_url = f"http://{host}:{config.server.metrics_port}/metrics"
+    token = Access.for_bind(config.server.metrics_host, config.server.auth_token_env).token
     cache: dict[str, tuple[float, dict]] = {}
 
     def uncertainty(camera: str) -> float | None:
         t, values = cache.get("u", (0.0, {}))
         if time.monotonic() - t > 10:
-            values = scrape_uncertainty(metrics_url)
+            values = scrape_uncertainty(metrics_url, token)
             cache["u"] = (time.monotonic(), values)
         return values.get(camera)
 
@@ -191,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor")
     if config is None:
         return 2
+    for host in (config.server.web_host, config.server.metrics_host):
+        try:  # the stages would refuse to start, again and again
+            Access.for_bind(host, config.server.auth_token_env)
+        except AccessError as exc:
+            print(f"crowdwatch run: {exc}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
