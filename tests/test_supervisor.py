@@ -210,12 +210,12 @@ def test_an_ingest_whose_file_is_missing_stays_up_marked_down_and_retries(tmp_pa
     cfg.write_text(f'[paths]\nvar = "var"\nrun = "run"\n[cameras.gone]\nurl = "{tmp_path / "missing.mp4"}"\n')
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "ingest", "--config", str(cfg), "--camera", "gone"],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # its log lines are on stdout
     try:
         deadline = time.monotonic() + 30
         lines = []
         while time.monotonic() < deadline:
-            line = proc.stderr.readline()
+            line = proc.stdout.readline()
             lines.append(line)
             if "camera down" in line:
                 break
