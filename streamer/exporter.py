@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import math
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config.names import validate_camera_name
+from crowdwatch.httpbase import REFUSALS, Access, GuardedHandler, GuardedServer, Limits
 
 from .crowd_metrics import FrameMetrics
 from .wire import IGNORED
@@ -125,6 +124,9 @@ class Metrics:
         self.dropped = Counter("crowd_frames_dropped", "Frames dropped", cam + ["stage", "reason"], registry=r)
         self.up = Gauge("crowd_camera_up", "1 while the camera source delivers frames", cam, registry=r)
         self.reconnects = Counter("crowd_camera_reconnects", "Camera source reconnects", cam, registry=r)
+        self.http_refusals = Counter(
+            "crowd_http_refused", "HTTP requests or connections refused (crowdwatch/httpbase.py)", ["stage", "reason"], registry=r
+        )
         self.ignored = Counter(
             "crowd_wire_ignored", "Parts of received messages discarded while the message was kept", cam + ["stage", "what"], registry=r
         )
@@ -266,6 +268,12 @@ class Metrics:
     def camera_reconnect(self, camera: str, n: int = 1) -> None:
         self.reconnects.labels(validate_camera_name(camera)).inc(n)
 
+    def http_refused(self, stage: str, reason: str) -> None:
+        """Count a refused HTTP request or connection (``crowdwatch.httpbase.REFUSALS``)."""
+        if reason not in REFUSALS:
+            raise ValueError(f"reason must be one of {REFUSALS}, found {reason!r}")
+        self.http_refusals.labels(_label(stage, "stage"), reason).inc()
+
     def wire_ignored(self, stage: str, what: str, camera: str) -> None:
         """Count a discarded part of a kept message (``streamer.wire.IGNORED``: unknown or clamped stats, truth)."""
         if what not in IGNORED:
@@ -323,10 +331,6 @@ class Metrics:
 # --------------------------------------------------------------------------- HTTP server
 
 
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` on one small threaded HTTP server.
 
@@ -340,13 +344,18 @@ class MetricsServer:
     """
 
     def __init__(self, registry: Metrics | CollectorRegistry, host: str = "127.0.0.1", port: int = 9108,
-                 liveness_timeout_s: float | None = None) -> None:
+                 liveness_timeout_s: float | None = None, *, access: Access | None = None, limits: Limits | None = None,
+                 stage: str = "infer") -> None:  # fmt: skip
         self.registry = registry.registry if isinstance(registry, Metrics) else registry
+        self._metrics = registry if isinstance(registry, Metrics) else None
+        self.access = access if access is not None else Access.for_bind(host)
+        self.limits = limits or Limits()
+        self.stage = stage
         self.host, self._port = host, port
         self.liveness_timeout_s = liveness_timeout_s
         self._last_beat: float | None = None
         self._ready = threading.Event()
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: GuardedServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -381,7 +390,7 @@ class MetricsServer:
             return self
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -409,9 +418,9 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 pass  # scrapes every 15 s would flood the logs
 
-        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
-        httpd = server_class((self.host, self._port), Handler)
-        httpd.daemon_threads = True
+        metrics = self._metrics
+        on_refuse = (lambda reason: metrics.http_refused(self.stage, reason)) if metrics is not None else None
+        httpd = GuardedServer((self.host, self._port), Handler, access=self.access, limits=self.limits, on_refuse=on_refuse)
         self._httpd = httpd
         # A short poll interval keeps stop() quick.
         self._thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="metrics-http", daemon=True)

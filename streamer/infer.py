@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
+from crowdwatch.httpbase import Access, AccessError, Limits
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
@@ -126,7 +128,8 @@ class ModelPool:
                 log.error("%s: fallback %s/%s failed to load too: %s", camera, mv.camera, mv.version, exc)
                 self.on_failure(camera)
                 continue
-            log.error("%s: its current model cannot be used (%s); serving %s/%s instead", camera, error, mv.camera, mv.version)
+            logs.event(log, "model_swap_failed", "%s: its current model cannot be used (%s); serving %s/%s instead",
+                       camera, error, mv.camera, mv.version, camera=camera, level=logging.ERROR)
             self._assign(camera, loaded, mv, fallback=True, error=error)
             return
         raise ModelUnavailable(f"{camera}: no model can serve it: {error}")
@@ -147,7 +150,7 @@ class ModelPool:
             self._camera_key[camera] = loaded.key
             if old is not None and old != loaded.key:
                 self.swaps += 1
-                log.info("%s: now served by %s (was %s)", camera, loaded.key, old)
+                logs.event(log, "model_swap", "%s: now served by %s (was %s)", camera, loaded.key, old, camera=camera)
             # drop backends nobody uses any more
             used = set(self._camera_key.values())
             for k in [k for k in self._by_key if k not in used]:
@@ -214,7 +217,8 @@ class ModelPool:
                 delay = min(failed[2] * 2, RETRY_MAX_S) if failed is not None and failed[0] == target else max(self.poll_s, RETRY_INITIAL_S)
                 self._retry[cam] = (target, now + delay, delay)
                 self.on_failure(cam)
-                log.error("%s: keeping the current model; the new one failed to load (next try in %.0f s): %s", cam, delay, exc)
+                logs.event(log, "model_swap_failed", "%s: keeping the current model; the new one failed to load (next try in %.0f s): %s",
+                           cam, delay, exc, camera=cam, level=logging.ERROR)
         return switched
 
 
@@ -337,6 +341,7 @@ class InferStage:
         if not st.up:
             st.up = True
             self.metrics.camera_up(msg.camera, True)
+            logs.event(log, "camera_up", "%s: frames are arriving", msg.camera, camera=msg.camera)
         for what in msg.ignored:
             self.metrics.wire_ignored(STAGE, what, msg.camera)
         for key, value in (msg.stats or {}).items():
@@ -357,9 +362,11 @@ class InferStage:
     def _mark_stalled(self, now: float) -> None:
         for cam, st in self.state.items():
             stall = self.config.cameras[cam].thresholds.stall_s
-            if st.up and now - st.last_frame > min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps)):
+            limit = min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps))
+            if st.up and now - st.last_frame > limit:
                 st.up = False
                 self.metrics.camera_up(cam, False)
+                logs.event(log, "camera_down", "%s: no frame for %.0f s", cam, now - st.last_frame, camera=cam, level=logging.WARNING)
 
     def process(self, batch: list[FrameMessage]) -> None:
         key, backend = self.pool.backend(batch[0].camera)
@@ -456,17 +463,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
     p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format)
     if config is None:
         return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     metrics = Metrics()
-    port = args.metrics_port if args.metrics_port is not None else config.server.metrics_port
+    srv = config.server
+    port = args.metrics_port if args.metrics_port is not None else srv.metrics_port
     try:
-        server = MetricsServer(metrics, config.server.metrics_host, port, config.server.liveness_timeout_s).start()
+        access = Access.for_bind(srv.metrics_host, srv.auth_token_env)
+        server = MetricsServer(metrics, srv.metrics_host, port, srv.liveness_timeout_s, access=access,
+                               limits=Limits(srv.max_connections, srv.request_timeout_s)).start()  # fmt: skip
+    except AccessError as exc:  # a bind beyond localhost without its token: a configuration error
+        print(f"crowdwatch infer: cannot start: metrics on {srv.metrics_host}:{port}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"crowdwatch infer: cannot start: metrics on {config.server.metrics_host}:{port}: {exc}", file=sys.stderr)
+        print(f"crowdwatch infer: cannot start: metrics on {srv.metrics_host}:{port}: {exc}", file=sys.stderr)
         return EXIT_FATAL if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) else 1
     try:
         stage = InferStage(config, metrics)

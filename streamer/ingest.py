@@ -92,10 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch ingest", description="Decode one camera and publish its frames.")
     p.add_argument("--camera", required=True)
     p.add_argument("--config", type=Path, default=Path("config.toml"))
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     p.add_argument("--print-calibration", action="store_true", help="synthetic cameras: print the renderer camera's calibration as TOML and exit")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch ingest", args.config, args.log_level)
+    config = load_stage_config("crowdwatch ingest", args.config, args.log_level, args.log_format, camera=args.camera)
     if config is None:
         return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     cam = config.cameras.get(args.camera)

@@ -16,7 +16,10 @@ A job gets its camera's ``adapt.timeout``: one still running then is stopped
 (SIGTERM, SIGKILL 10 s later) and recorded as ``failed`` ("timed out"). Its
 whole output (stdout and stderr) goes to ``<var>/adapt/<camera>/job.log``,
 bounded: past ``JOB_LOG_BYTES`` the file rotates to ``job.log.1`` (one
-previous file kept), and each run starts a fresh ``job.log``.
+previous file kept), and each run starts a fresh ``job.log``. The job logs
+JSON lines (``crowdwatch.logs``, ``$CROWDWATCH_LOG_FORMAT=json``) to its
+stderr; they are relayed into this process's log as they arrive, and the run's
+detail is its last non-JSON line (else its last logged error).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapt.store.runs import append_run, read_runs
+from crowdwatch import logs
 from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.scheduler")
@@ -46,32 +50,70 @@ KILL_GRACE_S = 10.0
 
 
 class JobLog:
-    """A job's output in ``path``, rotated to ``path.1`` whenever it passes ``max_bytes``."""
+    """A job's output in ``path``, rotated to ``path.1`` whenever it passes ``max_bytes``.
 
-    def __init__(self, path: Path, max_bytes: int | None = None):
+    Every complete line also goes to ``on_line`` (the scheduler relays the job's
+    JSON log lines with it); a line longer than ``MAX_LINE`` is cut there.
+    """
+
+    MAX_LINE = 64 * 1024
+
+    def __init__(self, path: Path, max_bytes: int | None = None, on_line: Callable[[str], None] | None = None):
         self.path, self.max_bytes = Path(path), JOB_LOG_BYTES if max_bytes is None else max_bytes
         self.rotated = self.path.with_name(self.path.name + ".1")
-        self._tail = b""
+        self.on_line = on_line
+        self._partial = b""
+        self.last_plain = ""   # the last non-empty line that is not a JSON log line
+        self.last_error = ""   # the message of the last JSON log line at ERROR or above
 
     @property
     def last_line(self) -> str:
-        lines = [ln.strip() for ln in self._tail.decode(errors="replace").splitlines() if ln.strip()]
-        return lines[-1][:500] if lines else ""
+        """The run's detail: its last plain line, else its last logged error, else ""."""
+        return (self.last_plain or self.last_error)[:500]
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode(errors="replace").strip()
+        if not line:
+            return
+        fields = logs.parse_line(line)
+        if fields is None:
+            self.last_plain = line[:500]
+        elif str(fields.get("level", "")).upper() in ("ERROR", "CRITICAL"):
+            message = str(fields.get("message") or "").strip()
+            self.last_error = message.splitlines()[-1][:500] if message else ""
+        if self.on_line is not None:
+            try:
+                self.on_line(line)
+            except Exception as exc:  # relaying must never stop the copy (the job would block on a full pipe)
+                log.debug("job log %s: relay failed: %s", self.path, exc)
+
+    def _lines(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        *complete, self._partial = data.split(b"\n")
+        for raw in complete:
+            self._line(raw)
+        if len(self._partial) > self.MAX_LINE:
+            self._line(self._partial[: self.MAX_LINE])
+            self._partial = b""
 
     def _rotate(self) -> None:
         if self.path.exists():
             os.replace(self.path, self.rotated)
 
     def copy(self, stream) -> None:
-        """Copy ``stream`` (the job's stdout) until EOF; never raises."""
+        """Copy ``stream`` (the job's stdout and stderr) until EOF; never raises."""
+        out = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rotate()  # each run starts a fresh job.log
             out = open(self.path, "ab")
-            try:
-                for chunk in iter(lambda: stream.read1(65536), b""):
-                    self._tail = (self._tail + chunk)[-4096:]
-                    while chunk:
+        except OSError as exc:
+            log.warning("job log %s: %s", self.path, exc)
+        try:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                self._lines(chunk)
+                while out is not None and chunk:
+                    try:
                         room = self.max_bytes - out.tell()
                         if room <= 0:
                             out.close()
@@ -80,14 +122,23 @@ class JobLog:
                             room = self.max_bytes
                         out.write(chunk[:room])
                         chunk = chunk[room:]
-                    out.flush()
-            finally:
-                out.close()
-        except (OSError, ValueError) as exc:
+                    except (OSError, ValueError) as exc:  # a full disk: keep reading (the job must never block)
+                        log.warning("job log %s: %s", self.path, exc)
+                        with contextlib.suppress(OSError, ValueError):
+                            out.close()
+                        out = None
+                if out is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        out.flush()
+            if self._partial:
+                self._line(self._partial)
+                self._partial = b""
+        except (OSError, ValueError) as exc:  # the pipe itself
             log.warning("job log %s: %s", self.path, exc)
-            with contextlib.suppress(OSError, ValueError):
-                for _ in iter(lambda: stream.read1(65536), b""):  # keep draining so the job never blocks
-                    pass
+        finally:
+            if out is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    out.close()
 
 
 def next_daily(after: float, hour: int, minute: int, tz: dt.tzinfo | None = None) -> float:
@@ -172,6 +223,13 @@ class Scheduler:
                 out.append((at, cam, "schedule"))
         return [(cam, why) for _, cam, why in sorted(out)]
 
+    @staticmethod
+    def _relay(line: str) -> None:
+        """A job's JSON log line, logged again here (its stage, camera, event and level kept)."""
+        fields = logs.parse_line(line)
+        if fields is not None:
+            logs.relay(log, fields)
+
     def run_one(self, camera: str, reason: str) -> str:
         """Run one job to completion; returns the result label."""
         now = self.clock()
@@ -183,14 +241,18 @@ class Scheduler:
             report = Path(self.var) / "adapt" / camera / f"{int(now)}.json"
             report.parent.mkdir(parents=True, exist_ok=True)
             argv = self.command(camera, report)
-            log.info("%s: adapting (%s): %s", camera, reason, " ".join(argv))
+            logs.event(log, "adaptation_started", "%s: adapting (%s): %s", camera, reason, " ".join(argv), camera=camera)
             recorded = len(read_runs(self.var, camera))
-            joblog = JobLog(report.parent / "job.log")
+            # The job logs JSON lines to its stderr (same level as here): they are logged again here,
+            # in this process's format. All of its output, stdout and stderr, is kept in job.log, and
+            # its last non-JSON line (else its last logged error) is the run's detail.
+            joblog = JobLog(report.parent / "job.log", on_line=self._relay)
+            env = {**os.environ, **logs.child_env(), logs.FORMAT_ENV: "json"}
             with self._lock:
                 self.running = camera
                 # lowest CPU priority: the online stages come first; dies with the supervisor
                 self._proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                     preexec_fn=die_with_parent(then=lambda: os.nice(10)))
+                                                     env=env, preexec_fn=die_with_parent(then=lambda: os.nice(10)))
             reader = threading.Thread(target=joblog.copy, args=(proc.stdout,), name=f"adapt-log-{camera}", daemon=True)
             reader.start()
             timed_out = False
@@ -222,7 +284,8 @@ class Scheduler:
         sched.last_run = now
         if sched.watch is not None:
             sched.watch.reset(now)
-        log.info("%s: adaptation %s (%s)", camera, result, detail)
+        logs.event(log, "adaptation_verdict", "%s: adaptation %s (%s)", camera, result, detail, camera=camera,
+                   level=logging.INFO if result in ("succeeded", "rejected", "skipped") else logging.WARNING)
         return result
 
     def loop(self, stop: threading.Event, tick_s: float = 30.0) -> None:

@@ -11,7 +11,7 @@ Threads, and why each exists:
   (capped at ``render_fps``), or once a second while the camera is stale (the
   age ticks), and only while someone watches it. The JPEG is shared by every
   viewer of that camera.
-* **HTTP** (``ThreadingHTTPServer``): one thread per connection. An MJPEG
+* **HTTP** (``crowdwatch.httpbase.GuardedServer``): one thread per connection, bounded, with the access check. An MJPEG
   client waits on its camera's feed and writes from its own thread, so a slow
   client blocks nobody; a client that stops reading is cut off by the socket
   timeout.
@@ -46,6 +46,7 @@ import zmq
 from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stage_config, validate_camera_name
+from crowdwatch.httpbase import Access, GuardedHandler, GuardedServer, Limits
 
 from . import overlay
 from .exporter import Metrics
@@ -75,7 +76,9 @@ class WebSettings:
     min_stale_s: float = 5.0  # a camera is stale after max(min_stale_s, stale_periods / fps)
     stale_periods: float = 3.0
     max_streams: int = 32  # concurrent MJPEG clients; more get 503 (bounds threads)
-    request_timeout_s: float = 15.0  # a client that stops reading is dropped after this
+    request_timeout_s: float = 15.0  # a client that stops reading, or sends its request too slowly, is dropped after this
+    max_connections: int = 256  # HTTP connections at once; more get 503 (crowdwatch/httpbase.py)
+    access: Access | None = None  # None: from the bind and [server] auth_token_env at start()
     jpeg_quality: int = overlay.JPEG_QUALITY
     first_frame_wait_s: float = 2.0  # a new viewer waits this long for a fresh render
 
@@ -421,8 +424,13 @@ def page_html(config: Config, template: str) -> bytes:
 # --------------------------------------------------------------------------- server
 
 
-class _IPv6Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
+def settings_from_config(config: Config, host: str | None = None, port: int | None = None) -> WebSettings:
+    """The stage's settings from ``[server]``; ``host``/``port`` override it (the command line)."""
+    s = config.server
+    return WebSettings(
+        host=host or s.web_host, port=s.web_port if port is None else port, max_streams=s.max_streams,
+        request_timeout_s=s.request_timeout_s, max_connections=s.max_connections,
+    )  # fmt: skip
 
 
 class WebServer:
@@ -431,7 +439,7 @@ class WebServer:
 
     def __init__(self, config: Config, settings: WebSettings | None = None, *, metrics: Metrics | None = None) -> None:
         self.config = config
-        self.settings = settings or WebSettings(config.server.web_host, config.server.web_port)
+        self.settings = settings or settings_from_config(config)
         self.metrics = metrics or Metrics()
         self.store = ResultStore()
         self.feeds = {name: Feed() for name in config.cameras}
@@ -466,12 +474,13 @@ class WebServer:
         self._ctx = zmq.Context()
         try:
             self._sock = open_socket(self._ctx, "sub", endpoint, bind=False, hwm=t.hwm, curve=curve)
-            server_class = _IPv6Server if ":" in self.settings.host else ThreadingHTTPServer
-            self._httpd = server_class((self.settings.host, self.settings.port), self._handler_class())
+            s = self.settings
+            access = s.access if s.access is not None else Access.for_bind(s.host, self.config.server.auth_token_env)
+            self._httpd = GuardedServer((s.host, s.port), self._handler_class(), access=access,
+                                        limits=Limits(s.max_connections, s.request_timeout_s), on_refuse=self._refused)  # fmt: skip
         except Exception:
             self._close_zmq()
             raise
-        self._httpd.daemon_threads = True
         self._receiver = Receiver(self._sock, list(self.config.cameras), self.store, self.drops, self.metrics,
                                   self.renderer.wake, self.stop_event)  # fmt: skip
         self._threads = [
@@ -483,6 +492,9 @@ class WebServer:
             th.start()
         log.info("web overlay on %s, results from %s, cameras: %s", self.url, endpoint, ", ".join(self.config.cameras))
         return self
+
+    def _refused(self, reason: str) -> None:
+        self.metrics.http_refused(STAGE, reason)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -574,10 +586,9 @@ class WebServer:
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         web = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):  # access, request deadline and socket timeout: crowdwatch/httpbase.py
             server_version = "crowdwatch-web"
             sys_version = ""
-            timeout = web.settings.request_timeout_s  # socket timeout: slow or stuck clients are dropped
 
             def do_GET(self) -> None:  # noqa: N802 - http.server naming
                 path = urlsplit(self.path).path
@@ -624,7 +635,9 @@ class WebServer:
                     self._json(404, {"error": "unknown camera"})
                     return
                 if not web._streams.acquire(blocking=False):
-                    self._json(503, {"error": "too many streams"})
+                    web._refused("too_many_streams")
+                    self.close_connection = True
+                    self._json(503, {"error": "too many streams"}, {"Retry-After": "5", "Connection": "close"})
                     return
                 try:
                     # A small send buffer: a slow client's frames cannot pile up seconds
@@ -656,16 +669,18 @@ class WebServer:
                 self.send_header("Content-Security-Policy", CSP)
                 self.send_header("Referrer-Policy", "no-referrer")
 
-            def _reply(self, code: int, body: bytes, content_type: str) -> None:
+            def _reply(self, code: int, body: bytes, content_type: str, headers: Mapping[str, str] | None = None) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self._common_headers()
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _json(self, code: int, obj: object) -> None:
-                self._reply(code, json.dumps(obj, allow_nan=False).encode(), "application/json")
+            def _json(self, code: int, obj: object, headers: Mapping[str, str] | None = None) -> None:
+                self._reply(code, json.dumps(obj, allow_nan=False).encode(), "application/json", headers)
 
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("%s %s", self.address_string(), format % args)
@@ -681,22 +696,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config.toml", help="config file (default: %(default)s)")
     p.add_argument("--host", help="listen address (default: server.web_host from the config, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: server.web_port from the config; 0 picks one)")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
+    p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
+                   help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_stage_config("crowdwatch web", args.config, args.log_level)
+    config = load_stage_config("crowdwatch web", args.config, args.log_level, args.log_format)
     if config is None:
         return 2  # an invalid config (usage error): crowdwatch run does not restart it either
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"crowdwatch web: --port must be in [0, 65535], found {args.port}", file=sys.stderr)
         return 2
-    settings = WebSettings(
-        host=args.host or config.server.web_host,
-        port=config.server.web_port if args.port is None else args.port,
-    )
+    settings = settings_from_config(config, host=args.host, port=args.port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -368,7 +368,7 @@ def test_config_schema_is_json_with_described_camera_fields(capsys: pytest.Captu
 
     assert main(["config", "schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
-    assert set(schema["properties"]) == {"server", "paths", "transport", "model", "defaults", "cameras"}
+    assert set(schema["properties"]) == {"server", "paths", "transport", "model", "log", "defaults", "cameras"}
     camera = schema["$defs"]["CameraConfig"]
     assert camera["additionalProperties"] is False and camera["required"] == ["url"]
     for key in ("url", "fps", "width", "zones", "calibration", "thresholds", "adapt", "buffer"):

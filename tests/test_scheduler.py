@@ -135,3 +135,18 @@ def test_the_whole_job_output_is_kept_in_a_bounded_rotating_log(tmp_path, monkey
     s.command = lambda cam, report: [sys.executable, "-c", "print('second run')"]
     s.run_one("lobby", "schedule")
     assert current.read_text() == "second run\n"
+
+
+def test_a_jobs_json_lines_are_relayed_and_kept_in_its_log(tmp_path, caplog):
+    import json
+    import logging
+
+    line = json.dumps({"time": "t", "level": "WARNING", "stage": "adapt", "camera": "lobby", "event": "adaptation_verdict", "message": "m"})
+    s, _ = make(tmp_path, f"import sys\nprint({line!r}, file=sys.stderr, flush=True)\nprint('the real reason', file=sys.stderr)\nsys.exit(1)")
+    with caplog.at_level(logging.INFO, logger="crowdwatch.scheduler"):
+        assert s.run_one("lobby", "schedule") == "failed"
+    relayed = [r for r in caplog.records if getattr(r, "event", None) == "adaptation_verdict" and r.getMessage() == "m"]
+    assert relayed and relayed[0].stage == "adapt" and relayed[0].camera == "lobby" and relayed[0].levelname == "WARNING"
+    text = (tmp_path / "adapt" / "lobby" / "job.log").read_text()
+    assert line in text and "the real reason" in text  # the whole output, JSON lines included
+    assert read_runs(tmp_path, "lobby")[-1]["detail"] == "the real reason"  # the last non-JSON line

@@ -210,12 +210,12 @@ def test_an_ingest_whose_file_is_missing_stays_up_marked_down_and_retries(tmp_pa
     cfg.write_text(f'[paths]\nvar = "var"\nrun = "run"\n[cameras.gone]\nurl = "{tmp_path / "missing.mp4"}"\n')
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "ingest", "--config", str(cfg), "--camera", "gone"],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # its log lines are on stdout
     try:
         deadline = time.monotonic() + 30
         lines = []
         while time.monotonic() < deadline:
-            line = proc.stderr.readline()
+            line = proc.stdout.readline()
             lines.append(line)
             if "camera down" in line:
                 break
@@ -227,3 +227,21 @@ def test_an_ingest_whose_file_is_missing_stays_up_marked_down_and_retries(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_childs_lines_pass_through_unchanged_and_its_logged_error_is_its_last_line(capfd, caplog):
+    import json
+
+    from streamer.supervisor import Child
+
+    err = json.dumps({"time": "t", "level": "ERROR", "stage": "infer", "camera": None, "event": None, "message": "Traceback\nValueError: bad"})
+    info = json.dumps({"time": "t", "level": "INFO", "stage": "infer", "camera": None, "event": None, "message": "still going"})
+    script = f"print({err!r}, flush=True); print({info!r}, flush=True); raise SystemExit(1)"
+    child = Child("infer", [sys.executable, "-c", script])  # no log file: [log] files = false
+    child.start(time.monotonic())
+    child.proc.wait()
+    with caplog.at_level("WARNING"):
+        child.check(time.monotonic())
+    assert "infer exited with 1; restart 1 in 1 s; its last line: ValueError: bad" in caplog.text
+    out = capfd.readouterr().out
+    assert err in out and info in out  # passed on to this process's stdout as they were

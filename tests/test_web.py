@@ -514,13 +514,13 @@ def test_main_serves_and_exits_cleanly_on_sigterm(config: Config, pub: zmq.Socke
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamer.web", "--config", config.source, "--port", "0"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True,  # log lines go to stdout (crowdwatch.logs)
     )  # fmt: skip
     try:
         line = ""
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline and "web overlay on" not in line:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
+            line = proc.stdout.readline()  # type: ignore[union-attr]
         m = re.search(r"web overlay on http://127\.0\.0\.1:(\d+)", line)
         assert m, line
         port = int(m.group(1))

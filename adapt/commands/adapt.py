@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -17,7 +19,10 @@ from adapt.selfsup.pseudo_label import RULES, PseudoLabelConfig
 from adapt.selfsup.settings import adaptation_config
 from adapt.store.names import InvalidCameraName, validate_camera_name
 from adapt.store.registry import RegistryError
-from crowdwatch.config import CONFIG_HELP, Config, ConfigError, load_command_config
+from crowdwatch import logs
+from crowdwatch.config import CAMERA_NAME_RE, CONFIG_HELP, Config, ConfigError, load_command_config
+
+log = logging.getLogger("crowdwatch.adapt")
 
 
 def record(args, result: str, detail: str) -> None:
@@ -93,6 +98,10 @@ def build_config(args: argparse.Namespace, config: Config | None) -> AdaptConfig
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # stderr: stdout is the run's one-line summary. Under `crowdwatch run` the scheduler sets
+    # $CROWDWATCH_LOG_FORMAT=json and $CROWDWATCH_LOG_LEVEL and logs these lines again itself.
+    with contextlib.suppress(ValueError):
+        logs.setup("adapt", camera=args.camera if CAMERA_NAME_RE.fullmatch(args.camera or "") else None, stream=sys.stderr)
     try:
         config = load_command_config(args.config)
     except (ConfigError, OSError) as exc:
@@ -118,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))
     v = report["validation"]
+    logs.event(log, "adaptation_verdict", "%s: %s%s; %s", report["camera"], v["verdict"],
+               f" ({'; '.join(v['reasons'])})" if v["reasons"] else "",
+               f"published {report['published']}" if report["published"] else "nothing published", camera=report["camera"])
     record(args, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
     print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
     return 0 if v["verdict"] == "accept" else 3

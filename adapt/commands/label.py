@@ -16,6 +16,7 @@ from adapt.selfsup.settings import adaptation_config
 from adapt.store.locations import labels_dir
 from adapt.store.names import InvalidCameraName, validate_camera_name
 from crowdwatch.config import CONFIG_HELP, Config, ConfigError, load_command_config
+from crowdwatch.httpbase import DEFAULT_TOKEN_ENV, Access
 
 
 def source_frames(args, config: Config | None) -> list[Path]:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="labelling folder (default: the camera's adapt.labels, else <[paths] labels>/CAMERA, labels/CAMERA without a config)")
     p.add_argument("--n", type=int, default=8, help="frames to label, spread over the source (default: 8)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="beyond localhost the page needs the token in $CROWDWATCH_TOKEN ([server] auth_token_env)")
     p.add_argument("--port", type=int, default=8090, help="0 picks a free port")
     args = p.parse_args(argv)
     try:
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             added = labels.add(spread(new, args.n - len(labels.frames)))
         if not labels.frames:
             raise LabelError("no frames to label")
-        server = serve(labels, args.host, args.port)
+        env = config.server.auth_token_env if config is not None else DEFAULT_TOKEN_ENV
+        server = serve(labels, args.host, args.port, Access.for_bind(args.host, env))
     except (AdaptError, InvalidCameraName, LabelError, DatasetError, OSError, ValueError) as exc:
         print(f"crowdwatch label: {exc}", file=sys.stderr)
         return 1

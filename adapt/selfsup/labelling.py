@@ -13,15 +13,16 @@ head; every change is saved at once to ``OUT/labels/<stem>.json`` in the
 camera's ``adapt.labels`` setting read. Run it again to go on: frames and
 points already in OUT are kept.
 
-The page is served on 127.0.0.1 unless told otherwise and has no
-authentication; the frames show people.
+The page is served on 127.0.0.1 unless told otherwise. Bound beyond
+localhost it needs the access token of ``[server] auth_token_env`` (default
+``$CROWDWATCH_TOKEN``), like the other servers (crowdwatch/httpbase.py): the
+frames show people and the page writes files.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -31,6 +32,7 @@ import numpy as np
 from adapt.data.datasets import DatasetError, check_points, list_images
 from adapt.data.images import load_image
 from adapt.store.atomic import atomic_write
+from crowdwatch.httpbase import Access, GuardedHandler, GuardedServer, Limits
 
 MAX_POINTS = 20000          # more heads than any frame of a camera holds
 MAX_BODY = 1 << 20
@@ -120,7 +122,7 @@ class LabelSet:
 
 
 def make_handler(labels: LabelSet, page: bytes):
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(GuardedHandler):  # access, limits and timeouts: crowdwatch/httpbase.py
         server_version = "crowdwatch-label"
 
         def log_message(self, fmt: str, *args) -> None:  # quiet: one line per click is noise
@@ -180,7 +182,7 @@ def read_page() -> bytes:
     return resources.files("adapt").joinpath("static/label.html").read_bytes()
 
 
-def serve(labels: LabelSet, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(labels, read_page()))
-    server.daemon_threads = True
-    return server
+def serve(labels: LabelSet, host: str, port: int, access: Access | None = None, limits: Limits | None = None) -> GuardedServer:
+    """The labelling server, not yet serving; ``access`` defaults to what the bind needs (AccessError without the token)."""
+    access = access if access is not None else Access.for_bind(host)
+    return GuardedServer((host, port), make_handler(labels, read_page()), access=access, limits=limits)

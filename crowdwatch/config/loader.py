@@ -134,17 +134,37 @@ def load_command_config(path: str | os.PathLike[str] | None, *, environ: Mapping
     return load_config(path, environ=environ)
 
 
-def load_stage_config(prog: str, path: Path, log_level: str = "INFO") -> Config | None:
-    """What every long-running stage does first: set up logging, load the config.
+def load_stage_config(
+    prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
+    stage: str | None = None, camera: str | None = None,
+) -> Config | None:
+    """What every long-running stage does first: load the config, set up logging (``crowdwatch.logs``).
 
-    Returns None after printing the reason, so ``main`` can exit with status 2.
+    The level and format are the flags', else $CROWDWATCH_LOG_LEVEL / $CROWDWATCH_LOG_FORMAT,
+    else the config's ``[log]``. With ``[log] files`` the lines also go to
+    ``<paths.var>/log/<stage>[-<camera>].log``, rotated. Returns None after printing
+    the reason, so ``main`` can exit with status 2.
     """
-    import logging
     import sys
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from crowdwatch import logs
+
+    stage = stage or prog.removeprefix("crowdwatch ")
     try:
-        return load_config(path)
+        config = load_config(path)
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+    lc = config.log
+    camera = camera if camera in config.cameras else None  # a name from the command line, checked before it names a file
+    name = f"{stage}-{camera}" if camera else stage
+    try:
+        logs.setup(
+            stage, log_level or os.environ.get(logs.LEVEL_ENV) or lc.level, log_format or os.environ.get(logs.FORMAT_ENV) or lc.format,
+            camera=camera, file=logs.stage_file(config.paths.var / "log", name) if lc.files else None,
+            file_max_bytes=lc.file_max_bytes, file_backups=lc.file_backups,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+    return config

@@ -1,4 +1,4 @@
-"""The whole document: [server], [paths], [transport], [model], [defaults], [cameras.<name>]."""
+"""The whole document: [server], [paths], [transport], [model], [log], [defaults], [cameras.<name>]."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_v
 from .base import Section
 from .camera import CameraConfig, CameraSettings
 from .errors import Found, fail
+from .log import LogConfig
 from .model import ModelConfig
 from .names import CameraName
 from .paths import PathsConfig
@@ -34,6 +35,7 @@ class Config(Section):
     paths: PathsConfig = Field(default_factory=PathsConfig, description="where buffers, logs and sockets live")
     transport: TransportConfig = Field(default_factory=TransportConfig, description="ZeroMQ endpoints between the stages")
     model: ModelConfig = Field(default_factory=ModelConfig, description="model registry and inference backend")
+    log: LogConfig = Field(default_factory=LogConfig, description="log format, level and files of every process")
     defaults: CameraSettings = Field(
         default_factory=CameraSettings, description="any camera key but url; every [cameras.<name>] table is deep-merged over these"
     )
@@ -48,7 +50,7 @@ class Config(Section):
     def _sections_default_to_empty_tables(cls, data: Any) -> Any:
         # Validate absent sections too, so that their defaults (paths, endpoints) are resolved.
         if isinstance(data, dict):
-            return {"server": {}, "paths": {}, "transport": {}, "model": {}, "defaults": {}, **data}
+            return {"server": {}, "paths": {}, "transport": {}, "model": {}, "log": {}, "defaults": {}, **data}
         return data
 
     @field_validator("transport", mode="before")

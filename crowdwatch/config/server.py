@@ -1,4 +1,4 @@
-"""[server]: the metrics and web listeners."""
+"""[server]: the metrics and web listeners, their access token and limits (crowdwatch/httpbase.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from .base import Integer, Section, Text
+from .base import ENV_NAME_PATTERN, Integer, Section, Text
 from .errors import Expect, fail
 from .units import Duration
 
 Host = Annotated[Text, Expect("a host name or address")]
+EnvName = Annotated[Text, Expect("an environment variable name"), Field(pattern=ENV_NAME_PATTERN)]
 
 
 class ServerConfig(Section):
@@ -31,8 +32,22 @@ class ServerConfig(Section):
         description="crowdwatch run: how long a stage may take from its start to its first heartbeat (loading models) before it counts as hung",
     )  # fmt: skip
 
+    auth_token_env: EnvName = Field(
+        "CROWDWATCH_TOKEN",
+        description="environment variable holding the access token; required (start-up error without it) when a listener "
+        "binds beyond localhost; clients send it as a Bearer token, a basic-auth password or ?token=",
+    )  # fmt: skip
+    max_connections: Integer = Field(256, ge=4, le=10000, description="HTTP connections served at once per listener; more get a 503")
+    max_streams: Integer = Field(32, ge=1, le=1000, description="live MJPEG streams served at once by the web stage; more get a 503")
+    request_timeout_s: Duration = Field(
+        15.0, ge=1, le=600, alias="request_timeout",
+        description="a request's line and headers must arrive within this, and a connection idle (or not reading) this long is closed",
+    )  # fmt: skip
+
     @model_validator(mode="after")
     def _distinct_ports(self) -> ServerConfig:
         if self.metrics_port and self.metrics_port == self.web_port:
             raise fail(f"a port other than metrics_port ({self.metrics_port})", self.web_port, key="web_port")
+        if self.max_streams >= self.max_connections:
+            raise fail(f"fewer streams than max_connections ({self.max_connections})", self.max_streams, key="max_streams")
         return self

@@ -186,7 +186,8 @@ class Source:
         self.stats.up = True
         if self._been_up:
             self.stats.reconnects += 1
-            log.info("camera %s: reconnected to %s", self.cfg.camera, self.target.redacted)
+            log.info("camera %s: reconnected to %s", self.cfg.camera, self.target.redacted,
+                     extra={"event": "source_up", "camera": self.cfg.camera})
         self._been_up = True
 
     # -- connection ---------------------------------------------------------------------
@@ -233,6 +234,7 @@ class Source:
         log.warning(
             "camera %s: %s (%s); retrying in %.2f s",
             self.cfg.camera, self.stats.last_error, self.target.redacted, delay,
+            extra={"event": "source_down", "camera": self.cfg.camera},
         )
         return delay
 
