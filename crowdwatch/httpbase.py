@@ -154,13 +154,13 @@ class GuardedServer(ThreadingHTTPServer):
             if not full:
                 self._active += 1
         if full:
+            self.refused("too_many_connections")  # counted before the client can see the answer
             try:
                 request.settimeout(1.0)
                 request.sendall(_503)
             except OSError:
                 pass
             self.shutdown_request(request)
-            self.refused("too_many_connections")
             return
         try:
             super().process_request(request, client_address)
