@@ -28,20 +28,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from adapt.model.network import CrowdCounter, training_mode
+from adapt.selfsup import pseudo_label as product_pseudo
 from adapt.selfsup.flip_stage import FlipStageConfig, flip_batch
-from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, check_crop, predict_frames
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, check_crop
 from adapt.training.engine import (
     ParameterEMA,
     check_step_settings,
     count_loss,
     density_loss,
-    loop_forever,
     make_optimizer,
     optimizer_step,
 )
@@ -170,41 +168,10 @@ def finetune_round(
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device,
-                           seed: int = 0, static: np.ndarray | None = None) -> list[dict]:
-    """The product's rounds (adapt.selfsup.pseudo_label.run_pseudo_label_stage), with ``crop`` and :func:`finetune_round`."""
-    if cfg.real_batch % model.config.masks:
-        raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
-    rounds: list[dict] = []
-    previous = None
-    for r in range(cfg.rounds):
-        labels = predict_frames(model, frame_paths, device, cfg, static)
-        if not labels.paths:
-            raise ValueError("no readable frames to pseudo-label")
-        mean_count = labels.mean_count()
-        stats = {
-            "round": r + 1,
-            "frames": len(labels.paths),
-            "mean_count": mean_count,
-            "mean_cell_std": float(np.mean([s.mean() for s in labels.std])),
-            "kept_fraction": labels.kept_fraction(),
-        }
-        if previous is not None:
-            change = abs(mean_count - previous) / max(previous, 1e-6)
-            stats["count_change"] = change
-            if change < cfg.tol:
-                stats["stopped"] = f"mean count changed {change:.3%} < tol {cfg.tol:.1%}"
-                rounds.append(stats)
-                break
-        loader = DataLoader(
-            PseudoLabelled(labels, getattr(cfg, "crop", None), cfg.max_side, seed=seed + r), batch_size=cfg.real_batch, shuffle=True,
-            drop_last=True, num_workers=0,
-        )
-        if len(loader) == 0:
-            raise ValueError(f"need at least {cfg.real_batch} frames for a pseudo-label batch, have {len(labels.paths)}")
-        stats.update(finetune_round(model, synth_batches, loop_forever(loader), cfg, device))
-        rounds.append(stats)
-        previous = mean_count
-    return rounds
+                           seed: int = 0, scene=None) -> list[dict]:
+    """The product's rounds, with the research config's ``crop`` and :func:`finetune_round`."""
+    return product_pseudo.run_pseudo_label_stage(model, synth_batches, frame_paths, cfg, device, seed, scene,
+                                                 crop=getattr(cfg, "crop", None), finetune=finetune_round)
 
 
 def install() -> None:

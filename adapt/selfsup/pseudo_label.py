@@ -279,8 +279,13 @@ def finetune_round(
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
-                           scene: SceneModel | None = None) -> list[dict]:
-    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``scene``: see predict_frames."""
+                           scene: SceneModel | None = None, crop: int | None = None, finetune: Callable[..., dict] | None = None) -> list[dict]:
+    """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``scene``: see predict_frames.
+
+    ``crop`` (real views in pixels instead of whole frames) and ``finetune`` (another
+    round function with finetune_round's arguments) are for research/stages.py.
+    """
+    finetune = finetune_round if finetune is None else finetune
     if cfg.real_batch % model.config.masks:
         raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
     rounds: list[dict] = []
@@ -305,12 +310,12 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
                 rounds.append(stats)
                 break
         loader = DataLoader(
-            PseudoLabelled(labels, max_side=cfg.max_side, seed=seed + r), batch_size=cfg.real_batch, shuffle=True,
+            PseudoLabelled(labels, crop, cfg.max_side, seed=seed + r), batch_size=cfg.real_batch, shuffle=True,
             drop_last=True, num_workers=0,
         )
         if len(loader) == 0:
             raise ValueError(f"need at least {cfg.real_batch} frames for a pseudo-label batch, have {len(labels.paths)}")
-        stats.update(finetune_round(model, synth_batches, loop_forever(loader), cfg, device))
+        stats.update(finetune(model, synth_batches, loop_forever(loader), cfg, device))
         rounds.append(stats)
         previous = mean_count
     return rounds
