@@ -81,8 +81,10 @@ class SceneModel:
         bg = self.background_for(image)
         return foreground(image[None], bg.image, bg.threshold)[0]
 
-    def people_in_frame(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def people_in_frame(self, image: np.ndarray, fg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Heads (k, 2), head sizes (k,) and boxes (k, 4: x, y, w, h) of the whole single people moving in a frame.
+
+        ``fg`` is the frame's ``foreground`` when the caller already has it.
 
         A blob counts only when it has a person's shape, is not cut by the frame and
         is as tall as the ground plane says a person is where its feet are: two
@@ -93,7 +95,7 @@ class SceneModel:
         if self.camera is None or image.shape[:2] != self.shape:
             return empty
         sizes_ok = []
-        blobs = blob_stats(self.foreground(image)[None])[0]
+        blobs = blob_stats((self.foreground(image) if fg is None else fg)[None])[0]
         single = person_blobs([blobs], self.shape)
         if not len(single):
             return empty

@@ -190,10 +190,11 @@ def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tup
     moving = np.zeros(valid.shape, bool)
     if image.shape[:2] != scene.shape:
         return cells, density, moving
-    fg = cell_occupancy(scene.foreground(image)[None])[0] > CELL_FOREGROUND
+    pixels = scene.foreground(image)
+    fg = cell_occupancy(pixels[None])[0] > CELL_FOREGROUND
     fg = cv2.dilate(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # outlines blur into neighbours
     moving[: fg.shape[0], : fg.shape[1]] = fg
-    heads, sizes, boxes = scene.people_in_frame(image)
+    heads, sizes, boxes = scene.people_in_frame(image, pixels)
     if not len(heads):
         return cells, density, moving & ~cells
     H, W = image.shape[:2]
