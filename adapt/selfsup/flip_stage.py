@@ -19,7 +19,7 @@ with another head (the base model's is untrained) gets a fresh one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -61,43 +61,52 @@ def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
+ExtraLoss = Callable[[torch.Tensor, dict, torch.Tensor | None], dict[str, torch.Tensor]]
+
+
 def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
-    parent: CrowdCounter | None = None,
+    parent: CrowdCounter | None = None, *, extra: ExtraLoss | None = None, warmup: int = 0,
 ) -> dict:
     """Train in place; returns loss and flip-accuracy statistics.
 
     ``parent`` (the model adaptation started from) is not used by this stage;
     it is accepted so that research stages with the same signature can use it.
+    ``extra(synth density, synth batch, real images)`` returns more weighted
+    loss terms by name, and ``warmup`` warms the learning rate up: both are for
+    research/stages.py.
     """
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
     ema = ParameterEMA(model, cfg.ema_decay)
-    sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
-    tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
+    sums: dict[str, float] = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
+    tail = dict(sums)  # last quarter: how the stage ended
     tail_from = cfg.steps - max(1, cfg.steps // 4)
     bar = progress(range(cfg.steps), "flip stage")
     for step in bar:
         synth = next(synth_batches)
         density = model.forward_train(synth["image"].to(device))
         loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
+        # the L_s-only control (λ = 0) reads no real frame
+        real = next(real_batches)["image"].to(device) if cfg.lam or extra is not None else None
         if cfg.lam:
-            # the L_s-only control (λ = 0) reads no real frame
-            images, labels = flip_batch(next(real_batches)["image"].to(device))
+            images, labels = flip_batch(real)
             logits = model.flip_logits(images)
             loss_a = F.cross_entropy(logits, labels.to(device))
             acc = (logits.argmax(1).cpu() == labels).float().mean().item()
         else:
             loss_a, acc = torch.zeros((), device=device), float("nan")
-        loss = loss_s + cfg.lam * loss_a
+        terms = extra(density, synth, real) if extra is not None else {}
+        loss = loss_s + cfg.lam * loss_a + sum(terms.values())
         optimizer_step(model, opt, loss, f"flip stage step {step}")
         schedule.step()
         ema.update(model)
-        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
-            sums[k] += v
+        values = {"loss_s": loss_s.item(), "loss_a": loss_a.item(), "flip_acc": acc} | {f"loss_{k}": v.item() for k, v in terms.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
             if step >= tail_from:
-                tail[k] += v
+                tail[k] = tail.get(k, 0.0) + v
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_a=f"{loss_a.item():.3f}", acc=f"{acc:.2f}")
     ema.apply(model)
     n_tail = cfg.steps - tail_from

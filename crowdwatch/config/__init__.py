@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .loader import (
     CONFIG_HELP,
     DEFAULT_CONFIG,
+    command_config,
     deep_merge,
     expand_env,
     load_command_config,
@@ -73,6 +74,7 @@ __all__ = [
     "deep_merge",
     "expand_env",
     "json_schema",
+    "command_config",
     "load_command_config",
     "load_config",
     "load_stage_config",

@@ -134,6 +134,17 @@ def load_command_config(path: str | os.PathLike[str] | None, *, environ: Mapping
     return load_config(path, environ=environ)
 
 
+def command_config(prog: str, path: str | os.PathLike[str] | None) -> Config | None:
+    """``load_command_config`` for a command's ``main``: a config that does not load is printed and exits with status 2."""
+    import sys
+
+    try:
+        return load_command_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def load_stage_config(
     prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
     stage: str | None = None, camera: str | None = None,
