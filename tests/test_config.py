@@ -119,7 +119,18 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.thresholds", 5, "cameras.lobby.thresholds", "a table"),
         ("defaults.fps", 100, "defaults.fps", "in (0, 60]"),
         ("defaults.url", "rtsp://x/y", "defaults.url", "no url in [defaults]"),
-        ("server.metrics_port", 70000, "server.metrics_port", "[0, 65535]"),
+        ("server.metrics_port", 70000, "server.metrics_port", "[1, 65535]"),
+        ("server.metrics_port", 0, "server.metrics_port", "a fixed port in [1, 65535]"),
+        ("server.web_port", 9108, "server.web_port", "a port no other server of this config listens on (server.metrics_port is"),
+        ("cameras.lobby.url", "synthetic://?people=-1", "cameras.lobby.url", "people in 0..2000"),
+        ("cameras.lobby.url", "synthetic://?style=noir", "cameras.lobby.url", "a style from day,"),
+        ("cameras.lobby.url", "synthetic://?colour=red", "cameras.lobby.url", "options from people,"),
+        ("cameras.lobby.url", "synthetic://?ramp=0:10", "cameras.lobby.url", "ramp=START:END:SECONDS"),
+        ("cameras.lobby.url", "synthetic://?size=32x32", "cameras.lobby.url", "each side in 64..4096"),
+        ("cameras.lobby.zones.door", [[0, 0], [10, 10], [10, 0], [0, 10]], "cameras.lobby.zones.door", "edges do not cross"),
+        ("cameras.lobby.zones.door", [[0, 0], [-5, 0], [10, 10]], "cameras.lobby.zones.door[1]", "(pixel coordinates are not negative)"),
+        ("cameras.yard.zones.door", [[0, 0], [700, 0], [10, 10]], "cameras.yard.zones.door[1]", "inside the camera's 640x480 frame"),
+        ("cameras.yard.url", "synthetic://?size=320x240", "cameras.yard.zones.all[1]", "inside the camera's 320x240 frame"),
         ("server.web_host", "", "server.web_host", "host"),
         ("server.liveness_timeout", "500ms", "server.liveness_timeout", "at least"),
         ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
@@ -141,6 +152,8 @@ def test_bad_values_name_their_key(tmp_path: Path, key: str, value: Any, path: s
     data = base()
     if key == "transport.results":
         data["transport"] = {"frames": "tcp://a:1"}
+    if key == "cameras.yard.url":  # a zone that fits the default frame, not the one the URL renders
+        data["cameras"]["yard"]["zones"] = {"all": [[0, 0], [600, 0], [600, 400]]}
     _set(data, key, value)
     with pytest.raises(ConfigError) as info:
         parse(data, tmp_path)
@@ -416,3 +429,33 @@ def test_scheme_typo_error_keeps_secrets_out(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse(data, tmp_path, {"CAM_URL": "rtsp//viewer:s3cret@cam/s1"})
     assert "s3cret" not in str(info.value) and "${CAM_URL}" in str(info.value)
+
+
+# --------------------------------------------------------------------------- misconfiguration caught at load (issue 19)
+
+
+@pytest.mark.parametrize(
+    ("server", "transport", "path", "other"),
+    [
+        ({"web_host": "0.0.0.0", "web_port": 9108}, {}, "server.web_port", "server.metrics_port"),        # a wildcard takes every address
+        ({"metrics_host": "localhost", "web_port": 9108}, {}, "server.web_port", "server.metrics_port"),  # localhost is 127.0.0.1
+        ({}, {"frames_bind": "tcp://*:8080"}, "transport.frames_bind", "server.web_port"),
+        ({"metrics_host": "10.0.0.5"}, {"results_bind": "tcp://10.0.0.5:9108"}, "transport.results_bind", "server.metrics_port"),
+        ({}, {"frames_bind": "tcp://0.0.0.0:5555", "results_bind": "tcp://*:5555"}, "transport.results_bind", "transport.frames_bind"),
+    ],
+)
+def test_two_servers_on_one_address_are_an_error(tmp_path: Path, server: dict, transport: dict, path: str, other: str) -> None:
+    data = base()
+    data["server"] = server
+    data["transport"] = {"frames": "tcp://infer:5555", "results": "tcp://infer:5556", **transport}
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    assert info.value.path == path and f"({other} is " in str(info.value) and "found" in str(info.value), str(info.value)
+
+
+def test_one_port_on_two_addresses_is_fine(tmp_path: Path) -> None:
+    data = base()
+    data["server"] = {"metrics_host": "10.0.0.5", "web_host": "10.0.0.6", "web_port": 9108}
+    data["transport"] = {"frames": "tcp://infer:5555", "frames_bind": "tcp://127.0.0.1:8080", "results": "tcp://infer:5556"}
+    cfg = parse(data, tmp_path)
+    assert cfg.server.web_port == cfg.server.metrics_port == 9108

@@ -5,6 +5,7 @@ Layout (see the repo's config.toml for an annotated example)::
     [server]     metrics and web listeners (127.0.0.1 by default)      server.py
     [transport]  ZeroMQ endpoints, JPEG quality for tcp, hwm, CURVE    transport.py
     [model]      registry directory, backend, providers, batching     model.py
+    synthetic:// camera options                                       synthetic.py
     [paths]      var (buffers), runtime and labels directories        paths.py
     [defaults]   any camera key but url; every camera starts from these
     [cameras.<name>]  per-camera overrides, deep-merged over [defaults]  camera.py,
