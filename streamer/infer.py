@@ -462,15 +462,15 @@ def install_signal_handlers(stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
-    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
+    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port (0: any free port)")
     p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format, serving=True)
     if config is None:
-        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
+        return 2  # an invalid config, or no registry/model/GPU for it: crowdwatch run does not restart it either
     metrics = Metrics()
     srv = config.server
     port = args.metrics_port if args.metrics_port is not None else srv.metrics_port

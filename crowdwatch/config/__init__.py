@@ -16,7 +16,9 @@ description (``crowdwatch config schema`` prints them as JSON Schema).
 Durations take a number of seconds or "500ms", "90s", "5m", "24h", "7d"; sizes
 take bytes or "512MiB", "2GB" (units.py). Loading (loader.py) deep-merges
 [defaults], expands ``${VAR}`` and anchors relative paths to the file; every
-error is a :class:`ConfigError` (errors.py).
+error is a :class:`ConfigError` (errors.py). What the machine lacks (a camera's
+file, the registry, a GPU) is a :class:`ConfigWarning` in ``Config.warnings``:
+``config check`` prints them, ``run`` and ``infer`` refuse the serving ones.
 
 This package imports nothing from ``streamer`` or ``adapt``: both import it.
 """
@@ -26,7 +28,7 @@ from __future__ import annotations
 from .adaptation import AdaptConfig, GateSettings, UncertaintyTrigger
 from .buffer import BufferSettings
 from .camera import SOURCE_SCHEMES, Calibration, CameraConfig, CameraSettings, Thresholds, check_url, redact_url
-from .errors import ConfigError
+from .errors import ConfigError, ConfigWarning
 from .loader import (
     CONFIG_HELP,
     DEFAULT_CONFIG,
@@ -61,6 +63,7 @@ __all__ = [
     "CameraSettings",
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "CurveConfig",
     "GateSettings",
     "InvalidCameraName",

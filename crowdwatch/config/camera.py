@@ -24,7 +24,7 @@ from crowdwatch import geometry
 from .adaptation import AdaptConfig
 from .base import Flag, Integer, Number, Section, Text, base_dir
 from .buffer import BufferSettings
-from .errors import Found, fail
+from .errors import ConfigWarning, Found, fail
 from .names import ZoneName
 from .synthetic import SyntheticOptionError, parse_synthetic
 from .units import Duration
@@ -264,6 +264,15 @@ class CameraConfig(CameraSettings):
         if self.source_kind != "synthetic":
             return None
         return parse_synthetic(urlsplit(self.url).query, self.name).size or self.input_size
+
+    def machine_problems(self, source: str = "") -> list[ConfigWarning]:
+        """What this machine lacks for the camera: its video file. Not an error: ingest keeps a camera
+        whose file is missing down and retries it (the file may be mounted or copied later)."""
+        path = self.file_path
+        if self.source_kind != "file" or path is None or path.is_file():
+            return []
+        return [ConfigWarning(f"cameras.{self.name}.url", "an existing video file (until there is one, the camera stays down "
+                              "and its ingest retries)", Found(f"no file at {path}"), source)]
 
     @property
     def synthetic_options(self) -> dict[str, str]:

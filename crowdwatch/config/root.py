@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_v
 
 from .base import Section
 from .camera import CameraConfig, CameraSettings
-from .errors import Found, fail
+from .errors import ConfigWarning, Found, fail
 from .log import LogConfig
 from .model import ModelConfig
 from .names import CameraName
@@ -44,6 +44,7 @@ class Config(Section):
     )
     _source: str = PrivateAttr("<config>")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _warnings: tuple[ConfigWarning, ...] = PrivateAttr(())
 
     @model_validator(mode="before")
     @classmethod
@@ -78,7 +79,17 @@ class Config(Section):
         ctx = info.context or {}
         self._source = str(ctx.get("source", "<config>"))
         self._base_dir = Path(ctx.get("base_dir") or Path.cwd())
+        found = self.model.machine_problems(self.cameras, self._source)
+        for cam in self.cameras.values():
+            found += cam.machine_problems(self._source)
+        self._warnings = tuple(found)
         return self
+
+    @property
+    def warnings(self) -> tuple[ConfigWarning, ...]:
+        """Problems of this machine found at load (``ConfigWarning``): ``config check`` prints them,
+        ``run`` and ``infer`` refuse to start on a ``serving`` one."""
+        return self._warnings
 
     @property
     def source(self) -> str:
