@@ -314,8 +314,11 @@ class InferStage:
             self._adapt_seen[cam] = (size, len(runs))
 
     def _open_buffers(self) -> dict:
-        from adapt.store.buffer import FrameBuffer
+        from adapt.store.buffer import WRITE_FAILURES, FrameBuffer
 
+        for name in self.config.cameras:
+            for reason in WRITE_FAILURES:  # at 0 from the start, so increase() sees the first failure
+                self.metrics.buffer_write_failure(name, reason, 0)
         return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
@@ -406,8 +409,12 @@ class InferStage:
             self._tap(f)
 
     def _tap(self, f: FrameMessage) -> None:
+        from adapt.store.buffer import WRITE_FAILURES
+
         buf = self.buffers[f.camera]
-        buf.offer(f.image, f.capture_ns)  # never raises: disk trouble is counted inside
+        reason = buf.offer(f.image, f.capture_ns)  # never raises: disk trouble comes back as the skip reason
+        if reason in WRITE_FAILURES:
+            self.metrics.buffer_write_failure(f.camera, reason)
         self.metrics.buffer_frames(f.camera, buf.stats().frames)
 
     def step(self) -> int:

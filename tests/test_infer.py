@@ -1,10 +1,12 @@
 """The inference stage in one process: real sockets, the real registry, a real (small) model."""
 
+import shutil
 import time
 
 import numpy as np
 import pytest
 import zmq
+from prometheus_client import generate_latest
 
 import streamer.wire as wire
 from adapt.model.checkpoint import save_checkpoint
@@ -23,13 +25,17 @@ def sample(metrics: Metrics, name: str, **labels) -> float | None:
 
 @pytest.fixture
 def stage(tmp_path):
+    yield from _stage(tmp_path)
+
+
+def _stage(tmp_path, hall: dict | None = None):
     save_checkpoint(tmp_path / "m.pt", perturbed_model(), {"version": "b1"})
     Registry(tmp_path / "models").publish(BASE, {"model.pt": tmp_path / "m.pt"}, {}, "b1")
     config = parse_config({
         "paths": {"var": str(tmp_path / "var"), "run": str(tmp_path / "run")},
         "model": {"registry": str(tmp_path / "models"), "backend": "torch", "max_batch": 4, "max_wait_ms": 50},
         "defaults": {"width": 128, "height": 96, "buffer": {"min_interval_s": 0}},
-        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://"}, "gate": {"url": "rtsp://cam.example/stream"}},
+        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://", **(hall or {})}, "gate": {"url": "rtsp://cam.example/stream"}},
     }, base_dir=tmp_path)
     metrics = Metrics(process_metrics=False)
     ctx = zmq.Context()
@@ -198,3 +204,34 @@ def test_untrusted_frame_contents_are_dropped_counted_and_the_stage_goes_on(stag
     _serve_until(s, metrics, "hall", 0)
     assert sample(metrics, "crowd_people_truth", camera="hall") == 7.0
     assert _ignored(metrics, "hall", "truth") == 0
+
+
+@pytest.fixture
+def full_disk_stage(tmp_path):
+    # hall asks for more free space than any disk has: its buffer finds the disk full (a real statvfs)
+    yield from _stage(tmp_path, hall={"buffer": {"min_free_bytes": "1000TiB"}})
+
+
+def test_buffer_write_failures_are_counted_per_camera(full_disk_stage):
+    s, metrics, push, sub, tmp = full_disk_stage
+    for cam in ("lobby", "hall", "gate"):
+        for reason in ("disk_full", "write_error"):  # every camera's counters exist from the start, at 0
+            assert sample(metrics, "crowd_buffer_write_failures_total", camera=cam, reason=reason) == 0
+    # lobby's buffer folder becomes a file: a real failed write (a read-only folder would do too, but not for root)
+    shutil.rmtree(tmp / "var" / "buffer" / "lobby")
+    (tmp / "var" / "buffer" / "lobby").write_text("not a folder")
+    rng = np.random.default_rng(1)
+    for seq in (1, 2):
+        for cam in ("lobby", "hall", "gate"):
+            img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+            push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, source_size=(128, 96))))
+        for cam in ("lobby", "hall", "gate"):
+            _serve_until(s, metrics, cam, seq - 1)
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="lobby", reason="write_error") == 2
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="hall", reason="disk_full") == 2
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="gate", reason="write_error") == 0
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="gate", reason="disk_full") == 0
+    assert sample(metrics, "crowd_buffer_frames", camera="gate") == 2
+    assert sample(metrics, "crowd_buffer_frames", camera="lobby") == sample(metrics, "crowd_buffer_frames", camera="hall") == 0
+    text = generate_latest(metrics.registry).decode()  # what Prometheus scrapes
+    assert 'crowd_buffer_write_failures_total{camera="lobby",reason="write_error"} 2.0' in text
