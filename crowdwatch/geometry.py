@@ -105,6 +105,17 @@ def polygon_area(points: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs((x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y).sum(axis=-1))
 
 
+def point_outside(points: object, size: tuple[int, int] | None) -> int | None:
+    """Index of the first point outside a ``size`` = (w, h) frame (edges included), or None.
+
+    Without a size only negative coordinates are outside (every frame starts at 0, 0).
+    """
+    for i, (x, y) in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 2)):
+        if x < 0 or y < 0 or (size is not None and (x > size[0] or y > size[1])):
+            return i
+    return None
+
+
 def _orientation(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> int:
     cross = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
     return (cross > 0) - (cross < 0)

@@ -27,7 +27,8 @@ import numpy as np
 import zmq
 
 from crowdwatch import logs
-from crowdwatch.config import Config, load_stage_config
+from crowdwatch.config import CameraConfig, Config, load_stage_config
+from crowdwatch.geometry import point_outside
 from crowdwatch.httpbase import Access, AccessError, Limits
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
@@ -329,8 +330,20 @@ class InferStage:
         key = (msg.source_size, (w, h))
         st = self.state[msg.camera]
         if key not in st.geometry:
-            st.geometry[key] = CameraGeometry.for_camera(self.config.cameras[msg.camera], source_size=msg.source_size, input_size=(w, h))
+            cam = self.config.cameras[msg.camera]
+            st.geometry[key] = CameraGeometry.for_camera(cam, source_size=msg.source_size, input_size=(w, h))
+            self._check_zones(cam, msg.source_size)
         return st.geometry[key]
+
+    @staticmethod
+    def _check_zones(cam: CameraConfig, size: tuple[int, int] | None) -> None:
+        """A zone beyond the frame counts only its inside part: say so once per frame size (the config
+        checks zones at load only where it knows the size, synthetic cameras)."""
+        for zone, pts in cam.zones.items():
+            i = point_outside(pts, size) if size is not None else None
+            if i is not None:
+                logs.event(log, "zone_outside_frame", "%s: zone %s has point %s outside the camera's %dx%d frame; "
+                           "only its part inside is counted", cam.name, zone, list(pts[i]), *size, camera=cam.name, level=logging.WARNING)  # fmt: skip
 
     def _source_stats(self, msg: FrameMessage) -> FrameMessage:
         """Export the frame's in-band counters; returns the frame as it may be used.

@@ -28,14 +28,16 @@ def stage(tmp_path):
     yield from _stage(tmp_path)
 
 
-def _stage(tmp_path, hall: dict | None = None):
+def _stage(tmp_path, **cameras: dict):
+    """The stage on three cameras (two synthetic, one rtsp); ``cameras`` adds keys to a camera's table."""
     save_checkpoint(tmp_path / "m.pt", perturbed_model(), {"version": "b1"})
     Registry(tmp_path / "models").publish(BASE, {"model.pt": tmp_path / "m.pt"}, {}, "b1")
     config = parse_config({
         "paths": {"var": str(tmp_path / "var"), "run": str(tmp_path / "run")},
         "model": {"registry": str(tmp_path / "models"), "backend": "torch", "max_batch": 4, "max_wait_ms": 50},
         "defaults": {"width": 128, "height": 96, "buffer": {"min_interval_s": 0}},
-        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://", **(hall or {})}, "gate": {"url": "rtsp://cam.example/stream"}},
+        "cameras": {name: {"url": url, **cameras.get(name, {})}
+                    for name, url in (("lobby", "synthetic://"), ("hall", "synthetic://"), ("gate", "rtsp://cam.example/stream"))},
     }, base_dir=tmp_path)
     metrics = Metrics(process_metrics=False)
     ctx = zmq.Context()
@@ -235,3 +237,21 @@ def test_buffer_write_failures_are_counted_per_camera(full_disk_stage):
     assert sample(metrics, "crowd_buffer_frames", camera="lobby") == sample(metrics, "crowd_buffer_frames", camera="hall") == 0
     text = generate_latest(metrics.registry).decode()  # what Prometheus scrapes
     assert 'crowd_buffer_write_failures_total{camera="lobby",reason="write_error"} 2.0' in text
+
+
+@pytest.fixture
+def zoned_stage(tmp_path):
+    # gate's frame size is known only from its frames: its door reaches beyond a 128x96 frame
+    yield from _stage(tmp_path, gate={"zones": {"door": [[0, 0], [100, 0], [500, 90]], "desk": [[0, 0], [50, 0], [50, 50]]}})
+
+
+def test_a_zone_beyond_the_frame_of_a_streaming_camera_is_logged_once(zoned_stage, caplog):
+    s, metrics, push, sub, tmp = zoned_stage
+    img = np.zeros((96, 128, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger="crowdwatch.infer"):
+        for seq in (1, 2):
+            push.send_multipart(encode_frame(FrameMessage("gate", seq, time.time_ns(), img, source_size=(128, 96))))
+            assert _serve_until(s, metrics, "gate", seq - 1) == seq
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "zone_outside_frame"]
+    assert len(lines) == 1 and lines[0].camera == "gate"
+    assert lines[0].getMessage() == "gate: zone door has point [500.0, 90.0] outside the camera's 128x96 frame; only its part inside is counted"

@@ -229,14 +229,14 @@ class CameraConfig(CameraSettings):
     @model_validator(mode="after")
     def _zones_in_frame(self) -> CameraConfig:
         # Zones are in the camera's own pixels. Only a synthetic camera's frame size is known
-        # before its stream opens; for the others a negative coordinate is outside any frame.
+        # before its stream opens (infer checks the others on their first frame).
         size = self.frame_size
         inside = f"a point inside the camera's {size[0]}x{size[1]} frame (x in 0..{size[0]}, y in 0..{size[1]})" if size else \
             "a point inside the camera's frame (pixel coordinates are not negative)"
         for zone, pts in self.zones.items():
-            for i, (x, y) in enumerate(pts):
-                if x < 0 or y < 0 or (size is not None and (x > size[0] or y > size[1])):
-                    raise fail(inside, [x, y], key=("zones", zone, i))
+            i = geometry.point_outside(pts, size)
+            if i is not None:
+                raise fail(inside, list(pts[i]), key=("zones", zone, i))
         return self
 
     @property
