@@ -34,8 +34,6 @@ class ModelConfig(Section):
     max_batch: Integer = Field(8, ge=1, le=256, description="dynamic batching: at most this many frames per run")
     max_wait_ms: Milliseconds = Field(20.0, ge=0, le=10000, description="dynamic batching: wait at most this long (ms, or a duration string) to fill a batch")
 
-
-
     def machine_problems(self, cameras: Iterable[str], source: str = "") -> list[ConfigWarning]:
         """What this machine lacks to serve these cameras: the registry, a current model, the GPU the providers need."""
         return [*self._registry_problems(list(cameras), source), *self._device_problems(source)]
@@ -52,8 +50,8 @@ class ModelConfig(Section):
                                   f"naming a version folder with {CHECKPOINT}", Found(f"none for {', '.join(unserved)} in {root}"),
                                   source, serving=True)]  # fmt: skip
         # A camera's own pointer that names no usable version is served by its last good version or base.
-        return [ConfigWarning("model.registry", f"{c}/{POINTER} naming a version folder with {CHECKPOINT} (until then its last "
-                              "good version or the base model serves the camera)", Found(f"{root / c / POINTER} names none"), source)
+        return [ConfigWarning("model.registry", f"{c}/{POINTER} naming a version folder with {CHECKPOINT} (until then infer serves the "
+                              "camera with its last good version, or the base model if there is one)", Found(f"{root / c / POINTER} names none"), source)
                 for c in cameras if (root / c / POINTER).exists() and _current_version(root, c) is None]  # fmt: skip
 
     def _device_problems(self, source: str) -> list[ConfigWarning]:
