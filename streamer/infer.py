@@ -27,7 +27,8 @@ import numpy as np
 import zmq
 
 from crowdwatch import logs
-from crowdwatch.config import Config, load_stage_config
+from crowdwatch.config import CameraConfig, Config, load_stage_config
+from crowdwatch.geometry import point_outside
 from crowdwatch.httpbase import Access, AccessError, Limits
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
@@ -314,8 +315,11 @@ class InferStage:
             self._adapt_seen[cam] = (size, len(runs))
 
     def _open_buffers(self) -> dict:
-        from adapt.store.buffer import FrameBuffer
+        from adapt.store.buffer import WRITE_FAILURES, FrameBuffer
 
+        for name in self.config.cameras:
+            for reason in WRITE_FAILURES:  # at 0 from the start, so increase() sees the first failure
+                self.metrics.buffer_write_failure(name, reason, 0)
         return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
@@ -326,8 +330,20 @@ class InferStage:
         key = (msg.source_size, (w, h))
         st = self.state[msg.camera]
         if key not in st.geometry:
-            st.geometry[key] = CameraGeometry.for_camera(self.config.cameras[msg.camera], source_size=msg.source_size, input_size=(w, h))
+            cam = self.config.cameras[msg.camera]
+            st.geometry[key] = CameraGeometry.for_camera(cam, source_size=msg.source_size, input_size=(w, h))
+            self._check_zones(cam, msg.source_size)
         return st.geometry[key]
+
+    @staticmethod
+    def _check_zones(cam: CameraConfig, size: tuple[int, int] | None) -> None:
+        """A zone beyond the frame counts only its inside part: say so once per frame size (the config
+        checks zones at load only where it knows the size, synthetic cameras)."""
+        for zone, pts in cam.zones.items():
+            i = point_outside(pts, size) if size is not None else None
+            if i is not None:
+                logs.event(log, "zone_outside_frame", "%s: zone %s has point %s outside the camera's %dx%d frame; "
+                           "only its part inside is counted", cam.name, zone, list(pts[i]), *size, camera=cam.name, level=logging.WARNING)  # fmt: skip
 
     def _source_stats(self, msg: FrameMessage) -> FrameMessage:
         """Export the frame's in-band counters; returns the frame as it may be used.
@@ -406,8 +422,12 @@ class InferStage:
             self._tap(f)
 
     def _tap(self, f: FrameMessage) -> None:
+        from adapt.store.buffer import WRITE_FAILURES
+
         buf = self.buffers[f.camera]
-        buf.offer(f.image, f.capture_ns)  # never raises: disk trouble is counted inside
+        reason = buf.offer(f.image, f.capture_ns)  # never raises: disk trouble comes back as the skip reason
+        if reason in WRITE_FAILURES:
+            self.metrics.buffer_write_failure(f.camera, reason)
         self.metrics.buffer_frames(f.camera, buf.stats().frames)
 
     def step(self) -> int:
@@ -462,15 +482,15 @@ def install_signal_handlers(stop: threading.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
-    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
+    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port (0: any free port)")
     p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format, serving=True)
     if config is None:
-        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
+        return 2  # an invalid config, or no registry/model/GPU for it: crowdwatch run does not restart it either
     metrics = Metrics()
     srv = config.server
     port = args.metrics_port if args.metrics_port is not None else srv.metrics_port

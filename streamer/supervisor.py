@@ -379,9 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor")
+    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor", serving=True)
     if config is None:
         return 2
+    for warning in config.warnings:  # e.g. a camera file that is not there yet: its ingest retries
+        logs.event(log, "config_warning", "%s", warning, level=logging.WARNING)
     for host in (config.server.web_host, config.server.metrics_host):
         try:  # the stages would refuse to start, again and again
             Access.for_bind(host, config.server.auth_token_env)

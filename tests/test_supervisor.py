@@ -174,13 +174,17 @@ def _free_port() -> int:
 def test_non_transient_start_errors_stop_with_one_clear_line_and_no_retry(tmp_path):
     import socket as socketlib
 
-    # a missing registry
+    # a missing registry is caught when the config loads, before any stage starts (exit 2, as for any bad config)
     ports = {"metrics_port": _free_port(), "web_port": _free_port()}
     out = _crowdwatch_run(tmp_path, ports, tmp_path / "no-such-registry")
-    fatal = [ln for ln in out.stderr.splitlines() if "cannot start" in ln and ln.startswith("crowdwatch run:")]
-    assert out.returncode == 1 and len(fatal) == 1, out.stderr
-    assert "infer cannot start, not restarting" in fatal[0] and "no base model" in fatal[0]
-    assert "restart" not in out.stderr.replace("not restarting", "")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"crowdwatch run: {tmp_path / 'config.toml'}: model.registry: expected a model registry folder "
+        f"(<registry>/<camera or base>/<version>/model.pt), found no folder at {tmp_path / 'no-such-registry'}"], out.stderr
+    # so is a registry without a model for the camera
+    (tmp_path / "empty-registry" / "base").mkdir(parents=True)
+    out = _crowdwatch_run(tmp_path, ports, tmp_path / "empty-registry")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "model.registry: expected a current model for every camera" in out.stderr and "found none for east" in out.stderr
     # the metrics port in use
     with socketlib.socket() as busy:
         busy.bind(("127.0.0.1", 0))

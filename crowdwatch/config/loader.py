@@ -147,14 +147,16 @@ def command_config(prog: str, path: str | os.PathLike[str] | None) -> Config | N
 
 def load_stage_config(
     prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
-    stage: str | None = None, camera: str | None = None,
+    stage: str | None = None, camera: str | None = None, serving: bool = False,
 ) -> Config | None:
     """What every long-running stage does first: load the config, set up logging (``crowdwatch.logs``).
 
     The level and format are the flags', else $CROWDWATCH_LOG_LEVEL / $CROWDWATCH_LOG_FORMAT,
     else the config's ``[log]``. With ``[log] files`` the lines also go to
-    ``<paths.var>/log/<stage>[-<camera>].log``, rotated. Returns None after printing
-    the reason, so ``main`` can exit with status 2.
+    ``<paths.var>/log/<stage>[-<camera>].log``, rotated. A ``serving`` stage (run, infer)
+    also refuses a config with a serving :class:`ConfigWarning` (no registry, no model, no
+    GPU for the providers). Returns None after printing the reason, so ``main`` can exit
+    with status 2.
     """
     import sys
 
@@ -163,6 +165,10 @@ def load_stage_config(
     stage = stage or prog.removeprefix("crowdwatch ")
     try:
         config = load_config(path)
+        if serving:
+            blocking = [w for w in config.warnings if w.serving]
+            if blocking:
+                raise blocking[0]
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None

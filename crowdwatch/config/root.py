@@ -11,7 +11,7 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_v
 
 from .base import Section
 from .camera import CameraConfig, CameraSettings
-from .errors import Found, fail
+from .errors import ConfigWarning, Found, fail
 from .log import LogConfig
 from .model import ModelConfig
 from .names import CameraName
@@ -44,6 +44,7 @@ class Config(Section):
     )
     _source: str = PrivateAttr("<config>")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _warnings: tuple[ConfigWarning, ...] = PrivateAttr(())
 
     @model_validator(mode="before")
     @classmethod
@@ -62,11 +63,33 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
+    def _one_server_per_address(self) -> Config:
+        seen: list[tuple[str, str, int]] = []
+        for section, listeners in (("server", self.server.listeners()), ("transport", self.transport.listeners())):
+            for key, host, port in listeners:
+                for other, other_host, other_port in seen:
+                    if port == other_port and _same_host(host, other_host):
+                        raise fail(f"a port no other server of this config listens on ({other} is {other_host}:{other_port})",
+                                   getattr(getattr(self, section), key), key=(section, key))  # fmt: skip
+                seen.append((f"{section}.{key}", host, port))
+        return self
+
+    @model_validator(mode="after")
     def _remember_origin(self, info: ValidationInfo) -> Config:
         ctx = info.context or {}
         self._source = str(ctx.get("source", "<config>"))
         self._base_dir = Path(ctx.get("base_dir") or Path.cwd())
+        found = self.model.machine_problems(self.cameras, self._source)
+        for cam in self.cameras.values():
+            found += cam.machine_problems(self._source)
+        self._warnings = tuple(found)
         return self
+
+    @property
+    def warnings(self) -> tuple[ConfigWarning, ...]:
+        """Problems of this machine found at load (``ConfigWarning``): ``config check`` prints them,
+        ``run`` and ``infer`` refuse to start on a ``serving`` one."""
+        return self._warnings
 
     @property
     def source(self) -> str:
@@ -77,6 +100,15 @@ class Config(Section):
     def base_dir(self) -> Path:
         """The folder relative paths were resolved against."""
         return self._base_dir
+
+
+_WILDCARDS = ("", "*", "0.0.0.0", "::")
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether two binds on one port would clash: the same address, or either binds every address."""
+    a, b = (h.strip("[]").lower().replace("localhost", "127.0.0.1") for h in (a, b))
+    return a == b or a in _WILDCARDS or b in _WILDCARDS
 
 
 _BOUND_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}

@@ -97,6 +97,16 @@ class TransportConfig(Section):
             raise fail("CURVE only with tcp:// endpoints (ipc is protected by file permissions)", True, key=("curve", "enabled"))
         return self
 
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(key, host, port) of each tcp:// socket infer binds (ipc:// sockets are files, not ports)."""
+        out = []
+        for key in ("frames_bind", "results_bind"):
+            endpoint = getattr(self, key)
+            if endpoint.startswith("tcp://"):
+                host, _, port = endpoint[len("tcp://"):].rpartition(":")
+                out.append((key, host, int(port)))
+        return out
+
     @property
     def frame_encoding(self) -> str:
         """'jpeg' across hosts (tcp, quality > 0), raw 'rgb24' within a host."""
