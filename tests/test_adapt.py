@@ -62,8 +62,8 @@ def tiny_config(root, **kw):
 def test_flip_batch_labels_upside_down_copies():
     x = torch.arange(2 * 4 * 3 * 3, dtype=torch.uint8).reshape(2, 4, 3, 3)
     images, labels = flip_batch(x)
-    assert labels.tolist() == [0, 0, 1, 1]
-    assert torch.equal(images[2], x[0].flip(0))
+    assert labels.tolist() == [0, 1, 0, 1]  # interleaved: every mask's share of the batch holds upright frames
+    assert torch.equal(images[0], x[0]) and torch.equal(images[1], x[0].flip(0)) and torch.equal(images[3], x[1].flip(0))
 
 
 def test_fraction_rule_keeps_the_lowest_std_and_never_padding():

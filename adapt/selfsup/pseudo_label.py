@@ -41,7 +41,15 @@ from adapt.data.images import BadImage, load_image
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
 from adapt.scene.motion import CELL_FOREGROUND, cell_occupancy, static_on_grid
-from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, loop_forever, make_optimizer, optimizer_step
+from adapt.training.engine import (
+    ParameterEMA,
+    check_step_settings,
+    density_loss,
+    loop_forever,
+    make_optimizer,
+    optimizer_step,
+    region_count_loss,
+)
 from adapt.training.progress import progress
 
 RULES = ("balanced", "fraction")
@@ -189,6 +197,27 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
                         [s.regions for s in known], [s.counts for s in known])
 
 
+def scene_labelled(scene: SceneModel, paths: list[Path], max_side: int | None) -> PseudoLabels:
+    """The scene model's labels alone (``scene_labels``) for every frame: the flip stage's real frames.
+
+    Only the cells the scene knows are kept; no model is run. Unreadable frames are dropped.
+    """
+    out = PseudoLabels([], [], [], [], [], [], [], [], [])
+    for path in paths:
+        try:
+            image, (h, w) = load_padded(path, max_side)
+        except BadImage:
+            continue
+        valid = np.zeros((image.shape[0] // STRIDE, image.shape[1] // STRIDE), bool)
+        valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
+        known = scene_labels(scene, image[:h, :w], valid)
+        zeros = np.zeros(valid.shape, np.float32)
+        for field_, value in (("paths", path), ("mean", known.density), ("std", zeros), ("margin", zeros), ("valid", valid),
+                              ("keep", known.cells & valid), ("regions", known.regions), ("region_counts", known.counts)):
+            getattr(out, field_).append(value)
+    return out
+
+
 MAX_REGIONS = 64  # groups of moving people per frame with a count term; more are left to the L2 loss
 
 
@@ -259,10 +288,12 @@ class PseudoLabelled(Dataset):
     def __init__(self, labels: PseudoLabels, crop: int | None = None, max_side: int | None = None, seed: int = 0):
         check_crop(crop)
         self.labels, self.max_side, self.seed, self.epoch = labels, max_side, seed, 0
-        # one size for all frames, so frames of mixed sizes still batch
+        # one size for all frames, so frames of mixed sizes still batch; never the padding, which
+        # would teach nothing and, turned upside down, give the flip stage its answer
         limit = [] if crop is None else [crop]
-        self.crop_h = min(limit + [m.shape[0] * STRIDE for m in labels.mean]) // 32 * 32
-        self.crop_w = min(limit + [m.shape[1] * STRIDE for m in labels.mean]) // 32 * 32
+        self.valid_cells = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in labels.valid]
+        self.crop_h = min(limit + [r * STRIDE for r, _ in self.valid_cells]) // 32 * 32
+        self.crop_w = min(limit + [c * STRIDE for _, c in self.valid_cells]) // 32 * 32
 
     def __len__(self) -> int:
         return len(self.labels.paths)
@@ -275,8 +306,9 @@ class PseudoLabelled(Dataset):
         image, _ = load_padded(self.labels.paths[index], self.max_side)
         mean, keep = self.labels.mean[index], self.labels.keep[index]
         ch, cw = self.crop_h, self.crop_w
-        cy = int(rng.integers(0, mean.shape[0] - ch // STRIDE + 1))
-        cx = int(rng.integers(0, mean.shape[1] - cw // STRIDE + 1))
+        rows_valid, cols_valid = self.valid_cells[index]
+        cy = int(rng.integers(0, rows_valid - ch // STRIDE + 1))
+        cx = int(rng.integers(0, cols_valid - cw // STRIDE + 1))
         rows, cols = slice(cy, cy + ch // STRIDE), slice(cx, cx + cw // STRIDE)
         img = image[cy * STRIDE : cy * STRIDE + ch, cx * STRIDE : cx * STRIDE + cw]
         den, msk = mean[rows, cols], keep[rows, cols]
@@ -299,21 +331,6 @@ class PseudoLabelled(Dataset):
             item["regions"] = torch.from_numpy(np.ascontiguousarray(reg[:, ::-1] if flip else reg))[None]
             item["region_counts"] = torch.from_numpy(counts)
         return item
-
-
-def region_count_loss(density: torch.Tensor, regions: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Squared count error per region over (count + 1), as ``engine.count_loss`` per crop.
-
-    ``regions`` (N, 1, h, w) holds region ids (0: none) and ``counts`` (N, R) each id's people.
-    """
-    n, r = counts.shape
-    sums = torch.zeros(n, r, device=density.device, dtype=torch.float32)
-    sums.scatter_add_(1, regions.flatten(1).clamp(0, r - 1), density.float().flatten(1))
-    present = counts > 0
-    present[:, 0] = False
-    if not present.any():
-        return density.sum() * 0.0
-    return ((sums - counts) ** 2 / (counts + 1.0))[present].mean()
 
 
 def finetune_round(
