@@ -147,13 +147,13 @@ def command_config(prog: str, path: str | os.PathLike[str] | None) -> Config | N
 
 def load_stage_config(
     prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
-    stage: str | None = None, camera: str | None = None, serving: bool = False,
+    stage: str | None = None, camera: str | None = None, serving: bool = False, instance: str | None = None,
 ) -> Config | None:
     """What every long-running stage does first: load the config, set up logging (``crowdwatch.logs``).
 
     The level and format are the flags', else $CROWDWATCH_LOG_LEVEL / $CROWDWATCH_LOG_FORMAT,
     else the config's ``[log]``. With ``[log] files`` the lines also go to
-    ``<paths.var>/log/<stage>[-<camera>].log``, rotated. A ``serving`` stage (run, infer)
+    ``<paths.var>/log/<stage>[-<camera>][-<instance>].log``, rotated (``instance``: an infer worker beyond the first). A ``serving`` stage (run, infer)
     also refuses a config with a serving :class:`ConfigWarning` (no registry, no model, no
     GPU for the providers). Returns None after printing the reason, so ``main`` can exit
     with status 2.
@@ -174,7 +174,7 @@ def load_stage_config(
         return None
     lc = config.log
     camera = camera if camera in config.cameras else None  # a name from the command line, checked before it names a file
-    name = f"{stage}-{camera}" if camera else stage
+    name = "-".join(p for p in (stage, camera, instance) if p)
     try:
         logs.setup(
             stage, log_level or os.environ.get(logs.LEVEL_ENV) or lc.level, log_format or os.environ.get(logs.FORMAT_ENV) or lc.format,
