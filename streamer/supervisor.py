@@ -292,8 +292,8 @@ def build_children(config: Config, config_path: Path) -> list[Child]:
     Worker i > 0 gets ``--shard i`` and serves its /metrics on ``metrics_port + i``."""
     flags = logs.child_flags()
     port = config.server.metrics_port
-    children = [Child(worker_name(i), stage_argv("infer", config_path, *(["--shard", str(i), "--metrics-port", str(port + i)] if i else []), *flags))
-                for i in range(config.server.infer_workers)]
+    worker_flags = [["--shard", str(i), "--metrics-port", str(port + i)] if i else [] for i in range(config.server.infer_workers)]
+    children = [Child(worker_name(i), stage_argv("infer", config_path, *extra, *flags)) for i, extra in enumerate(worker_flags)]
     children.append(Child("web", stage_argv("web", config_path, *flags)))
     children += [Child(f"ingest:{cam}", stage_argv("ingest", config_path, "--camera", cam, *flags)) for cam in config.cameras]
     for c in children:
@@ -342,6 +342,8 @@ def reload_config(config_path: Path) -> Config | None:
     except (ConfigError, OSError) as exc:
         logs.event(log, "config_reload_failed", "config not reloaded, the running one stays: %s", exc, level=logging.ERROR)
         return None
+    for warning in config.warnings:
+        logs.event(log, "config_warning", "%s", warning, level=logging.WARNING)
     return config
 
 
