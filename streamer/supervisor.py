@@ -335,10 +335,7 @@ def apply_config(children: dict[str, Child], old: Config, new: Config, config_pa
 def reload_config(config_path: Path) -> Config | None:
     """The config file read again, or None (logged) when it does not load or this machine cannot serve it."""
     try:
-        config = load_config(config_path)
-        blocking = [w for w in config.warnings if w.serving]
-        if blocking:
-            raise blocking[0]
+        config = load_config(config_path, serving=True)
     except (ConfigError, OSError) as exc:
         logs.event(log, "config_reload_failed", "config not reloaded, the running one stays: %s", exc, level=logging.ERROR)
         return None

@@ -80,12 +80,17 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(tmp_path):
             time.sleep(0.1)
         assert [p for p in kids if _pid_alive(p)] == [], "children outlived the SIGKILLed supervisor"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in kids:
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, kids)
+
+
+def _kill_all(proc: subprocess.Popen, kids: list[int]) -> None:
+    """The supervisor, then any child it left: a test leaks no process."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in kids:
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
@@ -344,9 +349,5 @@ def test_sighup_restarts_only_the_stages_the_config_change_touches(tmp_path):
         try:
             proc.wait(timeout=30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            for pid in kids:
-                if _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+            _kill_all(proc, kids)
             out.close()

@@ -107,8 +107,9 @@ def parse_config(
         raise from_validation_error(exc, Config, source, originals=originals) from None
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML config file; raises ConfigError on any problem."""
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, serving: bool = False) -> Config:
+    """Read and validate a TOML config file; raises ConfigError on any problem, and with ``serving`` (run, infer)
+    the first serving ConfigWarning too (no registry, no model, no GPU for the providers)."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -117,7 +118,11 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         raise ConfigError("", "a readable config file", Found(f"no file at {p}"), str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", "valid TOML", Found(str(exc)), str(p)) from None
-    return parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+    config = parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+    blocking = [w for w in config.warnings if w.serving] if serving else []
+    if blocking:
+        raise blocking[0]
+    return config
 
 
 DEFAULT_CONFIG = Path("config.toml")
@@ -164,11 +169,7 @@ def load_stage_config(
 
     stage = stage or prog.removeprefix("crowdwatch ")
     try:
-        config = load_config(path)
-        if serving:
-            blocking = [w for w in config.warnings if w.serving]
-            if blocking:
-                raise blocking[0]
+        config = load_config(path, serving=serving)
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
