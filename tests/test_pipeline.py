@@ -225,16 +225,14 @@ def test_two_workers_split_the_cameras_and_one_killed_leaves_the_other_counting(
 
         before = children_of(proc.pid)
         assert {"infer", "infer:1", "web", "ingest:east", "ingest:west"} == set(before), before
+        west, seq = frames(port + 1, "west"), web_results(wport)["west"]["seq"]
         os.kill(before["infer"], signal.SIGKILL)
-        west = frames(port + 1, "west")
-        seq = web_results(wport)["west"]["seq"]
-        wait_for(lambda: frames(port + 1, "west") >= west + 3, 30, "west counting on worker 1 after worker 0 was killed")
-        assert web_results(wport)["west"]["seq"] > seq
+        # worker 0 is replaced (1 s backoff, start-up, model) and east counts again on the new one ...
+        wait_for(lambda: children_of(proc.pid).get("infer") not in (None, before["infer"]) and frames(port, "east") >= 1, 90,
+                 "east counting again on a new worker 0")
+        # ... while west went on counting on worker 1 all along, in the metrics and in the overlay
+        assert frames(port + 1, "west") >= west + 2 and web_results(wport)["west"]["seq"] > seq
         after = children_of(proc.pid)
         assert after["infer:1"] == before["infer:1"] and after["ingest:west"] == before["ingest:west"]
-        # worker 0 is replaced and east counts again
-        wait_for(lambda: children_of(proc.pid).get("infer") not in (None, before["infer"]), 30, "a new worker 0")
-        wait_for(lambda: frames(port, "east") >= 2, 90, "east counting again on the new worker 0")
-        assert children_of(proc.pid)["infer:1"] == before["infer:1"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
