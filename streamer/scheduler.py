@@ -293,7 +293,8 @@ class Scheduler:
             for camera, reason in self.due():
                 if stop.is_set():
                     break
-                self.run_one(camera, reason)
+                if camera in self.cameras:  # not removed by a config reload meanwhile
+                    self.run_one(camera, reason)
             stop.wait(tick_s)
 
     def cancel(self) -> None:

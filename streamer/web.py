@@ -469,11 +469,14 @@ class WebServer:
 
     def start(self) -> WebServer:
         t = self.config.transport
-        endpoint = t.results
-        curve = curve_keys_from_config(t.curve, "client") if endpoint.startswith("tcp://") else None
+        endpoints = self.config.results_endpoints()  # one per inference worker
+        endpoint = ", ".join(endpoints)
+        curve = curve_keys_from_config(t.curve, "client") if endpoints[0].startswith("tcp://") else None
         self._ctx = zmq.Context()
         try:
-            self._sock = open_socket(self._ctx, "sub", endpoint, bind=False, hwm=t.hwm, curve=curve)
+            self._sock = open_socket(self._ctx, "sub", endpoints[0], bind=False, hwm=t.hwm, curve=curve)
+            for other in endpoints[1:]:  # one SUB socket receives from every worker
+                self._sock.connect(other)
             s = self.settings
             access = s.access if s.access is not None else Access.for_bind(s.host, self.config.server.auth_token_env)
             self._httpd = GuardedServer((s.host, s.port), self._handler_class(), access=access,

@@ -132,6 +132,9 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.yard.zones.door", [[0, 0], [700, 0], [10, 10]], "cameras.yard.zones.door[1]", "inside the camera's 640x480 frame"),
         ("cameras.yard.url", "synthetic://?size=320x240", "cameras.yard.zones.all[1]", "inside the camera's 320x240 frame"),
         ("server.web_host", "", "server.web_host", "host"),
+        ("server.infer_workers", 0, "server.infer_workers", "an integer in [1, 64]"),
+        ("cameras.lobby.shard", 1, "cameras.lobby.shard", "a shard in 0..0 ([server] infer_workers = 1)"),
+        ("cameras.lobby.shard", -1, "cameras.lobby.shard", "an integer in [0, 63]"),
         ("server.liveness_timeout", "500ms", "server.liveness_timeout", "at least"),
         ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
         ("transport.frames", "inproc://x", "transport.frames", "ipc://PATH"),
@@ -260,6 +263,72 @@ def test_tcp_transport_uses_jpeg_and_separate_bind(tmp_path: Path) -> None:
     assert t.frame_encoding == "jpeg" and t.frames_bind == "tcp://0.0.0.0:5555"
     assert t.results_bind == t.results
     assert t.curve.enabled and t.curve.authorized_clients == tmp_path / "clients"
+
+
+def test_cameras_split_over_infer_workers_stably(tmp_path: Path) -> None:
+    from crowdwatch.config.shards import rendezvous
+
+    data = base()
+    data["cameras"] = {f"cam{i}": {"url": "synthetic://"} for i in range(40)}
+    data["cameras"]["cam0"]["shard"] = 2
+    data["server"] = {"infer_workers": 3}
+    cfg = parse(data, tmp_path)
+    shards = {name: cfg.shard_of(name) for name in cfg.cameras}
+    assert shards["cam0"] == 2 and sorted(set(shards.values())) == [0, 1, 2]
+    assert sorted(sum((cfg.shard_cameras(s) for s in range(3)), [])) == sorted(cfg.cameras)
+    assert parse(data, tmp_path).shard_of("cam7") == shards["cam7"]  # the same on every load and machine
+    # a fourth worker takes cameras only for itself: no camera moves between the first three
+    moved = {n for n in cfg.cameras if n != "cam0" and rendezvous(n, 4) != shards[n]}
+    assert moved and all(rendezvous(n, 4) == 3 for n in moved) and len(moved) < 20
+    # ipc endpoints: worker 0 keeps the one-worker names, the others get -N
+    assert cfg.endpoint("frames", 0) == f"ipc://{tmp_path}/var/run/frames.ipc"
+    assert cfg.endpoint("frames_bind", 2) == f"ipc://{tmp_path}/var/run/frames-2.ipc"
+    assert cfg.results_endpoints() == [f"ipc://{tmp_path}/var/run/results{s}.ipc" for s in ("", "-1", "-2")]
+    assert cfg.server.listeners()[:3] == [("metrics_port", "127.0.0.1", 9108), ("metrics_port of infer worker 1", "127.0.0.1", 9109),
+                                          ("metrics_port of infer worker 2", "127.0.0.1", 9110)]
+
+
+def test_tcp_endpoints_of_several_workers_name_the_shard(tmp_path: Path) -> None:
+    data = base()
+    data["server"] = {"infer_workers": 2}
+    data["transport"] = {"frames": "tcp://infer:5555", "results": "tcp://infer:5556+{shard}"}
+    with pytest.raises(ConfigError, match=r"transport\.frames: expected a tcp endpoint with \{shard\} in it"):
+        parse(data, tmp_path)
+    # Kubernetes: one pod per worker, each binding the same port on its own address
+    data["transport"] = {"frames": "tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5555", "frames_bind": "tcp://0.0.0.0:5555",
+                         "results": "tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5556", "results_bind": "tcp://0.0.0.0:5556"}
+    cfg = parse(data, tmp_path)
+    assert cfg.endpoint("frames", 1) == "tcp://crowdwatch-infer-1.crowdwatch-infer:5555"
+    assert cfg.endpoint("frames_bind", 1) == "tcp://0.0.0.0:5555"
+    # one host: BASE+{shard} ports, checked against each other for every worker
+    data["transport"] = {"frames": "tcp://127.0.0.1:5555+{shard}", "results": "tcp://127.0.0.1:5565+{shard}"}
+    assert parse(data, tmp_path).endpoint("results_bind", 1) == "tcp://127.0.0.1:5566"
+    data["transport"]["results"] = "tcp://127.0.0.1:5556+{shard}"
+    with pytest.raises(ConfigError, match=r"transport\.results_bind: .*frames_bind of infer worker 1 is 127\.0\.0\.1:5556"):
+        parse(data, tmp_path)
+    data["server"] = {"infer_workers": 2, "web_port": 9109}
+    data["transport"] = {}
+    with pytest.raises(ConfigError, match=r"server\.web_port: .*metrics_port of infer worker 1 is 127\.0\.0\.1:9109"):
+        parse(data, tmp_path)
+
+
+def test_stage_inputs_are_each_stages_part_of_the_config(tmp_path: Path) -> None:
+    from crowdwatch.config.shards import stage_inputs
+
+    data = base()
+    data["server"] = {"infer_workers": 2}
+    data["cameras"]["lobby"]["shard"], data["cameras"]["yard"]["shard"] = 0, 1
+    old = parse(data, tmp_path)
+    changed = lambda new: {s for s in ("infer", "infer:1", "web", "ingest:lobby", "ingest:yard") if stage_inputs(old, s) != stage_inputs(new, s)}
+    data["cameras"]["yard"]["fps"] = 1
+    assert changed(parse(data, tmp_path)) == {"infer:1", "web", "ingest:yard"}
+    data["cameras"]["yard"]["shard"] = 0  # moves: its ingest and both workers
+    assert changed(parse(data, tmp_path)) == {"infer", "infer:1", "web", "ingest:yard"}
+    data["cameras"]["yard"] = copy.deepcopy(base()["cameras"]["yard"]) | {"shard": 1}
+    data["model"] = {"max_batch": 4}
+    assert changed(parse(data, tmp_path)) == {"infer", "infer:1"}
+    data["model"], data["server"]["stall_restart"], data["log"] = {}, "10s", {"level": "DEBUG"}
+    assert changed(parse(data, tmp_path)) == set()  # the supervisor's own settings
 
 
 def test_load_config_file_errors(tmp_path: Path) -> None:

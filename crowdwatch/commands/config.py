@@ -21,9 +21,10 @@ def summary(config: Config) -> list[str]:
             schedule = f"adapt daily {a.daily[0]:02d}:{a.daily[1]:02d}"
         else:
             schedule = f"adapt every {a.interval_s:g}s"
+        worker = f", infer worker {config.shard_of(name)}" if config.server.infer_workers > 1 else ""
         lines.append(
             f"{name}: {cam.source_kind} {cam.redacted_url()}, {cam.fps:g} fps, {cam.width}x{cam.height}, "
-            f"{len(cam.zones)} zones, {'calibrated' if cam.calibration is not None else 'uncalibrated'}, {schedule}"
+            f"{len(cam.zones)} zones, {'calibrated' if cam.calibration is not None else 'uncalibrated'}, {schedule}{worker}"
         )
     return lines
 

@@ -205,6 +205,10 @@ class CameraConfig(CameraSettings):
     """One camera: [defaults] deep-merged with its [cameras.<name>] table."""
 
     url: Text = Field(description='source: rtsp(s)://, http(s)://, file://, synthetic://?people=60&style=day, or a file path')
+    shard: Integer | None = Field(
+        None, ge=0, le=63, description="the inference worker (0 to [server] infer_workers - 1) that serves this camera; "
+        "default: a stable hash of its name (docs/DEPLOY.md, Scale-out)",
+    )  # fmt: skip
     _name: str = PrivateAttr("")
     _file_path: Path | None = PrivateAttr(None)
 

@@ -22,6 +22,10 @@ class ServerConfig(Section):
     metrics_port: Port = Field(9108, ge=1, le=65535, description="port of /metrics, /healthz and /readyz")
     web_host: Host = Field("127.0.0.1", pattern=r"^\S+$", description="address the live overlay listens on")
     web_port: Port = Field(8080, ge=1, le=65535, description="port of the live overlay")
+    infer_workers: Integer = Field(
+        1, ge=1, le=64, description="inference worker processes, each serving its shard of the cameras (a camera's shard, else a "
+        "stable hash of its name); crowdwatch run serves worker i's /metrics on metrics_port + i",
+    )  # fmt: skip
     liveness_timeout_s: Duration = Field(
         120.0, ge=1, alias="liveness_timeout",
         description="/healthz turns 503 when the inference loop has not finished a cycle for this long",
@@ -51,8 +55,12 @@ class ServerConfig(Section):
     def _streams_within_connections(self) -> ServerConfig:
         if self.max_streams >= self.max_connections:
             raise fail(f"fewer streams than max_connections ({self.max_connections})", self.max_streams, key="max_streams")
+        if self.metrics_port + self.infer_workers - 1 > 65535:
+            raise fail(f"a port of at most {65536 - self.infer_workers} (infer worker i uses metrics_port + i)", self.metrics_port, key="metrics_port")
         return self
 
     def listeners(self) -> list[tuple[str, str, int]]:
         """(key, host, port) of each HTTP server: the root model checks that no two share an address."""
-        return [("metrics_port", self.metrics_host, self.metrics_port), ("web_port", self.web_host, self.web_port)]
+        metrics = [("metrics_port" if i == 0 else f"metrics_port of infer worker {i}", self.metrics_host, self.metrics_port + i)
+                   for i in range(self.infer_workers)]
+        return [*metrics, ("web_port", self.web_host, self.web_port)]
