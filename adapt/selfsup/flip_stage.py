@@ -111,8 +111,9 @@ def run_flip_stage(
             known = next(scene_batches)
             real = known["image"].to(device)
             images, labels = flip_batch(real)
-            dens, logits = model.forward_train(images, with_flip=True)
-            terms["scene"] = cfg.scene_weight * scene_loss(dens[0::2], known, model.config.density_scale, device)
+            # the upside-down copies train only the flip head: no decoder pass for them
+            dens, logits = model.forward_train_flip(images, slice(0, None, 2))
+            terms["scene"] = cfg.scene_weight * scene_loss(dens, known, model.config.density_scale, device)
         else:
             # the L_s-only control (λ = 0) reads no real frame
             real = next(real_batches)["image"].to(device) if cfg.lam or extra is not None else None
