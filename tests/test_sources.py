@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import pytest
 
+from crowdwatch.fit import Fit
 from streamer.sources import (
-    Fit,
     Frame,
     RawFrame,
     Source,
