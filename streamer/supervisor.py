@@ -5,7 +5,8 @@ Children (separate processes, so one crash stays one crash):
 - ``web`` (live overlay),
 - one ``ingest`` per camera.
 The adaptation scheduler runs on a thread here and launches ``crowdwatch
-adapt`` jobs one at a time.
+adapt`` jobs one at a time; a camera's uncertainty trigger reads infer's results
+stream (``streamer/scheduler.py``, ``UncertaintyFeed``).
 
 A child that exits is restarted after an exponential backoff (1 s doubling to
 60 s, reset once it has run for a minute); the console line names its last
@@ -40,13 +41,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from crowdwatch import logs
 from crowdwatch.config import Config, load_stage_config
 from crowdwatch.httpbase import Access, AccessError
+from crowdwatch.wire import client_curve
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
@@ -284,26 +285,10 @@ def build_children(config: Config, config_path: Path) -> list[Child]:
     return children
 
 
-def scrape_uncertainty(url: str, token: str | None = None) -> dict[str, float]:
-    """Latest crowd_count_uncertainty per camera from the infer stage's /metrics (with the access token, if it needs one)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        text = urllib.request.urlopen(request, timeout=2).read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "crowd_count_uncertainty":
-            for s in fam.samples:
-                out[s.labels.get("camera", "")] = s.value
-    return out
-
-
-def build_scheduler(config: Config, config_path: Path):
+def build_scheduler(config: Config, config_path: Path, stop: threading.Event):
+    """The adaptation scheduler of the cameras that adapt; with an uncertainty trigger, its feed reads results until ``stop``."""
     from adapt.store.buffer import FrameBuffer
-    from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, adapt_command
+    from streamer.scheduler import STALE_MIN_S, STALE_PERIODS, CameraSchedule, Scheduler, UncertaintyFeed, UncertaintyWatch, adapt_command
 
     scheds = {}
     for name, cam in config.cameras.items():
@@ -312,23 +297,17 @@ def build_scheduler(config: Config, config_path: Path):
         trig = cam.adapt.uncertainty_trigger
         watch = UncertaintyWatch(trig.threshold, trig.for_s) if trig.enabled else None
         scheds[name] = CameraSchedule(name, cam.adapt.interval_s, cam.adapt.daily, watch, timeout_s=cam.adapt.timeout_s)
-    host = config.server.metrics_host
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # a wildcard bind is reached via loopback
-    metrics_url = f"http://{host}:{config.server.metrics_port}/metrics"
-    token = Access.for_bind(config.server.metrics_host, config.server.auth_token_env).token
-    cache: dict[str, tuple[float, dict]] = {}
-
-    def uncertainty(camera: str) -> float | None:
-        t, values = cache.get("u", (0.0, {}))
-        if time.monotonic() - t > 10:
-            values = scrape_uncertainty(metrics_url, token)
-            cache["u"] = (time.monotonic(), values)
-        return values.get(camera)
-
+    t = config.transport
+    watched = {name: max(STALE_MIN_S, STALE_PERIODS / config.cameras[name].fps) for name, s in scheds.items() if s.watch is not None}
+    feed = None
+    if watched:
+        feed = UncertaintyFeed(t.results, watched, hwm=t.hwm, curve=client_curve(t))
+        feed.start(stop)
     buffer_root = config.paths.var / "buffer"
     return Scheduler(
         scheds, config.paths.var, adapt_command(config_path, config.paths.var),
-        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam, config.cameras[cam].buffer).frames()), uncertainty=uncertainty,
+        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam, config.cameras[cam].buffer).frames()),
+        uncertainty=feed or (lambda cam: None), transport=t,
     )
 
 
@@ -343,7 +322,7 @@ def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
 def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
     """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`)."""
     children = build_children(config, config_path)
-    scheduler = build_scheduler(config, config_path) if with_scheduler else None
+    scheduler = build_scheduler(config, config_path, stop) if with_scheduler else None
     sched_thread = None
     if scheduler is not None and scheduler.cameras:
         sched_thread = threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True)
