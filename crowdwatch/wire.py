@@ -171,7 +171,7 @@ _PART_RULES: dict[str, dict[str, set[str]]] = {
     "adaptation": {},
 }
 _REQUIRED_PARTS = {"frame": {"image"}, "result": {"density"}, "adaptation": set()}
-_KIND = {FrameMessage: "frame", Result: "result", AdaptationRun: "adaptation"}
+_KIND: dict[type, str] = {t: t.__struct_config__.tag for t in (FrameMessage, Result, AdaptationRun)}  # type: ignore[misc]
 
 
 def bounded_stats(stats: Mapping[str, int] | None) -> tuple[dict[str, int] | None, tuple[str, ...]]:

@@ -93,7 +93,12 @@ class UncertaintyFeed:
     def run(self, stop: threading.Event) -> None:
         """Read results until ``stop``; the socket lives and dies in this thread."""
         ctx = zmq.Context()
-        sock = open_socket(ctx, "sub", self.endpoint, bind=False, hwm=self.hwm, curve=self.curve)
+        try:
+            sock = open_socket(ctx, "sub", self.endpoint, bind=False, hwm=self.hwm, curve=self.curve)
+        except zmq.ZMQError as exc:
+            log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", self.endpoint, exc)
+            ctx.term()
+            return
         try:
             rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
             while not stop.is_set():

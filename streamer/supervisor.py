@@ -301,8 +301,12 @@ def build_scheduler(config: Config, config_path: Path, stop: threading.Event):
     watched = {name: max(STALE_MIN_S, STALE_PERIODS / config.cameras[name].fps) for name, s in scheds.items() if s.watch is not None}
     feed = None
     if watched:
-        feed = UncertaintyFeed(t.results, watched, hwm=t.hwm, curve=client_curve(t))
-        feed.start(stop)
+        try:
+            feed = UncertaintyFeed(t.results, watched, hwm=t.hwm, curve=client_curve(t))
+        except ValueError as exc:  # CURVE keys missing or malformed: the web stage says so too
+            log.error("the uncertainty trigger is off: %s", exc)
+        else:
+            feed.start(stop)
     buffer_root = config.paths.var / "buffer"
     return Scheduler(
         scheds, config.paths.var, adapt_command(config_path, config.paths.var),

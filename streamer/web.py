@@ -160,8 +160,8 @@ def camera_summary(cam: CameraConfig, latest: Latest | None, now_mono: float, se
         return {**out, **dict.fromkeys(keys), "zones": zones, "timings": {}, "has_image": False}
     r = latest.result
     captured = r.capture_ns / 1e9
-    figures = {k: _round(v, 4 if k == "area_over_density_ratio" else 3) if isinstance(v, float) else v
-               for k in FIGURES for v in (getattr(r.figures, k),)}
+    figures = {k: getattr(r.figures, k) for k in FIGURES}
+    figures = {k: _round(v, 4 if k == "area_over_density_ratio" else 3) if isinstance(v, float) else v for k, v in figures.items()}
     zones.update({k: _round(v) for k, v in r.figures.zones.items()})
     return {
         **out,
