@@ -1,9 +1,10 @@
 """End to end on this machine: how many 720p synthetic cameras at 1 fps run with no drops?
 
-    python bench/e2e_capacity.py [--max-cameras 8] [--seconds 60] [--warmup 20] [--size 1280x720] [--fps 1]
+    python bench/e2e_capacity.py [--max-cameras 8] [--seconds 60] [--warmup 20] [--size 1280x720] [--fps 1] [--workers 1]
 
 For N = 1, 2, ... it starts `crowdwatch run --no-adapt` with N synthetic
-cameras, lets it warm up, then measures for --seconds: frames inferred per
+cameras (split over --workers inference workers, whose /metrics are summed),
+lets it warm up, then measures for --seconds: frames inferred per
 camera against the frames expected (seconds x fps), drops by reason (the fps
 sampler's own "sampling" skips are not drops), and the p50/p95
 capture-to-metrics latency from the crowd_frame_latency_seconds histogram.
@@ -34,11 +35,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def scrape(port: int):
+def free_ports(n: int) -> int:
+    """A port p with p .. p + n - 1 free: the metrics ports of n workers."""
+    while True:
+        port = free_port()
+        try:
+            for i in range(1, n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + i))
+            return port
+        except OSError:
+            continue
+
+
+def scrape(port: int, workers: int = 1):
+    """Every worker's samples by family (worker i serves metrics_port + i), concatenated: totals add up."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+    out: dict[str, list] = {}
+    for i in range(workers):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port + i}/metrics", timeout=5).read().decode()
+        for f in text_string_to_metric_families(text):
+            out.setdefault(f.name, []).extend(f.samples)
+    return out
 
 
 def total(samples, name: str, **labels) -> float:
@@ -75,7 +94,10 @@ def run_n(n: int, args) -> dict:
     w, h = (int(v) for v in args.size.split("x"))
     # the cameras render at the full size; the model box is that size rounded down to multiples of 32
     bw, bh = w // 32 * 32, h // 32 * 32
-    mport, wport = free_port(), free_port()
+    mport = free_ports(args.workers)
+    wport = free_port()
+    while mport <= wport < mport + args.workers:
+        wport = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cams = "\n".join(f'[cameras.cam{i}]\nurl = "synthetic://?people={40 + 10 * i}&style={STYLES[i % len(STYLES)]}&size={w}x{h}"\n' for i in range(n))
         cfg = Path(tmp) / "config.toml"
@@ -83,6 +105,7 @@ def run_n(n: int, args) -> dict:
 [server]
 metrics_port = {mport}
 web_port = {wport}
+infer_workers = {args.workers}
 [paths]
 var = "{tmp}/var"
 run = "{tmp}/run"
@@ -102,10 +125,10 @@ enabled = false
             time.sleep(args.warmup)
             if proc.poll() is not None:
                 raise SystemExit(f"crowdwatch run exited: {proc.stderr.read().decode()}")
-            before = scrape(mport)
+            before = scrape(mport, args.workers)
             t0 = time.time()
             time.sleep(args.seconds)
-            after = scrape(mport)
+            after = scrape(mport, args.workers)
             dt = time.time() - t0
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -140,6 +163,7 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=20)
     p.add_argument("--size", default="1280x720")
     p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--workers", type=int, default=1, help="[server] infer_workers: inference worker processes")
     args = p.parse_args()
     rows = []
     for n in range(1, args.max_cameras + 1):
@@ -149,7 +173,8 @@ def main() -> None:
         keeping_up = r["min_frames"] >= 0.9 * r["expected_per_camera"]
         if r["drops"] or not keeping_up:
             break
-    print(f"\n# {args.size} synthetic cameras at {args.fps} fps, {args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up")
+    print(f"\n# {args.size} synthetic cameras at {args.fps} fps, {args.workers} infer workers, {args.seconds:.0f} s measured "
+          f"after {args.warmup:.0f} s warm-up")
     print("| cameras | frames per camera (expected) | drops (reason: n) | p50 latency | p95 latency |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -103,3 +103,49 @@ def polygon_area(points: np.ndarray) -> np.ndarray:
     """Shoelace area of polygons, ``points`` of shape (..., K, 2); always >= 0."""
     x, y = points[..., 0], points[..., 1]
     return 0.5 * np.abs((x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y).sum(axis=-1))
+
+
+def point_outside(points: object, size: tuple[int, int] | None) -> int | None:
+    """Index of the first point outside a ``size`` = (w, h) frame (edges included), or None.
+
+    Without a size only negative coordinates are outside (every frame starts at 0, 0).
+    """
+    for i, (x, y) in enumerate(np.asarray(points, dtype=np.float64).reshape(-1, 2)):
+        if x < 0 or y < 0 or (size is not None and (x > size[0] or y > size[1])):
+            return i
+    return None
+
+
+def _orientation(a: tuple[float, float], b: tuple[float, float], c: tuple[float, float]) -> int:
+    cross = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+    return (cross > 0) - (cross < 0)
+
+
+def _on_segment(a: tuple[float, float], b: tuple[float, float], p: tuple[float, float]) -> bool:
+    return min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+
+
+def segments_touch(p1: tuple[float, float], p2: tuple[float, float], q1: tuple[float, float], q2: tuple[float, float]) -> bool:
+    """Whether segments p1-p2 and q1-q2 share a point (crossing or touching)."""
+    o1, o2 = _orientation(p1, p2, q1), _orientation(p1, p2, q2)
+    o3, o4 = _orientation(q1, q2, p1), _orientation(q1, q2, p2)
+    if o1 != o2 and o3 != o4:
+        return True
+    return ((o1 == 0 and _on_segment(p1, p2, q1)) or (o2 == 0 and _on_segment(p1, p2, q2))
+            or (o3 == 0 and _on_segment(q1, q2, p1)) or (o4 == 0 and _on_segment(q1, q2, p2)))  # fmt: skip
+
+
+def self_crossing(points: list[tuple[float, float]] | tuple[tuple[float, float], ...]) -> tuple[int, int] | None:
+    """The first pair of non-adjacent edges of a closed polygon that meet (edge i runs from point i to i+1), or None.
+
+    A zone whose outline crosses itself (a figure eight from two swapped points)
+    has no single inside: which lobes count depends on the fill rule.
+    """
+    n = len(points)
+    for i in range(n):
+        for j in range(i + 2, n):
+            if i == 0 and j == n - 1:
+                continue  # adjacent through the closing edge
+            if segments_touch(points[i], points[(i + 1) % n], points[j], points[(j + 1) % n]):
+                return i, j
+    return None

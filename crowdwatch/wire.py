@@ -608,6 +608,18 @@ def open_socket(
     return sock
 
 
+def subscribe(ctx: zmq.Context, endpoints: Sequence[str], *, hwm: int = 4, curve: CurveKeys | None = None) -> zmq.Socket:
+    """One SUB socket that receives from every endpoint (each inference worker's results)."""
+    sock = open_socket(ctx, "sub", endpoints[0], bind=False, hwm=hwm, curve=curve)
+    try:
+        for other in endpoints[1:]:
+            sock.connect(other)
+    except Exception:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 def send_parts(sock: zmq.Socket, parts: Iterable[Buffer]) -> bool:
     """Send without blocking or copying; False when the high-water mark is reached
     (the caller counts a drop): a slow consumer never stalls a camera."""

@@ -29,21 +29,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from adapt.model.network import CrowdCounter, training_mode
+from adapt.model.network import CrowdCounter
+from adapt.selfsup import flip_stage as product_flip
 from adapt.selfsup import pseudo_label as product_pseudo
-from adapt.selfsup.flip_stage import FlipStageConfig, flip_batch
+from adapt.selfsup.flip_stage import FlipStageConfig
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, check_crop
-from adapt.training.engine import (
-    ParameterEMA,
-    check_step_settings,
-    count_loss,
-    density_loss,
-    make_optimizer,
-    optimizer_step,
-)
-from adapt.training.progress import progress
+from adapt.training.engine import check_step_settings, count_loss, density_loss
 
 
 @dataclass(frozen=True)
@@ -77,94 +69,41 @@ def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
     parent: CrowdCounter | None = None,
 ) -> dict:
-    """The flip stage with the research switches; ``parent`` is needed for ``anchor_weight``."""
-    warmup = getattr(cfg, "warmup_steps", 0)
+    """The product's flip stage with the research switches; ``parent`` is needed for ``anchor_weight``."""
     synth_count_weight = getattr(cfg, "synth_count_weight", 0.0)
     anchor_weight = getattr(cfg, "anchor_weight", 0.0)
     if anchor_weight and parent is None:
         raise ValueError("anchor_weight needs the parent model")
-    model.set_flip_rows(cfg.head_rows)
-    training_mode(model.to(device), cfg.freeze_bn)
     if parent is not None:
         parent.to(device).eval()
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
-    ema = ParameterEMA(model, cfg.ema_decay)
-    sums = {"loss_s": 0.0, "loss_a": 0.0, "loss_anchor": 0.0, "flip_acc": 0.0}
-    tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
-    tail_from = cfg.steps - max(1, cfg.steps // 4)
-    bar = progress(range(cfg.steps), "flip stage")
-    for step in bar:
-        synth = next(synth_batches)
-        density = model.forward_train(synth["image"].to(device))
-        loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
+
+    def extra(density: torch.Tensor, synth: dict, real: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        terms = {}
         if synth_count_weight:
-            loss_s = loss_s + synth_count_weight * count_loss(density, synth["count"].to(device))
-        # the L_s-only control (λ = 0, no anchor) reads no real frame
-        real = next(real_batches)["image"].to(device) if cfg.lam or anchor_weight else None
-        loss_anchor = torch.zeros((), device=device)
+            terms["count"] = synth_count_weight * count_loss(density, synth["count"].to(device))
         if anchor_weight:
             with torch.no_grad():
                 held = parent.forward_train(real)
-            loss_anchor = density_loss(model.forward_train(real), held, model.config.density_scale)
-        if cfg.lam:
-            images, labels = flip_batch(real)
-            logits = model.flip_logits(images)
-            loss_a = F.cross_entropy(logits, labels.to(device))
-            acc = (logits.argmax(1).cpu() == labels).float().mean().item()
-        else:
-            loss_a, acc = torch.zeros((), device=device), float("nan")
-        loss = loss_s + cfg.lam * loss_a + anchor_weight * loss_anchor
-        optimizer_step(model, opt, loss, f"flip stage step {step}")
-        schedule.step()
-        ema.update(model)
-        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("loss_anchor", loss_anchor.item()), ("flip_acc", acc)):
-            sums[k] += v
-            if step >= tail_from:
-                tail[k] += v
-        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_a=f"{loss_a.item():.3f}", acc=f"{acc:.2f}")
-    ema.apply(model)
-    n_tail = cfg.steps - tail_from
-    return {
-        "steps": cfg.steps,
-        **{f"mean_{k}": v / max(cfg.steps, 1) for k, v in sums.items()},
-        **{f"final_{k}": v / max(n_tail, 1) for k, v in tail.items()},
-    }
+            terms["anchor"] = anchor_weight * density_loss(model.forward_train(real), held, model.config.density_scale)
+        return terms
+
+    return product_flip.run_flip_stage(model, synth_batches, real_batches, cfg, device, parent,
+                                       extra=extra if synth_count_weight or anchor_weight else None,
+                                       warmup=getattr(cfg, "warmup_steps", 0))
 
 
 def finetune_round(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
     on_step: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """One pseudo-label round with the research switches; ``on_step(step, losses)`` watches it."""
+    """The product's pseudo-label round with the research switches; ``on_step(step, losses)`` watches it."""
     count_weight = getattr(cfg, "count_weight", 0.0)
-    training_mode(model.to(device), cfg.freeze_bn)
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, getattr(cfg, "warmup_steps", 0))
-    ema = ParameterEMA(model, cfg.ema_decay)
-    total_s = total_r = total_c = 0.0
-    bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
-    for step in bar:
-        synth, real = next(synth_batches), next(real_batches)
-        scale = model.config.density_scale
-        loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
-        pred_r = model.forward_train(real["image"].to(device))
-        loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r
-        if count_weight:
-            loss_c = count_loss(pred_r, real["count"].to(device))
-            loss = loss + count_weight * loss_c
-            total_c += loss_c.item()
-        optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
-        schedule.step()
-        ema.update(model)
-        total_s += loss_s.item()
-        total_r += loss_r.item()
-        if on_step is not None:
-            on_step(step, {"loss_s": loss_s.item(), "loss_pseudo": loss_r.item()})
-        bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
-    ema.apply(model)
-    n = max(cfg.steps_per_round, 1)
-    losses = {"loss_s": total_s / n, "loss_pseudo": total_r / n}
-    return {**losses, "loss_count": total_c / n} if count_weight else losses
+
+    def extra(pred: torch.Tensor, real: dict) -> dict[str, torch.Tensor]:
+        return {"count": count_weight * count_loss(pred, real["count"].to(device))}
+
+    return product_pseudo.finetune_round(model, synth_batches, real_batches, cfg, device, on_step,
+                                         extra=extra if count_weight else None, warmup=getattr(cfg, "warmup_steps", 0))
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device,

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("adapt.commands.label", "click the heads on a few frames of a camera, for the gate"),
     "calibrate": ("adapt.commands.calibrate", "fit a camera's count scale on its labelled frames"),
     "config": ("crowdwatch.commands.config", "check a config file, or print its JSON Schema"),
+    "deploy": ("crowdwatch.commands.deploy", "generate the Kubernetes manifests of a config file"),
 }
 
 

@@ -150,6 +150,9 @@ class Metrics:
             "crowd_adaptation_last_success_timestamp_seconds", "Unix time of the last successful adaptation", cam, registry=r
         )
         self.buffer = Gauge("crowd_buffer_frames", "Frames in the adaptation buffer", cam, registry=r)
+        self.buffer_failures = Counter(
+            "crowd_buffer_write_failures", "Frames the adaptation buffer could not store (disk full, write error)", cam + ["reason"], registry=r
+        )
         self._lock = threading.Lock()
         # Per-camera crowd figures: exported only while the camera is up (see camera_up).
         self._crowd = (self.people, self.people_truth, self.uncertainty, self.density_peak, self.close_pairs, self.area_ratio)
@@ -312,6 +315,10 @@ class Metrics:
 
     def buffer_frames(self, camera: str, n: int) -> None:
         self.buffer.labels(validate_camera_name(camera)).set(n)
+
+    def buffer_write_failure(self, camera: str, reason: str, n: int = 1) -> None:
+        """Count frames the buffer could not store (``adapt.store.buffer.WRITE_FAILURES``); n=0 creates the series."""
+        self.buffer_failures.labels(validate_camera_name(camera), _label(reason, "reason")).inc(n)
 
 
 # --------------------------------------------------------------------------- HTTP server

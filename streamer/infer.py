@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import re
 import signal
 import sys
 import threading
@@ -32,8 +33,9 @@ import numpy as np
 import zmq
 
 from crowdwatch import logs
-from crowdwatch.config import Config, load_stage_config
+from crowdwatch.config import CameraConfig, Config, load_stage_config
 from crowdwatch.fit import Fit
+from crowdwatch.geometry import point_outside
 from crowdwatch.httpbase import Access, AccessError, Limits
 from crowdwatch.result import Result
 from crowdwatch.wire import (
@@ -270,10 +272,10 @@ class CameraState:
 
 
 class InferStage:
-    def __init__(self, config: Config, metrics: Metrics, ctx: zmq.Context | None = None):
+    def __init__(self, config: Config, metrics: Metrics, ctx: zmq.Context | None = None, shard: int = 0):
         self.config, self.metrics = config, metrics
         self.ctx = ctx or zmq.Context.instance()
-        self.cameras = list(config.cameras)
+        self.cameras = config.shard_cameras(shard)  # this worker's cameras (docs/DEPLOY.md, Scale-out)
         m = config.model
         self.pool = ModelPool(Path(m.registry), self.cameras, m.backend, m.providers, m.torch_device,
                               var=config.paths.var, on_failure=metrics.model_load_failure)
@@ -282,8 +284,9 @@ class InferStage:
         curve = curve_keys_from_config(t.curve, "server") if t.curve.enabled else None
         # with CURVE, a ZAP handler enforces the client allow-list (if configured)
         self.auth = start_authenticator(self.ctx, t.curve.authorized_clients or None) if curve is not None else None
-        self.frames = open_socket(self.ctx, "pull", t.frames_bind, bind=True, hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
-        self.results = open_socket(self.ctx, "pub", t.results_bind, bind=True, hwm=t.hwm * 4, curve=curve)
+        self.frames = open_socket(self.ctx, "pull", config.endpoint("frames_bind", shard), bind=True,
+                                  hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
+        self.results = open_socket(self.ctx, "pub", config.endpoint("results_bind", shard), bind=True, hwm=t.hwm * 4, curve=curve)
         # a frame bigger than its camera's model box is dropped before it is decoded
         boxes = {name: (cam.width, cam.height) for name, cam in config.cameras.items()}
         self.receiver = LatestReceiver(
@@ -322,9 +325,13 @@ class InferStage:
         self.metrics.adaptation_run(run)
 
     def _open_buffers(self) -> dict:
-        from adapt.store.buffer import FrameBuffer
+        from adapt.store.buffer import WRITE_FAILURES, FrameBuffer
 
-        return {name: FrameBuffer(self.config.paths.var / "buffer", name, cam.buffer) for name, cam in self.config.cameras.items()}
+        for name in self.cameras:
+            for reason in WRITE_FAILURES:  # at 0 from the start, so increase() sees the first failure
+                self.metrics.buffer_write_failure(name, reason, 0)
+        # only this worker's cameras: another worker owns the others' buffers
+        return {name: FrameBuffer(self.config.paths.var / "buffer", name, self.config.cameras[name].buffer) for name in self.cameras}
 
     def _dropped(self, reason: str, camera: str | None) -> None:
         self.metrics.drop(STAGE, reason, camera)
@@ -332,8 +339,20 @@ class InferStage:
     def _geometry(self, camera: str, fit: Fit) -> CameraGeometry:
         st = self.state[camera]
         if fit not in st.geometry:
-            st.geometry[fit] = CameraGeometry.for_camera(self.config.cameras[camera], fit)
+            cam = self.config.cameras[camera]
+            st.geometry[fit] = CameraGeometry.for_camera(cam, fit)
+            self._check_zones(cam, (fit.src_w, fit.src_h))
         return st.geometry[fit]
+
+    @staticmethod
+    def _check_zones(cam: CameraConfig, size: tuple[int, int]) -> None:
+        """A zone beyond the frame counts only its inside part: say so once per frame size (the config
+        checks zones at load only where it knows the size, synthetic cameras)."""
+        for zone, pts in cam.zones.items():
+            i = point_outside(pts, size)
+            if i is not None:
+                logs.event(log, "zone_outside_frame", "%s: zone %s has point %s outside the camera's %dx%d frame; "
+                           "only its part inside is counted", cam.name, zone, list(pts[i]), *size, camera=cam.name, level=logging.WARNING)  # fmt: skip
 
     def _source_stats(self, msg: FrameMessage) -> FrameMessage:
         """Export the frame's in-band counters; returns the frame as it may be used.
@@ -415,8 +434,12 @@ class InferStage:
             self._tap(f)
 
     def _tap(self, f: FrameMessage) -> None:
+        from adapt.store.buffer import WRITE_FAILURES
+
         buf = self.buffers[f.camera]
-        buf.offer(f.image, f.capture_ns)  # never raises: disk trouble is counted inside
+        reason = buf.offer(f.image, f.capture_ns)  # never raises: disk trouble comes back as the skip reason
+        if reason in WRITE_FAILURES:
+            self.metrics.buffer_write_failure(f.camera, reason)
         self.metrics.buffer_frames(f.camera, buf.stats().frames)
 
     def step(self) -> int:
@@ -467,18 +490,33 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def shard_arg(text: str) -> int:
+    """A worker number, or a StatefulSet pod name ending in its ordinal (crowdwatch-infer-2)."""
+    m = re.fullmatch(r"(?:.*-)?(\d+)", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"expected a worker number or a pod name ending in -N, found {text!r}")
+    return int(m.group(1))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crowdwatch infer", description="Density inference stage with Prometheus metrics.")
     p.add_argument("--config", type=Path, default=Path("config.toml"))
-    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port")
+    p.add_argument("--shard", type=shard_arg, default=0,
+                   help="serve this worker's cameras (0 to [server] infer_workers - 1; or a StatefulSet pod name ending in -N)")
+    p.add_argument("--metrics-port", type=int, default=None, help="override server.metrics_port (0: any free port)")
     p.add_argument("--log-level", default=None, type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="default: $CROWDWATCH_LOG_LEVEL, else [log] level")
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format)
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format, serving=True,
+                               instance=str(args.shard) if args.shard else None)
     if config is None:
-        return 2  # an invalid config (usage error): crowdwatch run does not restart it either
+        return 2  # an invalid config, or no registry/model/GPU for it: crowdwatch run does not restart it either
+    if args.shard >= config.server.infer_workers:
+        print(f"crowdwatch infer: --shard: expected a worker in 0..{config.server.infer_workers - 1} "
+              f"([server] infer_workers), found {args.shard}", file=sys.stderr)
+        return 2
     metrics = Metrics()
     srv = config.server
     port = args.metrics_port if args.metrics_port is not None else srv.metrics_port
@@ -493,13 +531,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crowdwatch infer: cannot start: metrics on {srv.metrics_host}:{port}: {exc}", file=sys.stderr)
         return EXIT_FATAL if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) else 1
     try:
-        stage = InferStage(config, metrics)
+        stage = InferStage(config, metrics, shard=args.shard)
     except Exception as exc:
         server.stop()
         print(f"crowdwatch infer: cannot start: {exc}", file=sys.stderr)
         return EXIT_FATAL if not_transient(exc) else 1
     install_signal_handlers(stage.stop_event)
-    log.info("infer: metrics on %s, %d cameras, backend %s", server.url, len(stage.cameras), config.model.backend)
+    log.info("infer worker %d of %d: metrics on %s, cameras %s, backend %s", args.shard, config.server.infer_workers, server.url,
+             ", ".join(stage.cameras) or "none", config.model.backend)
     heartbeat = Heartbeat.from_env()  # for crowdwatch run's stall detection; /healthz has server.beat
 
     def beat() -> None:

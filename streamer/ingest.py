@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("ingest %s from %s -> %s", cam.name, cam.redacted_url(), t.frames)
+    frames = config.endpoint("frames", config.shard_of(cam.name))  # its inference worker's
+    log.info("ingest %s from %s -> %s", cam.name, cam.redacted_url(), frames)
     # The frame loop blocks inside the source while it reconnects; a hung decoder is
     # the source's own watchdog's (stall_timeout). The heartbeat thread stops with
     # the process (SIGSTOP, a deadlock of the interpreter), which crowdwatch run sees.
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     retry_s = URL_RETRY_INITIAL_S
     while not stop.is_set():
         try:
-            run_ingest(cam, t.frames, t.hwm, quality, stop, curve)
+            run_ingest(cam, frames, t.hwm, quality, stop, curve)
             break
         except SourceError as exc:
             # a URL that cannot work (a missing file, a bad plugin): the camera stays down

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ import zmq
 
 from adapt.store.runs import read_runs, record_run
 from crowdwatch import logs
-from crowdwatch.wire import CurveKeys, LatestReceiver, decode_result, open_socket
+from crowdwatch.wire import CurveKeys, LatestReceiver, decode_result, subscribe
 from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.scheduler")
@@ -63,7 +63,7 @@ DROP_LOG_EVERY_S = 60.0
 
 
 class UncertaintyFeed:
-    """The newest count uncertainty of each camera, read from infer's results stream.
+    """The newest count uncertainty of each camera, read from the inference workers' results streams.
 
     A thread subscribes to the results and decodes their headers only (the
     figures; never the maps or the frame). ``feed(camera)`` is the value of the
@@ -72,13 +72,18 @@ class UncertaintyFeed:
     at most once a minute.
     """
 
-    def __init__(self, endpoint: str, stale_after_s: Mapping[str, float], *, hwm: int = 4, curve: CurveKeys | None = None,
+    def __init__(self, endpoints: Sequence[str], stale_after_s: Mapping[str, float], *, hwm: int = 4, curve: CurveKeys | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
-        self.endpoint, self.hwm, self.curve, self.clock = endpoint, hwm, curve, clock
+        self.endpoints, self.hwm, self.curve, self.clock = list(endpoints), hwm, curve, clock
         self.stale_after_s = dict(stale_after_s)
         self._latest: dict[str, tuple[float | None, float]] = {}  # camera -> (uncertainty, when it arrived)
         self._lock = threading.Lock()
         self._logged: dict[str, float] = {}
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop reading (a config reload starts another feed)."""
+        self._closed.set()
 
     def __call__(self, camera: str) -> float | None:
         with self._lock:
@@ -94,14 +99,14 @@ class UncertaintyFeed:
         """Read results until ``stop``; the socket lives and dies in this thread."""
         ctx = zmq.Context()
         try:
-            sock = open_socket(ctx, "sub", self.endpoint, bind=False, hwm=self.hwm, curve=self.curve)
+            sock = subscribe(ctx, self.endpoints, hwm=self.hwm, curve=self.curve)
         except zmq.ZMQError as exc:
-            log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", self.endpoint, exc)
+            log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", ", ".join(self.endpoints), exc)
             ctx.term()
             return
         try:
             rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
-            while not stop.is_set():
+            while not (stop.is_set() or self._closed.is_set()):
                 rx.drain(timeout_ms=200)
                 for result in rx.take():
                     with self._lock:
@@ -116,7 +121,7 @@ class UncertaintyFeed:
         now = self.clock()
         if now - self._logged.get(reason, -math.inf) >= DROP_LOG_EVERY_S:
             self._logged[reason] = now
-            log.warning("skipping a result message from %s (%s); the uncertainty trigger ignores it", self.endpoint, reason)
+            log.warning("skipping a result message (%s, camera %s); the uncertainty trigger ignores it", reason, camera or "?")
 
 
 class JobLog:
@@ -269,7 +274,7 @@ class Scheduler:
     command: Callable[[str, Path], list[str]]          # camera, report path -> argv
     buffer_frames: Callable[[str], int]
     uncertainty: Callable[[str], float | None] = lambda cam: None
-    transport: Any = None  # the config's [transport]: the runs recorded here are announced to infer on it
+    config: Callable[[], Any] | None = None  # the config in force: the runs recorded here are announced to the camera's worker
     started: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
     running: str | None = None
@@ -351,7 +356,7 @@ class Scheduler:
             if child_recorded:
                 result = str(runs[-1]["result"])
         if not child_recorded:  # skipped here, or the job died before it could record
-            record_run(self.var, camera, result, reason=reason, detail=detail, at=now, transport=self.transport)
+            record_run(self.var, camera, result, reason=reason, detail=detail, at=now, config=self.config() if self.config else None)
         sched.last_run = now
         if sched.watch is not None:
             sched.watch.reset(now)
@@ -364,7 +369,8 @@ class Scheduler:
             for camera, reason in self.due():
                 if stop.is_set():
                     break
-                self.run_one(camera, reason)
+                if camera in self.cameras:  # not removed by a config reload meanwhile
+                    self.run_one(camera, reason)
             stop.wait(tick_s)
 
     def cancel(self) -> None:

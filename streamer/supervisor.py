@@ -1,12 +1,22 @@
 """``crowdwatch run``: every stage on one machine, supervised.
 
 Children (separate processes, so one crash stays one crash):
-- ``infer`` (binds the frame and result sockets, serves /metrics),
-- ``web`` (live overlay),
-- one ``ingest`` per camera.
+- ``[server] infer_workers`` inference workers, ``infer`` and ``infer:1`` ...,
+  each serving its shard of the cameras (``Config.shard_of``): it binds its own
+  frame and result sockets and serves its cameras' /metrics on
+  ``metrics_port + i``,
+- ``web`` (live overlay, subscribed to every worker's results),
+- one ``ingest`` per camera, sending to its camera's worker.
 The adaptation scheduler runs on a thread here and launches ``crowdwatch
-adapt`` jobs one at a time; a camera's uncertainty trigger reads infer's results
-stream (``streamer/scheduler.py``, ``UncertaintyFeed``).
+adapt`` jobs one at a time; a camera's uncertainty trigger reads the workers'
+results streams (``streamer/scheduler.py``, ``UncertaintyFeed``).
+
+SIGHUP reads the config file again. Each child's part of it
+(``crowdwatch.config.shards.stage_inputs``) is compared: only the children
+whose part changed are restarted (a camera's ingest for its own table, a
+worker for its cameras, web for any camera), removed ones are stopped, new
+ones started; the scheduler takes the new schedules without stopping a
+running job. A config that does not load is logged and the running one stays.
 
 A child that exits is restarted after an exponential backoff (1 s doubling to
 60 s, reset once it has run for a minute); the console line names its last
@@ -41,17 +51,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crowdwatch import logs
-from crowdwatch.config import Config, load_stage_config
+from crowdwatch.config import Config, ConfigError, load_config, load_stage_config
+from crowdwatch.config.shards import stage_inputs, worker_name
 from crowdwatch.httpbase import Access, AccessError
 from crowdwatch.wire import client_curve
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
 from streamer.pdeath import die_with_parent
+
+if TYPE_CHECKING:
+    from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyFeed
 
 log = logging.getLogger("crowdwatch.run")
 
@@ -273,9 +289,13 @@ def stage_argv(stage: str, config_path: Path, *extra: str) -> list[str]:
 
 
 def build_children(config: Config, config_path: Path) -> list[Child]:
-    """infer, web and one ingest per camera, each with this process's log level and format and a heartbeat file."""
+    """The infer workers, web and one ingest per camera, each with this process's log level and format and a heartbeat file.
+    Worker i > 0 gets ``--shard i`` and serves its /metrics on ``metrics_port + i``."""
     flags = logs.child_flags()
-    children = [Child("infer", stage_argv("infer", config_path, *flags)), Child("web", stage_argv("web", config_path, *flags))]
+    port = config.server.metrics_port
+    worker_flags = [["--shard", str(i), "--metrics-port", str(port + i)] if i else [] for i in range(config.server.infer_workers)]
+    children = [Child(worker_name(i), stage_argv("infer", config_path, *extra, *flags)) for i, extra in enumerate(worker_flags)]
+    children.append(Child("web", stage_argv("web", config_path, *flags)))
     children += [Child(f"ingest:{cam}", stage_argv("ingest", config_path, "--camera", cam, *flags)) for cam in config.cameras]
     for c in children:
         safe = c.name.replace(":", "-")
@@ -285,10 +305,48 @@ def build_children(config: Config, config_path: Path) -> list[Child]:
     return children
 
 
-def build_scheduler(config: Config, config_path: Path, stop: threading.Event):
-    """The adaptation scheduler of the cameras that adapt; with an uncertainty trigger, its feed reads results until ``stop``."""
-    from adapt.store.buffer import FrameBuffer
-    from streamer.scheduler import STALE_MIN_S, STALE_PERIODS, CameraSchedule, Scheduler, UncertaintyFeed, UncertaintyWatch, adapt_command
+def apply_config(children: dict[str, Child], old: Config, new: Config, config_path: Path) -> dict[str, Child]:
+    """The children for ``new``: a child whose part of the config (``stage_inputs``) changed is stopped and
+    replaced, one that is gone is stopped, a new one is added (all started by the next ``check``); the
+    others keep running untouched."""
+    wanted = {c.name: c for c in build_children(new, config_path)}
+    touched = [name for name in children if name not in wanted or stage_inputs(old, name) != stage_inputs(new, name)]
+    for name in touched:
+        children[name].stop()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for name in touched:
+        children[name].wait_or_kill(deadline)
+    out = {}
+    for name, fresh in wanted.items():
+        kept = children.get(name)
+        if kept is None or name in touched:
+            out[name] = fresh
+        else:  # the supervisor's own settings apply at once
+            kept.stall_s, kept.start_timeout_s = fresh.stall_s, fresh.start_timeout_s
+            out[name] = kept
+    restarted = [n for n in touched if n in wanted]
+    stopped = [n for n in touched if n not in wanted]
+    started = [n for n in wanted if n not in children]
+    logs.event(log, "config_reloaded", "config reloaded: restarted %s; started %s; stopped %s; %d unchanged",
+               ", ".join(restarted) or "none", ", ".join(started) or "none", ", ".join(stopped) or "none",
+               len(wanted) - len(restarted) - len(started))
+    return out
+
+
+def reload_config(config_path: Path) -> Config | None:
+    """The config file read again, or None (logged) when it does not load or this machine cannot serve it."""
+    try:
+        config = load_config(config_path, serving=True)
+    except (ConfigError, OSError) as exc:
+        logs.event(log, "config_reload_failed", "config not reloaded, the running one stays: %s", exc, level=logging.ERROR)
+        return None
+    for warning in config.warnings:
+        logs.event(log, "config_warning", "%s", warning, level=logging.WARNING)
+    return config
+
+
+def camera_schedules(config: Config) -> dict[str, CameraSchedule]:
+    from streamer.scheduler import CameraSchedule, UncertaintyWatch
 
     scheds = {}
     for name, cam in config.cameras.items():
@@ -297,22 +355,75 @@ def build_scheduler(config: Config, config_path: Path, stop: threading.Event):
         trig = cam.adapt.uncertainty_trigger
         watch = UncertaintyWatch(trig.threshold, trig.for_s) if trig.enabled else None
         scheds[name] = CameraSchedule(name, cam.adapt.interval_s, cam.adapt.daily, watch, timeout_s=cam.adapt.timeout_s)
-    t = config.transport
-    watched = {name: max(STALE_MIN_S, STALE_PERIODS / config.cameras[name].fps) for name, s in scheds.items() if s.watch is not None}
-    feed = None
-    if watched:
-        try:
-            feed = UncertaintyFeed(t.results, watched, hwm=t.hwm, curve=client_curve(t))
-        except ValueError as exc:  # CURVE keys missing or malformed: the web stage says so too
-            log.error("the uncertainty trigger is off: %s", exc)
+    return scheds
+
+
+def _feed_inputs(config: Config) -> tuple:
+    """What the uncertainty feed reads of the config: every worker's results, the watched cameras with how long a value lasts."""
+    from streamer.scheduler import STALE_MIN_S, STALE_PERIODS
+
+    watched = {name: max(STALE_MIN_S, STALE_PERIODS / cam.fps) for name, cam in config.cameras.items()
+               if cam.adapt.enabled and cam.adapt.uncertainty_trigger.enabled}  # fmt: skip
+    return config.results_endpoints(), watched, config.transport.hwm, config.transport.curve
+
+
+def uncertainty_feed(config: Config, stop: threading.Event) -> UncertaintyFeed | None:
+    """The results of every worker read for the cameras with an uncertainty trigger, until ``stop``; None when none has one."""
+    from streamer.scheduler import UncertaintyFeed
+
+    endpoints, watched, hwm, _ = _feed_inputs(config)
+    if not watched:
+        return None
+    try:
+        feed = UncertaintyFeed(endpoints, watched, hwm=hwm, curve=client_curve(config.transport))
+    except ValueError as exc:  # CURVE keys missing or malformed: the web stage says so too
+        log.error("the uncertainty trigger is off: %s", exc)
+        return None
+    feed.start(stop)
+    return feed
+
+
+def _unknown(camera: str) -> float | None:
+    return None
+
+
+def build_scheduler(current: Callable[[], Config], config_path: Path, stop: threading.Event) -> Scheduler:
+    """The adaptation scheduler; its callbacks read ``current()``, the config in force (it changes on reload)."""
+    from adapt.store.buffer import FrameBuffer
+    from streamer.scheduler import Scheduler, adapt_command
+
+    config = current()
+
+    def buffer_frames(camera: str) -> int:
+        c = current()
+        return len(FrameBuffer(c.paths.var / "buffer", camera, c.cameras[camera].buffer).frames())
+
+    return Scheduler(camera_schedules(config), config.paths.var, adapt_command(config_path, config.paths.var),
+                     buffer_frames=buffer_frames, uncertainty=uncertainty_feed(config, stop) or _unknown, config=current)
+
+
+def update_schedules(scheduler: Scheduler, old: Config, new: Config, config_path: Path, stop: threading.Event) -> None:
+    """The scheduler's cameras for ``new``: an unchanged camera keeps its schedule and trigger state, a changed
+    one its last run, a new one starts from its recorded runs; a job that is running goes on. The uncertainty
+    feed starts again if what it reads changed (other workers, other cameras watched)."""
+    from adapt.store.runs import read_runs
+    from streamer.scheduler import UncertaintyFeed, adapt_command
+
+    fresh = camera_schedules(new)
+    for cam, sched in fresh.items():
+        prev = scheduler.cameras.get(cam)
+        if prev is not None and old.cameras[cam].adapt == new.cameras[cam].adapt:
+            fresh[cam] = prev
+        elif prev is not None:
+            sched.last_run = prev.last_run
         else:
-            feed.start(stop)
-    buffer_root = config.paths.var / "buffer"
-    return Scheduler(
-        scheds, config.paths.var, adapt_command(config_path, config.paths.var),
-        buffer_frames=lambda cam: len(FrameBuffer(buffer_root, cam, config.cameras[cam].buffer).frames()),
-        uncertainty=feed or (lambda cam: None), transport=t,
-    )
+            sched.last_run = max((r["time"] for r in read_runs(new.paths.var, cam)), default=None)
+    scheduler.var, scheduler.command = new.paths.var, adapt_command(config_path, new.paths.var)
+    scheduler.cameras = fresh  # a new dict: the scheduler thread may be iterating the old one
+    if _feed_inputs(old) != _feed_inputs(new):
+        if isinstance(scheduler.uncertainty, UncertaintyFeed):
+            scheduler.uncertainty.close()
+        scheduler.uncertainty = uncertainty_feed(new, stop) or _unknown
 
 
 def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
@@ -323,21 +434,39 @@ def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
     return None
 
 
-def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True) -> dict[str, Child]:
-    """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`)."""
-    children = build_children(config, config_path)
-    scheduler = build_scheduler(config, config_path, stop) if with_scheduler else None
+def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True,
+              reload: threading.Event | None = None) -> dict[str, Child]:
+    """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`).
+    ``reload`` (SIGHUP) reads the config file again and restarts only the children it touches."""
+    children = {c.name: c for c in build_children(config, config_path)}
+    scheduler = build_scheduler(lambda: config, config_path, stop) if with_scheduler else None
     sched_thread = None
-    if scheduler is not None and scheduler.cameras:
-        sched_thread = threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True)
-        sched_thread.start()
-    # infer binds the sockets; give it a head start so ingest's first frames are not lost
-    children[0].check(time.monotonic())
+
+    def start_scheduler() -> None:
+        nonlocal sched_thread
+        if scheduler is not None and scheduler.cameras and sched_thread is None:
+            sched_thread = threading.Thread(target=scheduler.loop, args=(stop,), name="scheduler", daemon=True)
+            sched_thread.start()
+
+    start_scheduler()
+    # the infer workers bind the sockets; give them a head start so ingest's first frames are not lost
+    for c in children.values():
+        if c.name.startswith("infer"):
+            c.check(time.monotonic())
     time.sleep(min(1.0, tick_s * 2))
     try:
         while not stop.is_set():
+            if reload is not None and reload.is_set():
+                reload.clear()
+                new = reload_config(config_path)
+                if new is not None:
+                    children = apply_config(children, config, new, config_path)
+                    if scheduler is not None:
+                        update_schedules(scheduler, config, new, config_path, stop)
+                    config = new
+                    start_scheduler()
             now = time.monotonic()
-            for c in children:
+            for c in children.values():
                 c.check(now)
             if fatal_error(children) is not None:
                 break
@@ -345,12 +474,12 @@ def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: 
     finally:
         if scheduler is not None:
             scheduler.cancel()
-        for c in reversed(children):  # ingest first, infer last
+        for c in reversed(children.values()):  # ingest first, infer last
             c.stop()
         deadline = time.monotonic() + STOP_GRACE_S
-        for c in children:
+        for c in children.values():
             c.wait_or_kill(deadline)
-    return {c.name: c for c in children}
+    return children
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,23 +491,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor")
+    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor", serving=True)
     if config is None:
         return 2
+    for warning in config.warnings:  # e.g. a camera file that is not there yet: its ingest retries
+        logs.event(log, "config_warning", "%s", warning, level=logging.WARNING)
     for host in (config.server.web_host, config.server.metrics_host):
         try:  # the stages would refuse to start, again and again
             Access.for_bind(host, config.server.auth_token_env)
         except AccessError as exc:
             print(f"crowdwatch run: {exc}", file=sys.stderr)
             return 2
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # read the config again, restart only what it touches
     s = config.server
     files = f"; log files in {config.paths.var / 'log'}" if config.log.files else ""
-    logs.event(log, "service_started", "%d cameras; live page http://%s:%s/ ; metrics http://%s:%s/metrics%s",
-               len(config.cameras), s.web_host, s.web_port, s.metrics_host, s.metrics_port, files)
-    children = supervise(config, args.config, stop, with_scheduler=not args.no_adapt)
+    ports = f"{s.metrics_port}-{s.metrics_port + s.infer_workers - 1}" if s.infer_workers > 1 else str(s.metrics_port)
+    logs.event(log, "service_started", "%d cameras, %d infer workers; live page http://%s:%s/ ; metrics http://%s:%s/metrics%s; "
+               "SIGHUP reloads the config", len(config.cameras), s.infer_workers, s.web_host, s.web_port, s.metrics_host, ports, files)
+    children = supervise(config, args.config, stop, with_scheduler=not args.no_adapt, reload=reload)
     fatal = fatal_error(children)
     if fatal is not None:
         print(fatal, file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
     synthetic://?people=60&style=day
     synthetic://?style=indoor&ramp=0:200:600     # 0 -> 200 people over 600 s, then hold
-    options: people, style, ramp=START:END:SECONDS, seed, size=WxH
+    options: people, style, ramp=START:END:SECONDS, seed, size=WxH (crowdwatch/config/synthetic.py)
 
 One scene (camera, background, objects) is sampled per camera and kept; people
 walk on the ground plane between frames. Each frame carries ``truth``, the
@@ -13,69 +13,21 @@ compare the estimate with the truth.
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from crowdwatch.config.synthetic import SyntheticOptions, parse_synthetic
 from streamer.sources import RawFrame, SourceConfig, SourceError, register_scheme
-
-MAX_PEOPLE = 2000
-
-
-@dataclass(frozen=True)
-class SyntheticOptions:
-    people: int = 50
-    style: str = "day"
-    ramp: tuple[int, int, float] | None = None
-    seed: int = 0
-    size: tuple[int, int] | None = None      # (w, h) rendered; default: the camera's model box
-
-    def people_at(self, t: float) -> int:
-        if self.ramp is None:
-            return self.people
-        a, b, span = self.ramp
-        f = min(max(t / span, 0.0), 1.0) if span > 0 else 1.0
-        return int(round(a + (b - a) * f))
-
-    @property
-    def max_people(self) -> int:
-        return max([self.people, *(self.ramp[:2] if self.ramp else ())])
 
 
 def parse_options(url: str, camera: str = "") -> SyntheticOptions:
-    """Parse and check a synthetic:// URL; SourceError names the bad option."""
-    from adapt.synth import STYLES
-
-    query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
-    known = {"people", "style", "ramp", "seed", "size"}
-    unknown = set(query) - known
-    if unknown:
-        raise SourceError(f"{url}: unknown synthetic option(s) {sorted(unknown)}; known: {sorted(known)}")
+    """Parse and check a synthetic:// URL (``crowdwatch.config.synthetic``); SourceError names the bad option."""
     try:
-        people = int(query.get("people", 50))
-        seed = int(query.get("seed", zlib.crc32(camera.encode()) & 0xFFFF))
-        ramp = None
-        if "ramp" in query:
-            a, b, span = query["ramp"].split(":")
-            ramp = (int(a), int(b), float(span))
-        size = None
-        if "size" in query:
-            w, h = query["size"].lower().split("x")
-            size = (int(w), int(h))
-    except ValueError:
-        raise SourceError(f"{url}: people/seed must be integers, ramp START:END:SECONDS, size WxH") from None
-    style = query.get("style", "day")
-    if style not in STYLES:
-        raise SourceError(f"{url}: unknown style {style!r}; choose from {sorted(STYLES)}")
-    counts = [people] + (list(ramp[:2]) if ramp else [])
-    if not all(0 <= c <= MAX_PEOPLE for c in counts):
-        raise SourceError(f"{url}: people must be in 0..{MAX_PEOPLE}")
-    if size is not None and not (64 <= size[0] <= 4096 and 64 <= size[1] <= 4096):
-        raise SourceError(f"{url}: size must be between 64x64 and 4096x4096")
-    return SyntheticOptions(people, style, ramp, seed, size)
+        return parse_synthetic(urlsplit(url).query, camera)
+    except ValueError as exc:
+        raise SourceError(f"{url}: {exc}") from None
 
 
 class SyntheticStream:

@@ -49,7 +49,7 @@ from prometheus_client.exposition import choose_encoder
 from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stage_config, validate_camera_name
 from crowdwatch.httpbase import Access, GuardedHandler, GuardedServer, Limits
 from crowdwatch.result import Figures, Result
-from crowdwatch.wire import LatestReceiver, WireError, client_curve, decode_result, open_socket
+from crowdwatch.wire import LatestReceiver, WireError, client_curve, decode_result, subscribe
 
 from . import overlay
 from .exporter import Metrics
@@ -465,11 +465,11 @@ class WebServer:
 
     def start(self) -> WebServer:
         t = self.config.transport
-        endpoint = t.results
-        curve = client_curve(t)
+        endpoints = self.config.results_endpoints()  # one per inference worker
+        endpoint = ", ".join(endpoints)
         self._ctx = zmq.Context()
         try:
-            self._sock = open_socket(self._ctx, "sub", endpoint, bind=False, hwm=t.hwm, curve=curve)
+            self._sock = subscribe(self._ctx, endpoints, hwm=t.hwm, curve=client_curve(t))
             s = self.settings
             access = s.access if s.access is not None else Access.for_bind(s.host, self.config.server.auth_token_env)
             self._httpd = GuardedServer((s.host, s.port), self._handler_class(), access=access,

@@ -26,6 +26,7 @@ from streamer import supervisor
 from streamer.exporter import Metrics, MetricsServer
 from streamer.web import WebServer, WebSettings
 
+REPO = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token_for-tests"
 ENV = "CROWDWATCH_TOKEN"
 
@@ -66,7 +67,7 @@ def test_run_refuses_to_start_beyond_localhost_without_the_secret(tmp_path: Path
     monkeypatch.delenv("GATE_TOKEN", raising=False)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[server]\nweb_host = "0.0.0.0"\nauth_token_env = "GATE_TOKEN"\n[log]\nfiles = false\n'
-                   '[cameras.a]\nurl = "synthetic://"\n')  # fmt: skip
+                   f'[model]\nregistry = "{REPO / "models"}"\n[cameras.a]\nurl = "synthetic://"\n')  # fmt: skip
     assert supervisor.main(["--config", str(cfg), "--no-adapt"]) == 2
     assert "GATE_TOKEN" in capsys.readouterr().err
 

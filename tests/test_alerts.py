@@ -68,9 +68,9 @@ def test_every_alert_has_for_and_compares_against_threshold_gauges() -> None:
         # Every >/< comparison is against a gauge joined on(camera), never a number ...
         for m in re.finditer(r"[<>]=?", expr):
             assert expr[m.end():].lstrip().startswith("on(camera)"), f"{name}: {expr[m.start():m.start() + 30]!r}"
-        # ... except the boolean "is down" checks.
+        # ... except the boolean checks: "is down", "is on a fallback model".
         for m in re.finditer(r"==\s*([0-9.]+)", expr):
-            assert m.group(1) == "0" and re.search(r"\bup\b|crowd_camera_up", expr), name
+            assert (m.group(1) == "0" and re.search(r"\bup\b|crowd_camera_up", expr)) or (m.group(1) == "1" and "crowd_model_fallback" in expr), name
         # Every crowd_* metric a rule uses is one the exporter actually exports.
         for metric in re.findall(r"\bcrowd_[a-z0-9_]+", expr):
             base = re.sub(r"_(bucket|total)$", "", metric)

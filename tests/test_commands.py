@@ -112,7 +112,9 @@ def test_missing_explicit_config_is_an_error_for_every_learning_command(tmp_path
     for argv in (["models", "list"], ["eval", "--dataset", str(tmp_path)], ["export"], ["train", "--data", str(tmp_path)],
                  ["calibrate", "--camera", "x"], ["label", "--camera", "x"], ["synth", "--out", str(tmp_path / "s")]):
         name, rest = argv[0], argv[1:]
-        assert cli([name, "--config", missing, *rest]) == 2, name
+        with pytest.raises(SystemExit) as exit_:
+            cli([name, "--config", missing, *rest])
+        assert exit_.value.code == 2, name
         assert "missing.toml" in capsys.readouterr().err
 
 

@@ -119,8 +119,22 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.thresholds", 5, "cameras.lobby.thresholds", "a table"),
         ("defaults.fps", 100, "defaults.fps", "in (0, 60]"),
         ("defaults.url", "rtsp://x/y", "defaults.url", "no url in [defaults]"),
-        ("server.metrics_port", 70000, "server.metrics_port", "[0, 65535]"),
+        ("server.metrics_port", 70000, "server.metrics_port", "[1, 65535]"),
+        ("server.metrics_port", 0, "server.metrics_port", "a fixed port in [1, 65535]"),
+        ("server.web_port", 9108, "server.web_port", "a port no other server of this config listens on (server.metrics_port is"),
+        ("cameras.lobby.url", "synthetic://?people=-1", "cameras.lobby.url", "people in 0..2000"),
+        ("cameras.lobby.url", "synthetic://?style=noir", "cameras.lobby.url", "a style from day,"),
+        ("cameras.lobby.url", "synthetic://?colour=red", "cameras.lobby.url", "options from people,"),
+        ("cameras.lobby.url", "synthetic://?ramp=0:10", "cameras.lobby.url", "ramp=START:END:SECONDS"),
+        ("cameras.lobby.url", "synthetic://?size=32x32", "cameras.lobby.url", "each side in 64..4096"),
+        ("cameras.lobby.zones.door", [[0, 0], [10, 10], [10, 0], [0, 10]], "cameras.lobby.zones.door", "edges do not cross"),
+        ("cameras.lobby.zones.door", [[0, 0], [-5, 0], [10, 10]], "cameras.lobby.zones.door[1]", "(pixel coordinates are not negative)"),
+        ("cameras.yard.zones.door", [[0, 0], [700, 0], [10, 10]], "cameras.yard.zones.door[1]", "inside the camera's 640x480 frame"),
+        ("cameras.yard.url", "synthetic://?size=320x240", "cameras.yard.zones.all[1]", "inside the camera's 320x240 frame"),
         ("server.web_host", "", "server.web_host", "host"),
+        ("server.infer_workers", 0, "server.infer_workers", "an integer in [1, 64]"),
+        ("cameras.lobby.shard", 1, "cameras.lobby.shard", "a shard in 0..0 ([server] infer_workers = 1)"),
+        ("cameras.lobby.shard", -1, "cameras.lobby.shard", "an integer in [0, 63]"),
         ("server.liveness_timeout", "500ms", "server.liveness_timeout", "at least"),
         ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
         ("transport.frames", "inproc://x", "transport.frames", "ipc://PATH"),
@@ -141,6 +155,8 @@ def test_bad_values_name_their_key(tmp_path: Path, key: str, value: Any, path: s
     data = base()
     if key == "transport.results":
         data["transport"] = {"frames": "tcp://a:1"}
+    if key == "cameras.yard.url":  # a zone that fits the default frame, not the one the URL renders
+        data["cameras"]["yard"]["zones"] = {"all": [[0, 0], [600, 0], [600, 400]]}
     _set(data, key, value)
     with pytest.raises(ConfigError) as info:
         parse(data, tmp_path)
@@ -247,6 +263,72 @@ def test_tcp_transport_uses_jpeg_and_separate_bind(tmp_path: Path) -> None:
     assert t.frame_encoding == "jpeg" and t.frames_bind == "tcp://0.0.0.0:5555"
     assert t.results_bind == t.results
     assert t.curve.enabled and t.curve.authorized_clients == tmp_path / "clients"
+
+
+def test_cameras_split_over_infer_workers_stably(tmp_path: Path) -> None:
+    from crowdwatch.config.shards import rendezvous
+
+    data = base()
+    data["cameras"] = {f"cam{i}": {"url": "synthetic://"} for i in range(40)}
+    data["cameras"]["cam0"]["shard"] = 2
+    data["server"] = {"infer_workers": 3}
+    cfg = parse(data, tmp_path)
+    shards = {name: cfg.shard_of(name) for name in cfg.cameras}
+    assert shards["cam0"] == 2 and sorted(set(shards.values())) == [0, 1, 2]
+    assert sorted(sum((cfg.shard_cameras(s) for s in range(3)), [])) == sorted(cfg.cameras)
+    assert parse(data, tmp_path).shard_of("cam7") == shards["cam7"]  # the same on every load and machine
+    # a fourth worker takes cameras only for itself: no camera moves between the first three
+    moved = {n for n in cfg.cameras if n != "cam0" and rendezvous(n, 4) != shards[n]}
+    assert moved and all(rendezvous(n, 4) == 3 for n in moved) and len(moved) < 20
+    # ipc endpoints: worker 0 keeps the one-worker names, the others get -N
+    assert cfg.endpoint("frames", 0) == f"ipc://{tmp_path}/var/run/frames.ipc"
+    assert cfg.endpoint("frames_bind", 2) == f"ipc://{tmp_path}/var/run/frames-2.ipc"
+    assert cfg.results_endpoints() == [f"ipc://{tmp_path}/var/run/results{s}.ipc" for s in ("", "-1", "-2")]
+    assert cfg.server.listeners()[:3] == [("metrics_port", "127.0.0.1", 9108), ("metrics_port of infer worker 1", "127.0.0.1", 9109),
+                                          ("metrics_port of infer worker 2", "127.0.0.1", 9110)]
+
+
+def test_tcp_endpoints_of_several_workers_name_the_shard(tmp_path: Path) -> None:
+    data = base()
+    data["server"] = {"infer_workers": 2}
+    data["transport"] = {"frames": "tcp://infer:5555", "results": "tcp://infer:5556+{shard}"}
+    with pytest.raises(ConfigError, match=r"transport\.frames: expected a tcp endpoint with \{shard\} in it"):
+        parse(data, tmp_path)
+    # Kubernetes: one pod per worker, each binding the same port on its own address
+    data["transport"] = {"frames": "tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5555", "frames_bind": "tcp://0.0.0.0:5555",
+                         "results": "tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5556", "results_bind": "tcp://0.0.0.0:5556"}
+    cfg = parse(data, tmp_path)
+    assert cfg.endpoint("frames", 1) == "tcp://crowdwatch-infer-1.crowdwatch-infer:5555"
+    assert cfg.endpoint("frames_bind", 1) == "tcp://0.0.0.0:5555"
+    # one host: BASE+{shard} ports, checked against each other for every worker
+    data["transport"] = {"frames": "tcp://127.0.0.1:5555+{shard}", "results": "tcp://127.0.0.1:5565+{shard}"}
+    assert parse(data, tmp_path).endpoint("results_bind", 1) == "tcp://127.0.0.1:5566"
+    data["transport"]["results"] = "tcp://127.0.0.1:5556+{shard}"
+    with pytest.raises(ConfigError, match=r"transport\.results_bind: .*frames_bind of infer worker 1 is 127\.0\.0\.1:5556"):
+        parse(data, tmp_path)
+    data["server"] = {"infer_workers": 2, "web_port": 9109}
+    data["transport"] = {}
+    with pytest.raises(ConfigError, match=r"server\.web_port: .*metrics_port of infer worker 1 is 127\.0\.0\.1:9109"):
+        parse(data, tmp_path)
+
+
+def test_stage_inputs_are_each_stages_part_of_the_config(tmp_path: Path) -> None:
+    from crowdwatch.config.shards import stage_inputs
+
+    data = base()
+    data["server"] = {"infer_workers": 2}
+    data["cameras"]["lobby"]["shard"], data["cameras"]["yard"]["shard"] = 0, 1
+    old = parse(data, tmp_path)
+    changed = lambda new: {s for s in ("infer", "infer:1", "web", "ingest:lobby", "ingest:yard") if stage_inputs(old, s) != stage_inputs(new, s)}
+    data["cameras"]["yard"]["fps"] = 1
+    assert changed(parse(data, tmp_path)) == {"infer:1", "web", "ingest:yard"}
+    data["cameras"]["yard"]["shard"] = 0  # moves: its ingest and both workers
+    assert changed(parse(data, tmp_path)) == {"infer", "infer:1", "web", "ingest:yard"}
+    data["cameras"]["yard"] = copy.deepcopy(base()["cameras"]["yard"]) | {"shard": 1}
+    data["model"] = {"max_batch": 4}
+    assert changed(parse(data, tmp_path)) == {"infer", "infer:1"}
+    data["model"], data["server"]["stall_restart"], data["log"] = {}, "10s", {"level": "DEBUG"}
+    assert changed(parse(data, tmp_path)) == set()  # the supervisor's own settings
 
 
 def test_load_config_file_errors(tmp_path: Path) -> None:
@@ -416,3 +498,125 @@ def test_scheme_typo_error_keeps_secrets_out(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         parse(data, tmp_path, {"CAM_URL": "rtsp//viewer:s3cret@cam/s1"})
     assert "s3cret" not in str(info.value) and "${CAM_URL}" in str(info.value)
+
+
+# --------------------------------------------------------------------------- misconfiguration caught at load (issue 19)
+
+
+@pytest.mark.parametrize(
+    ("server", "transport", "path", "other"),
+    [
+        ({"web_host": "0.0.0.0", "web_port": 9108}, {}, "server.web_port", "server.metrics_port"),        # a wildcard takes every address
+        ({"metrics_host": "localhost", "web_port": 9108}, {}, "server.web_port", "server.metrics_port"),  # localhost is 127.0.0.1
+        ({}, {"frames_bind": "tcp://*:8080"}, "transport.frames_bind", "server.web_port"),
+        ({"metrics_host": "10.0.0.5"}, {"results_bind": "tcp://10.0.0.5:9108"}, "transport.results_bind", "server.metrics_port"),
+        ({}, {"frames_bind": "tcp://0.0.0.0:5555", "results_bind": "tcp://*:5555"}, "transport.results_bind", "transport.frames_bind"),
+    ],
+)
+def test_two_servers_on_one_address_are_an_error(tmp_path: Path, server: dict, transport: dict, path: str, other: str) -> None:
+    data = base()
+    data["server"] = server
+    data["transport"] = {"frames": "tcp://infer:5555", "results": "tcp://infer:5556", **transport}
+    with pytest.raises(ConfigError) as info:
+        parse(data, tmp_path)
+    assert info.value.path == path and f"({other} is " in str(info.value) and "found" in str(info.value), str(info.value)
+
+
+def test_one_port_on_two_addresses_is_fine(tmp_path: Path) -> None:
+    data = base()
+    data["server"] = {"metrics_host": "10.0.0.5", "web_host": "10.0.0.6", "web_port": 9108}
+    data["transport"] = {"frames": "tcp://infer:5555", "frames_bind": "tcp://127.0.0.1:8080", "results": "tcp://infer:5556"}
+    cfg = parse(data, tmp_path)
+    assert cfg.server.web_port == cfg.server.metrics_port == 9108
+
+
+def _site(tmp_path: Path, **model: Any) -> dict[str, Any]:
+    """A config whose registry serves every camera from base, with one camera per source kind."""
+    from adapt.store.registry import BASE, Registry
+
+    if not (tmp_path / "models").exists():
+        (tmp_path / "m.pt").write_bytes(b"checkpoint")
+        Registry(tmp_path / "models").publish(BASE, {"model.pt": tmp_path / "m.pt"}, {}, "b1")
+        (tmp_path / "clip.mp4").write_bytes(b"")
+    return {"model": {"providers": ["CPUExecutionProvider"], **model},
+            "cameras": {"lobby": {"url": "rtsp://cam.local/s1"}, "yard": {"url": "synthetic://"}, "clip": {"url": "clip.mp4"}}}
+
+
+def test_a_complete_site_loads_without_warnings(tmp_path: Path) -> None:
+    assert parse(_site(tmp_path), tmp_path).warnings == ()
+
+
+def test_a_missing_camera_file_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    # ingest keeps such a camera down and retries (tests/test_supervisor.py), so the file may come later
+    data = _site(tmp_path)
+    data["cameras"]["gone"] = {"url": "videos/gone.mp4"}
+    (w,) = parse(data, tmp_path).warnings
+    assert not w.serving and w.path == "cameras.gone.url"
+    assert str(w) == (f"test.toml: cameras.gone.url: expected an existing video file (until there is one, the camera stays down "
+                      f"and its ingest retries), found no file at {tmp_path / 'videos/gone.mp4'}")
+
+
+def test_a_missing_registry_or_model_is_a_serving_warning(tmp_path: Path) -> None:
+    data = _site(tmp_path, registry="nowhere")
+    (w,) = parse(data, tmp_path).warnings
+    assert w.serving and w.path == "model.registry" and f"found no folder at {tmp_path / 'nowhere'}" in str(w)
+    data = _site(tmp_path)
+    (tmp_path / "models" / "base" / "current").unlink()
+    (w,) = parse(data, tmp_path).warnings
+    assert w.serving and w.path == "model.registry"
+    assert "expected a current model for every camera" in str(w) and "found none for lobby, yard, clip in" in str(w)
+    # a camera with a model of its own needs no base
+    (tmp_path / "models" / "base" / "current").write_text("b1\n")
+    data["cameras"] = {"lobby": {"url": "rtsp://cam.local/s1"}}
+    assert parse(data, tmp_path).warnings == ()
+
+
+def test_a_camera_pointer_naming_no_version_is_a_warning(tmp_path: Path) -> None:
+    # at run time its last good version or the base model serves it (tests/test_hot_swap.py), so infer still starts
+    data = _site(tmp_path)
+    (tmp_path / "models" / "lobby").mkdir()
+    (tmp_path / "models" / "lobby" / "current").write_text("v9-missing\n")
+    (w,) = parse(data, tmp_path).warnings
+    assert not w.serving and w.path == "model.registry" and "lobby/current names none" in str(w)
+
+
+def test_cuda_only_on_a_machine_without_a_gpu_is_a_serving_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import crowdwatch.config.model as model
+
+    monkeypatch.setattr(model, "gpu_present", lambda: False)
+    (w,) = parse(_site(tmp_path, providers=["CUDAExecutionProvider"]), tmp_path).warnings
+    assert w.serving and w.path == "model.providers"
+    assert "expected at least one provider this machine can run (" in str(w) and "found ['CUDAExecutionProvider']" in str(w)
+    assert "CUDAExecutionProvider," not in str(w).split("found")[0]
+    # CPU after CUDA falls back at run time: nothing to say
+    assert parse(_site(tmp_path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]), tmp_path).warnings == ()
+    (w,) = parse(_site(tmp_path, backend="torch", torch_device="cuda:0"), tmp_path).warnings
+    assert w.serving and w.path == "model.torch_device" and "found 'cuda:0'" in str(w)
+    assert parse(_site(tmp_path, backend="torch", torch_device="auto"), tmp_path).warnings == ()
+
+
+def test_config_check_prints_warnings_and_succeeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streamer.cli import main
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[model]\nregistry = "nowhere"\n[cameras.gone]\nurl = "gone.mp4"\n')
+    assert main(["config", "check", "--config", str(cfg)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == f"{cfg}: 1 cameras"
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(ln.startswith(f"crowdwatch config: warning: {cfg}: ") for ln in lines)
+    assert "model.registry" in lines[0] and lines[0].endswith("(crowdwatch run and infer refuse to start)")
+    assert "cameras.gone.url" in lines[1] and "refuse" not in lines[1]
+
+
+def test_infer_refuses_a_serving_warning_at_load(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import crowdwatch.config.model as model
+    from streamer.infer import main
+
+    monkeypatch.setattr(model, "gpu_present", lambda: False)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[log]\nfiles = false\n[model]\nregistry = "{REPO / "models"}"\nproviders = ["CUDAExecutionProvider"]\n'
+                   '[cameras.a]\nurl = "synthetic://"\n')
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"crowdwatch infer: {cfg}: model.providers: expected at least one provider"), err

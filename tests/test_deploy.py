@@ -7,7 +7,9 @@ argparse defines; the Grafana dashboard queries only metrics that
 streamer/exporter.py exports; the manifests agree with the config (cameras,
 ports, CURVE variables). External validators run when installed and skip
 otherwise: promtool (Debian `prometheus`, installed by CI), amtool (Debian
-`prometheus-alertmanager`) and `kubectl kustomize`.
+`prometheus-alertmanager`), `kubectl kustomize` and `kubernetes-validate
+--strict` (the dev extra). The Kubernetes manifests under deploy/k8s/generated
+must be what `crowdwatch deploy k8s` makes of deploy/k8s/config.toml.
 
 PyYAML is not a dependency: YAML is parsed with it when importable, else with
 a system python3 that has it, else only a conservative structural check runs.
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from crowdwatch.config import load_config, parse_config
+from crowdwatch.commands import deploy
+from crowdwatch.config import load_config
 from streamer.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,9 +43,12 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 DEPLOY_DOC = ROOT / "docs" / "DEPLOY.md"
 
 YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
-K8S_FILES = sorted(K8S.glob("*.yaml"))
+K8S_CONFIG = K8S / "config.toml"
+GENERATED = K8S / "generated"
+K8S_FILES = sorted(K8S.glob("*.yaml")) + sorted(GENERATED.glob("*.yaml"))
+TEMPLATES = sorted((K8S / "templates").glob("*.yaml.in"))
 # Files whose `crowdwatch COMMAND --flag` lines are checked (docs: code only).
-COMMAND_FILES = [DOCKERFILE, COMPOSE, *K8S_FILES]
+COMMAND_FILES = [DOCKERFILE, COMPOSE, *K8S_FILES, *TEMPLATES]
 
 
 def rel(p: Path) -> str:
@@ -125,7 +131,7 @@ def test_yaml_structure(path: Path) -> None:
     """Always runs: no tabs, and each Kubernetes document names apiVersion, kind and metadata."""
     text = path.read_text()
     assert "\t" not in text, f"{rel(path)}: tab character (YAML indentation must be spaces)"
-    if path.parent == K8S and path.name != "kustomization.yaml":
+    if path.parent in (K8S, GENERATED) and path.name != "kustomization.yaml":
         for i, doc in enumerate(re.split(r"^---\s*$", text, flags=re.M)):
             if not re.search(r"^\w", doc, flags=re.M):
                 continue  # only comments
@@ -248,28 +254,26 @@ def test_compose_config_keeps_the_repo_cameras() -> None:
     assert {k: v for k, v in comp["server"].items() if "host" not in k} == {k: v for k, v in repo["server"].items() if "host" not in k}
 
 
-def configmap_toml() -> str:
-    docs = yaml_docs()
-    if docs is not None:
-        (cm,) = [d for d in docs[rel(K8S / "configmap.yaml")] if d]
-        return cm["data"]["config.toml"]
-    text = (K8S / "configmap.yaml").read_text()
-    m = re.search(r"^  config\.toml: \|\n((?:    .*\n|\s*\n)+)", text, flags=re.M)
-    assert m, "configmap.yaml: no config.toml block"
-    return "\n".join(line[4:] for line in m.group(1).splitlines())
-
-
 @functools.cache
 def k8s_config():
-    text = configmap_toml()
-    return parse_config(tomllib.loads(text), "deploy/k8s/configmap.yaml", base_dir=Path("/"), environ=_env_refs(text))
+    return deploy.load(K8S_CONFIG)  # as the pods read it: ${VAR}s kept, paths under /etc/crowdwatch
+
+
+def test_generated_configmap_is_the_config_file() -> None:
+    docs = needs_yaml()
+    (cm,) = [d for d in docs[rel(GENERATED / "configmap.yaml")] if d]
+    assert cm["metadata"]["name"] == "crowdwatch-config" and cm["data"]["config.toml"] == K8S_CONFIG.read_text()
 
 
 def test_k8s_config_loads() -> None:
     cfg = k8s_config()
     t = cfg.transport
     assert cfg.server.metrics_host == "0.0.0.0" and cfg.server.web_host == "0.0.0.0"
-    assert t.frames.startswith("tcp://crowdwatch-infer:") and t.results.startswith("tcp://crowdwatch-infer:")
+    # worker N is the pod crowdwatch-infer-N of the StatefulSet, named by its headless Service
+    assert cfg.server.infer_workers == 2 and {cfg.shard_of(c) for c in cfg.cameras} == {0, 1}
+    for shard in range(cfg.server.infer_workers):
+        assert cfg.endpoint("frames", shard) == f"tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5555"
+        assert cfg.endpoint("results", shard) == f"tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5556"
     assert t.frames_bind.startswith("tcp://0.0.0.0:") and t.results_bind.startswith("tcp://0.0.0.0:")
     assert t.curve.enabled and t.frame_encoding == "jpeg"
     assert str(cfg.model.registry) == "/app/models" and str(cfg.paths.var) == "/app/var"
@@ -280,8 +284,7 @@ def test_k8s_cameras_exist_in_config() -> None:
     cameras = set(k8s_config().cameras)
     text = "\n".join(p.read_text() for p in K8S_FILES)
     named = set(re.findall(r"\"--camera\",\s*\"([a-z0-9_-]+)\"", text)) | set(re.findall(r"^\s*CAMERA=([a-z0-9_-]+)\s*$", text, flags=re.M))
-    assert named, "no camera named in the manifests"
-    assert named <= cameras, f"manifests name cameras missing from the ConfigMap: {sorted(named - cameras)}"
+    assert named == cameras, f"the manifests' cameras {sorted(named)} are not the config's {sorted(cameras)}"
 
 
 def _env_names(c: dict) -> set[str]:
@@ -302,6 +305,8 @@ def test_k8s_curve_env_and_ports_match_config() -> None:
             if args and args[0] in COMMANDS and not c.get("command"):
                 by_cmd.setdefault(args[0], []).append(c)
     (infer,) = by_cmd["infer"]
+    assert infer["args"][-2:] == ["--shard", "$(POD_NAME)"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in infer["env"]
     assert {curve.server_public_env, curve.server_secret_env} <= _env_names(infer)
     assert not {curve.client_secret_env} & _env_names(infer)
     for c in by_cmd["ingest"] + by_cmd["web"] + by_cmd["adapt"]:  # adapt announces its runs to infer
@@ -320,7 +325,7 @@ def test_k8s_curve_env_and_ports_match_config() -> None:
 
 def test_k8s_pods_run_as_non_root() -> None:
     for obj in k8s_objects():
-        if obj["kind"] not in ("Deployment", "CronJob"):
+        if obj["kind"] not in ("Deployment", "StatefulSet", "CronJob"):
             continue
         spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
         pod = spec["template"]["spec"]
@@ -329,27 +334,123 @@ def test_k8s_pods_run_as_non_root() -> None:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, c["name"]
 
 
-def test_adapt_cronjob() -> None:
-    """The CronJob is the scheduler's command, with the config from the ConfigMap: no shell, no inline Python."""
-    (cj,) = [o for o in k8s_objects() if o["kind"] == "CronJob"]
-    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
-    (c,) = containers(cj)
-    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert "command" not in c, "the image's entrypoint (crowdwatch) runs the job"
-    camera = cj["metadata"]["labels"]["crowdwatch.io/camera"]
-    assert c["args"] == ["adapt", "--config", "/etc/crowdwatch/config.toml", "--camera", camera, "--record", "/app/var"]
-    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
-    assert {"/etc/crowdwatch", "/app/models", "/app/var"} <= set(mounts)
-    volumes = {v["name"]: v for v in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]}
-    assert volumes[mounts["/etc/crowdwatch"]]["configMap"]["name"] == "crowdwatch-config"
-    assert {"secretRef": {"name": "crowdwatch-cameras"}} in c.get("envFrom", []), "the config's ${VAR}s are expanded on load"
-    # the paths the job reads and writes are the mounted volumes
+def test_adapt_cronjobs() -> None:
+    """One CronJob per camera: the scheduler's command, with the config from the ConfigMap, no shell, no inline Python."""
     cfg = k8s_config()
-    assert camera in cfg.cameras
+    jobs = [o for o in k8s_objects() if o["kind"] == "CronJob"]
+    assert sorted(o["metadata"]["labels"]["crowdwatch.io/camera"] for o in jobs) == sorted(map(deploy.k8s_name, cfg.cameras))
+    for cj in jobs:
+        assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+        (c,) = containers(cj)
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert "command" not in c, "the image's entrypoint (crowdwatch) runs the job"
+        camera = c["args"][4]
+        assert c["args"] == ["adapt", "--config", "/etc/crowdwatch/config.toml", "--camera", camera, "--record", "/app/var"]
+        assert cj["spec"]["schedule"] == deploy.cron_schedule(camera, cfg.cameras[camera].adapt)
+        assert cj["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == cfg.cameras[camera].adapt.timeout_s
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert {"/etc/crowdwatch", "/app/models", "/app/var"} <= set(mounts)
+        volumes = {v["name"]: v for v in cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mounts["/etc/crowdwatch"]]["configMap"]["name"] == "crowdwatch-config"
+        assert {"secretRef": {"name": "crowdwatch-cameras"}} in c.get("envFrom", []), "the config's ${VAR}s are expanded on load"
+    # the paths the jobs read and write are the mounted volumes
     assert cfg.model.registry == Path("/app/models") and cfg.paths.var == Path("/app/var")
 
 
-def test_kustomize_builds() -> None:
+# --------------------------------------------------------------------------- generated manifests
+
+
+def test_generated_manifests_are_up_to_date(tmp_path: Path) -> None:
+    assert deploy.main(["k8s", "--config", str(K8S_CONFIG), "--out", str(tmp_path)]) == 0
+    fresh = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    kept = {p.name: p.read_text() for p in GENERATED.iterdir()}
+    assert fresh == kept, "deploy/k8s/generated is stale: crowdwatch deploy k8s --config deploy/k8s/config.toml --out deploy/k8s/generated"
+
+
+def kubernetes_validate() -> str:
+    exe = shutil.which("kubernetes-validate") or str(Path(sys.executable).with_name("kubernetes-validate"))
+    if not os.access(exe, os.X_OK):
+        pytest.skip("kubernetes-validate not installed (the dev extra)")
+    return exe
+
+
+def validate_strict(*files: Path) -> None:
+    out = subprocess.run([kubernetes_validate(), "--strict", "--quiet", *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_generated_manifests_validate_strict() -> None:
+    validate_strict(*(p for p in K8S_FILES if p.name not in ("kustomization.yaml", "servicemonitor.yaml")))
+
+
+def _site(tmp_path: Path, cameras: str, workers: int = 2) -> Path:
+    text = K8S_CONFIG.read_text().split("[cameras.lobby]")[0].replace("infer_workers = 2", f"infer_workers = {workers}")
+    path = tmp_path / "config.toml"
+    path.write_text(text + cameras)
+    return path
+
+
+def test_two_workers_split_the_cameras_in_the_generated_manifests(tmp_path: Path) -> None:
+    cams = "".join(f'[cameras.{name}]\nurl = "synthetic://"\n' for name in ("lobby", "concourse", "gate", "hall", "front_door"))
+    cfg_path = _site(tmp_path, cams + '[cameras.gate.adapt]\ninterval = "6h"\n[cameras.hall.adapt]\nenabled = false\n')
+    out = tmp_path / "out"
+    assert deploy.main(["k8s", "--config", str(cfg_path), "--out", str(out)]) == 0
+    validate_strict(*(p for p in out.glob("*.yaml") if p.name != "kustomization.yaml"))
+    cfg = deploy.load(cfg_path)
+    by_worker = {s: cfg.shard_cameras(s) for s in range(2)}
+    assert all(by_worker.values()) and sorted(sum(by_worker.values(), [])) == sorted(cfg.cameras), by_worker
+    text = {p.name: p.read_text() for p in out.glob("*.yaml")}
+    assert re.search(r"^  replicas: 2$", text["infer.yaml"], flags=re.M) and "clusterIP: None" in text["infer.yaml"]
+    # every camera has its ingest; each sends to its worker's pod (crowdwatch-infer-N), which serves it
+    for camera in cfg.cameras:
+        assert f'"--camera", "{camera}"' in text[f"ingest-{deploy.k8s_name(camera)}.yaml"]
+        assert cfg.endpoint("frames", cfg.shard_of(camera)) == f"tcp://crowdwatch-infer-{cfg.shard_of(camera)}.crowdwatch-infer:5555"
+    assert "ingest-front-door-" in "".join(text) and "adapt-hall.yaml" not in text  # a Kubernetes name; adaptation off: no CronJob
+    assert re.search(r'schedule: "\d+ \d+-23/6 \* \* \*"', text["adapt-gate.yaml"])
+    assert sorted(re.findall(r"^  - (\S+)$", text["kustomization.yaml"], flags=re.M)) == sorted(n for n in text if n != "kustomization.yaml")
+
+    # a camera removed: its files go, what is not generated stays
+    (out / "notes.yaml").write_text("kept: true\n")
+    _site(tmp_path, cams.replace('[cameras.gate]\nurl = "synthetic://"\n', "") + "[cameras.hall.adapt]\nenabled = false\n")
+    assert deploy.main(["k8s", "--config", str(cfg_path), "--out", str(out)]) == 0
+    assert not (out / "ingest-gate.yaml").exists() and not (out / "adapt-gate.yaml").exists() and (out / "notes.yaml").exists()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: re.search(r'config-hash: "(\w+)"', p.read_text()).group(1) for p in folder.glob("*.yaml") if "config-hash:" in p.read_text()}
+
+
+def test_a_config_change_rolls_only_the_pods_it_touches(tmp_path: Path) -> None:
+    cams = '[cameras.lobby]\nurl = "synthetic://"\n[cameras.concourse]\nurl = "synthetic://"\n'
+    cfg_path = _site(tmp_path, cams)
+    assert deploy.main(["k8s", "--config", str(cfg_path), "--out", str(tmp_path / "a")]) == 0
+    _site(tmp_path, cams.replace('[cameras.lobby]\nurl = "synthetic://"\n', '[cameras.lobby]\nurl = "synthetic://"\nfps = 2\n'))
+    assert deploy.main(["k8s", "--config", str(cfg_path), "--out", str(tmp_path / "b")]) == 0
+    a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
+    assert set(a) == {"infer.yaml", "web.yaml", "ingest-lobby.yaml", "ingest-concourse.yaml"}
+    assert {n for n in a if a[n] != b[n]} == {"infer.yaml", "web.yaml", "ingest-lobby.yaml"}
+
+
+def test_cron_schedules_and_kubernetes_names() -> None:
+    from crowdwatch.config.adaptation import AdaptConfig
+    from crowdwatch.config.errors import ConfigError
+
+    assert deploy.cron_schedule("x", AdaptConfig.model_validate({"daily": "03:30"})) == "30 3 * * *"
+    assert re.fullmatch(r"\d+-59/15 \* \* \* \*", deploy.cron_schedule("x", AdaptConfig.model_validate({"interval": "15m"})))
+    assert re.fullmatch(r"\d+ \* \* \* \*", deploy.cron_schedule("x", AdaptConfig.model_validate({"interval": "1h"})))
+    assert re.fullmatch(r"\d+ \d+ \* \* \*", deploy.cron_schedule("x", AdaptConfig.model_validate({"interval": "24h"})))
+    assert re.fullmatch(r"\d+ \d+ \* \* [0-6]", deploy.cron_schedule("x", AdaptConfig.model_validate({"interval": "7d"})))
+    assert deploy.cron_schedule("a", AdaptConfig()) != deploy.cron_schedule("b", AdaptConfig())  # staggered
+    with pytest.raises(ConfigError, match=r"cameras\.x\.adapt\.interval: expected an interval a CronJob can keep"):
+        deploy.cron_schedule("x", AdaptConfig.model_validate({"interval": "5h"}))
+    assert deploy.k8s_name("lobby-2") == "lobby-2"
+    for odd in ("front_door", "-x", "a" * 40):
+        name = deploy.k8s_name(odd)
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?", name) and len(name) <= 35, name
+    assert deploy.k8s_name("front_door") != deploy.k8s_name("front-door_")
+
+
+def test_kustomize_builds(tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed")
@@ -359,8 +460,11 @@ def test_kustomize_builds() -> None:
         pytest.skip("kubectl kustomize timed out")
     assert out.returncode == 0, out.stderr
     kinds = re.findall(r"^kind: (\w+)$", out.stdout, flags=re.M)
-    assert {"Namespace", "ConfigMap", "Deployment", "CronJob", "Service", "PersistentVolumeClaim"} <= set(kinds)
+    assert {"Namespace", "ConfigMap", "StatefulSet", "Deployment", "CronJob", "Service", "PersistentVolumeClaim"} <= set(kinds)
     assert "image: crowdwatch-" not in out.stdout, "an image placeholder is not mapped in kustomization.yaml"
+    built = tmp_path / "built.yaml"
+    built.write_text(out.stdout)
+    validate_strict(built)
 
 
 # --------------------------------------------------------------------------- compose, Dockerfile

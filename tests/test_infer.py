@@ -1,10 +1,12 @@
 """The inference stage in one process: real sockets, the real registry, a real (small) model."""
 
+import shutil
 import time
 
 import numpy as np
 import pytest
 import zmq
+from prometheus_client import generate_latest
 
 import crowdwatch.wire as wire
 from adapt.model.checkpoint import save_checkpoint
@@ -27,17 +29,19 @@ FIT = Fit.plan(256, 192, 128, 96)  # a 256x192 camera in a 128x96 box
 
 @pytest.fixture
 def stage(tmp_path):
-    yield from start_stage(tmp_path)
+    yield from _stage(tmp_path)
 
 
-def start_stage(tmp_path):
+def _stage(tmp_path, **cameras: dict):
+    """The stage on three cameras (two synthetic, one rtsp); ``cameras`` adds keys to a camera's table."""
     save_checkpoint(tmp_path / "m.pt", perturbed_model(), {"version": "b1"})
     Registry(tmp_path / "models").publish(BASE, {"model.pt": tmp_path / "m.pt"}, {}, "b1")
     config = parse_config({
         "paths": {"var": str(tmp_path / "var"), "run": str(tmp_path / "run")},
         "model": {"registry": str(tmp_path / "models"), "backend": "torch", "max_batch": 4, "max_wait_ms": 50},
         "defaults": {"width": 128, "height": 96, "buffer": {"min_interval_s": 0}},
-        "cameras": {"lobby": {"url": "synthetic://"}, "hall": {"url": "synthetic://"}, "gate": {"url": "rtsp://cam.example/stream"}},
+        "cameras": {name: {"url": url, **cameras.get(name, {})}
+                    for name, url in (("lobby", "synthetic://"), ("hall", "synthetic://"), ("gate", "rtsp://cam.example/stream"))},
     }, base_dir=tmp_path)
     metrics = Metrics(process_metrics=False)
     ctx = zmq.Context()
@@ -94,7 +98,7 @@ def recorded_stage(tmp_path):
     append_run(tmp_path / "var", "lobby", {"time": 1000.0, "result": "failed", "reason": "schedule", "detail": "boom"})
     append_run(tmp_path / "var", "lobby", {"time": 2000.0, "result": "succeeded", "reason": "command", "detail": ""})
     append_run(tmp_path / "var", "lobby", {"time": 2500.0, "result": "maybe"})  # not a result: not exported, the rest is
-    yield from start_stage(tmp_path)
+    yield from _stage(tmp_path)
 
 
 def test_adaptation_runs_are_exported_from_the_record_and_as_they_are_announced(recorded_stage):
@@ -221,3 +225,52 @@ def test_untrusted_frame_contents_are_dropped_counted_and_the_stage_goes_on(stag
     _serve_until(s, metrics, "hall", 0)
     assert sample(metrics, "crowd_people_truth", camera="hall") == 7.0
     assert _ignored(metrics, "hall", "truth") == 0
+
+
+@pytest.fixture
+def full_disk_stage(tmp_path):
+    # hall asks for more free space than any disk has: its buffer finds the disk full (a real statvfs)
+    yield from _stage(tmp_path, hall={"buffer": {"min_free_bytes": "1000TiB"}})
+
+
+def test_buffer_write_failures_are_counted_per_camera(full_disk_stage):
+    s, metrics, push, sub, tmp = full_disk_stage
+    for cam in ("lobby", "hall", "gate"):
+        for reason in ("disk_full", "write_error"):  # every camera's counters exist from the start, at 0
+            assert sample(metrics, "crowd_buffer_write_failures_total", camera=cam, reason=reason) == 0
+    # lobby's buffer folder becomes a file: a real failed write (a read-only folder would do too, but not for root)
+    shutil.rmtree(tmp / "var" / "buffer" / "lobby")
+    (tmp / "var" / "buffer" / "lobby").write_text("not a folder")
+    rng = np.random.default_rng(1)
+    for seq in (1, 2):
+        for cam in ("lobby", "hall", "gate"):
+            img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+            push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, fit=Fit.identity(128, 96))))
+        for cam in ("lobby", "hall", "gate"):
+            _serve_until(s, metrics, cam, seq - 1)
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="lobby", reason="write_error") == 2
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="hall", reason="disk_full") == 2
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="gate", reason="write_error") == 0
+    assert sample(metrics, "crowd_buffer_write_failures_total", camera="gate", reason="disk_full") == 0
+    assert sample(metrics, "crowd_buffer_frames", camera="gate") == 2
+    assert sample(metrics, "crowd_buffer_frames", camera="lobby") == sample(metrics, "crowd_buffer_frames", camera="hall") == 0
+    text = generate_latest(metrics.registry).decode()  # what Prometheus scrapes
+    assert 'crowd_buffer_write_failures_total{camera="lobby",reason="write_error"} 2.0' in text
+
+
+@pytest.fixture
+def zoned_stage(tmp_path):
+    # gate's frame size is known only from its frames: its door reaches beyond a 128x96 frame
+    yield from _stage(tmp_path, gate={"zones": {"door": [[0, 0], [100, 0], [500, 90]], "desk": [[0, 0], [50, 0], [50, 50]]}})
+
+
+def test_a_zone_beyond_the_frame_of_a_streaming_camera_is_logged_once(zoned_stage, caplog):
+    s, metrics, push, sub, tmp = zoned_stage
+    img = np.zeros((96, 128, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger="crowdwatch.infer"):
+        for seq in (1, 2):
+            push.send_multipart(encode_frame(FrameMessage("gate", seq, time.time_ns(), img, fit=Fit.identity(128, 96))))
+            assert _serve_until(s, metrics, "gate", seq - 1) == seq
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "zone_outside_frame"]
+    assert len(lines) == 1 and lines[0].camera == "gate"
+    assert lines[0].getMessage() == "gate: zone door has point [500.0, 90.0] outside the camera's 128x96 frame; only its part inside is counted"

@@ -2,11 +2,15 @@
 
 Checks that counts reach /metrics close to the synthetic truth, that a killed
 infer process is restarted by the supervisor while ingest keeps running, and
-that SIGTERM shuts everything down.
+that SIGTERM shuts everything down; with two inference workers, that each
+serves its own cameras, the overlay sees all, and killing one leaves the
+other's cameras counting.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -51,13 +55,16 @@ def value(metrics, name, **labels):
     return metrics.get((name, tuple(sorted(labels.items()))))
 
 
-def write_config(tmp: Path, metrics_port: int, web_port: int) -> Path:
+def write_config(tmp: Path, metrics_port: int, web_port: int, workers: int = 1) -> Path:
     models = REPO / "models"
     cfg = tmp / "config.toml"
+    # with two workers, east is served by worker 0 and west by worker 1
+    shards = ("", "") if workers == 1 else ("shard = 0", "shard = 1")
     cfg.write_text(f"""
 [server]
 metrics_port = {metrics_port}
 web_port = {web_port}
+infer_workers = {workers}
 [paths]
 var = "{tmp / 'var'}"
 run = "{tmp / 'run'}"
@@ -72,8 +79,10 @@ height = 256
 enabled = false
 [cameras.east]
 url = "synthetic://?people=40&style=day&seed=3"
+{shards[0]}
 [cameras.west]
 url = "synthetic://?people=15&style=overcast&seed=4"
+{shards[1]}
 """)
     return cfg
 
@@ -94,6 +103,8 @@ def children_of(pid: int) -> dict[str, int]:
             stage = argv[argv.index(b"streamer.cli") + 1].decode()
             if stage == "ingest":
                 stage += ":" + argv[argv.index(b"--camera") + 1].decode()
+            elif stage == "infer" and b"--shard" in argv:
+                stage += ":" + argv[argv.index(b"--shard") + 1].decode()
             out[stage] = int(proc.name)
     return out
 
@@ -112,18 +123,21 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_exc})")
 
 
-@pytest.fixture
-def running(tmp_path):
+@contextlib.contextmanager
+def crowdwatch_run(tmp_path: Path, workers: int = 1):
+    """`crowdwatch run --no-adapt` on two synthetic cameras: (process, metrics port, web port)."""
     if not (REPO / "models" / "base" / "current").is_file():
         pytest.fail("the shipped base model is missing from models/base")
     mport, wport = free_port(), free_port()
-    cfg = write_config(tmp_path, mport, wport)
+    while workers > 1 and mport + 1 == wport:
+        wport = free_port()
+    cfg = write_config(tmp_path, mport, wport, workers)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
-        yield proc, mport, tmp_path
+        yield proc, mport, wport
     finally:
         # find the children before the supervisor goes: orphans would be re-parented and lost
         kids = children_of(proc.pid).values() if proc.poll() is None else ()
@@ -135,6 +149,12 @@ def running(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.fixture
+def running(tmp_path):
+    with crowdwatch_run(tmp_path) as (proc, mport, _):
+        yield proc, mport, tmp_path
 
 
 def test_run_counts_restarts_and_stops(running):
@@ -181,3 +201,38 @@ def test_run_rejects_a_bad_config(tmp_path):
     r = subprocess.run([sys.executable, "-m", "streamer.cli", "run", "--config", str(bad)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "cameras.lobby.fps" in r.stderr
+
+
+def frames(port: int, camera: str) -> float:
+    return value(scrape(port), "crowd_frames_total", camera=camera, stage="infer") or 0
+
+
+def web_results(port: int) -> dict[str, dict]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/api/results", timeout=2).read()
+    return {c["camera"]: c for c in json.loads(body)["cameras"]}
+
+
+def test_two_workers_split_the_cameras_and_one_killed_leaves_the_other_counting(tmp_path):
+    with crowdwatch_run(tmp_path, workers=2) as (proc, port, wport):
+        # east on worker 0 (metrics_port), west on worker 1 (metrics_port + 1), each exporting only its own
+        wait_for(lambda: frames(port, "east") >= 2 and frames(port + 1, "west") >= 2, 120, "frames from both workers")
+        m0, m1 = scrape(port), scrape(port + 1)
+        assert value(m0, "crowd_camera_up", camera="east") == 1 and value(m0, "crowd_camera_up", camera="west") is None
+        assert value(m1, "crowd_camera_up", camera="west") == 1 and value(m1, "crowd_camera_up", camera="east") is None
+        # the overlay subscribes to both workers
+        wait_for(lambda: all(r["seq"] is not None for r in web_results(wport).values()), 30, "results of both cameras in the overlay")
+        assert set(web_results(wport)) == {"east", "west"}
+
+        before = children_of(proc.pid)
+        assert {"infer", "infer:1", "web", "ingest:east", "ingest:west"} == set(before), before
+        west, seq = frames(port + 1, "west"), web_results(wport)["west"]["seq"]
+        os.kill(before["infer"], signal.SIGKILL)
+        # worker 0 is replaced (1 s backoff, start-up, model) and east counts again on the new one ...
+        wait_for(lambda: children_of(proc.pid).get("infer") not in (None, before["infer"]) and frames(port, "east") >= 1, 90,
+                 "east counting again on a new worker 0")
+        # ... while west went on counting on worker 1 all along, in the metrics and in the overlay
+        assert frames(port + 1, "west") >= west + 2 and web_results(wport)["west"]["seq"] > seq
+        after = children_of(proc.pid)
+        assert after["infer:1"] == before["infer:1"] and after["ingest:west"] == before["ingest:west"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

@@ -5,7 +5,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -139,18 +138,23 @@ def test_adapt_command_is_one_command_on_the_config(tmp_path, ipc_dir):
         ctx.term()
 
 
-def test_runs_recorded_here_are_announced_to_infer(tmp_path, ipc_dir):
+def test_runs_recorded_here_are_announced_to_the_cameras_worker(tmp_path, ipc_dir):
+    from crowdwatch.config import parse_config
+
+    config = parse_config({"paths": {"var": str(tmp_path), "run": str(ipc_dir)}, "server": {"infer_workers": 2},
+                           "cameras": {"lobby": {"url": "synthetic://", "shard": 1}}}, base_dir=tmp_path)  # fmt: skip
     ctx = zmq.Context()
-    endpoint = f"ipc://{ipc_dir}/frames.ipc"
-    pull = open_socket(ctx, "pull", endpoint, bind=True)
+    workers = [open_socket(ctx, "pull", config.endpoint("frames_bind", shard), bind=True) for shard in (0, 1)]
     try:
         s, clock = make(tmp_path, "raise SystemExit(0)", frames=2)
-        s.transport = SimpleNamespace(frames=endpoint, curve=SimpleNamespace(enabled=False))
+        s.config = lambda: config
         assert s.run_one("lobby", "schedule") == "skipped"
-        assert received_run(pull) == AdaptationRun("lobby", 1000.0, "skipped")
+        assert received_run(workers[1]) == AdaptationRun("lobby", 1000.0, "skipped")
         assert read_runs(tmp_path, "lobby")[-1]["time"] == 1000.0
+        assert not workers[0].poll(0)  # delivered before run_one returned: nothing went to the other worker
     finally:
-        pull.close(linger=0)
+        for sock in workers:
+            sock.close(linger=0)
         ctx.term()
 
 
@@ -165,7 +169,7 @@ def test_the_uncertainty_comes_from_the_results_stream(tmp_path, ipc_dir):
     endpoint = f"ipc://{ipc_dir}/results.ipc"
     pub = open_socket(ctx, "pub", endpoint, bind=True)
     now = {"t": 0.0}
-    feed = UncertaintyFeed(endpoint, {"lobby": 60.0}, clock=lambda: now["t"])
+    feed = UncertaintyFeed([endpoint], {"lobby": 60.0}, clock=lambda: now["t"])
     stop = threading.Event()
     thread = feed.start(stop)
     try:

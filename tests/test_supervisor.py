@@ -80,12 +80,17 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(tmp_path):
             time.sleep(0.1)
         assert [p for p in kids if _pid_alive(p)] == [], "children outlived the SIGKILLed supervisor"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in kids:
-            if _pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        _kill_all(proc, kids)
+
+
+def _kill_all(proc: subprocess.Popen, kids: list[int]) -> None:
+    """The supervisor, then any child it left: a test leaks no process."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in kids:
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
@@ -174,13 +179,17 @@ def _free_port() -> int:
 def test_non_transient_start_errors_stop_with_one_clear_line_and_no_retry(tmp_path):
     import socket as socketlib
 
-    # a missing registry
+    # a missing registry is caught when the config loads, before any stage starts (exit 2, as for any bad config)
     ports = {"metrics_port": _free_port(), "web_port": _free_port()}
     out = _crowdwatch_run(tmp_path, ports, tmp_path / "no-such-registry")
-    fatal = [ln for ln in out.stderr.splitlines() if "cannot start" in ln and ln.startswith("crowdwatch run:")]
-    assert out.returncode == 1 and len(fatal) == 1, out.stderr
-    assert "infer cannot start, not restarting" in fatal[0] and "no base model" in fatal[0]
-    assert "restart" not in out.stderr.replace("not restarting", "")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        f"crowdwatch run: {tmp_path / 'config.toml'}: model.registry: expected a model registry folder "
+        f"(<registry>/<camera or base>/<version>/model.pt), found no folder at {tmp_path / 'no-such-registry'}"], out.stderr
+    # so is a registry without a model for the camera
+    (tmp_path / "empty-registry" / "base").mkdir(parents=True)
+    out = _crowdwatch_run(tmp_path, ports, tmp_path / "empty-registry")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "model.registry: expected a current model for every camera" in out.stderr and "found none for east" in out.stderr
     # the metrics port in use
     with socketlib.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -245,3 +254,100 @@ def test_a_childs_lines_pass_through_unchanged_and_its_logged_error_is_its_last_
     assert "infer exited with 1; restart 1 in 1 s; its last line: ValueError: bad" in caplog.text
     out = capfd.readouterr().out
     assert err in out and info in out  # passed on to this process's stdout as they were
+
+
+# `crowdwatch run` itself (its SIGHUP handler), every stage replaced by a beating sleeper that keeps its argv.
+RUN_WITH_SLEEPERS = textwrap.dedent("""
+    import sys
+    from streamer import supervisor
+    stage = [sys.executable, "-c", sys.argv[2]]
+    supervisor.stage_argv = lambda name, config_path, *extra: stage + [name, *extra]
+    sys.exit(supervisor.main(["--config", sys.argv[1], "--no-adapt", "--log-format", "json"]))
+""")
+
+
+def _stages(ppid: int) -> dict[str, int]:
+    """The supervisor's children by stage name (infer, infer:1, web, ingest:CAMERA) -> pid."""
+    out = {}
+    for pid in _children(ppid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[3:]
+        except OSError:
+            continue
+        if argv and _pid_alive(pid):
+            name = argv[0]
+            for flag in ("--shard", "--camera"):
+                if flag in argv:
+                    name += ":" + argv[argv.index(flag) + 1]
+            out[name] = pid
+    return out
+
+
+def _site_config(path: Path, ports: tuple[int, int], cameras: dict[str, str], workers: int = 2) -> None:
+    tables = "".join(f"[cameras.{name}]\nurl = \"synthetic://\"\n{extra}\n" for name, extra in cameras.items())
+    path.write_text(f'[server]\ninfer_workers = {workers}\nmetrics_port = {ports[0]}\nweb_port = {ports[1]}\n'
+                    f'[paths]\nvar = "var"\nrun = "run"\n[model]\nregistry = "{REPO / "models"}"\n'
+                    f'providers = ["CPUExecutionProvider"]\n{tables}')
+
+
+def test_sighup_restarts_only_the_stages_the_config_change_touches(tmp_path):
+    cfg = tmp_path / "config.toml"
+    ports = (_free_port(), _free_port())  # nothing listens there: the stages are sleepers
+    _site_config(cfg, ports, {"east": "shard = 0", "west": "shard = 1", "north": "shard = 1"})
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = open(tmp_path / "out.log", "w")  # closed below
+    proc = subprocess.Popen([sys.executable, "-c", RUN_WITH_SLEEPERS, str(cfg), BEATING_STAGE], cwd=tmp_path, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+
+    def reload(cameras: dict[str, str], **kw) -> tuple[dict[str, int], dict[str, int]]:
+        before = _stages(proc.pid)
+        _site_config(cfg, ports, cameras, **kw)
+        proc.send_signal(signal.SIGHUP)
+        reloads = len(_events("config_reloaded"))
+        assert _wait(lambda: len(_events("config_reloaded")) > reloads, 30), _events("config_reload_failed")
+        assert _wait(lambda: set(_stages(proc.pid)) == expected(cameras, kw.get("workers", 2)), 30), _stages(proc.pid)
+        return before, _stages(proc.pid)
+
+    def expected(cameras, workers):
+        return {"infer", *(f"infer:{i}" for i in range(1, workers)), "web", *(f"ingest:{c}" for c in cameras)}
+
+    def _events(name: str) -> list[dict]:
+        import json
+
+        lines = (tmp_path / "out.log").read_text().splitlines()
+        return [e for e in (json.loads(ln) for ln in lines if ln.startswith("{")) if e.get("event") == name]
+
+    try:
+        assert _wait(lambda: set(_stages(proc.pid)) == expected(["east", "west", "north"], 2), 30), _stages(proc.pid)
+
+        # one camera's fps: its ingest, its worker and the overlay; east, north and worker 0 untouched
+        before, after = reload({"east": "shard = 0", "west": "shard = 1\nfps = 2", "north": "shard = 1"})
+        assert {n for n in before if before[n] != after[n]} == {"ingest:west", "infer:1", "web"}
+        assert "restarted infer:1, web, ingest:west; started none; stopped none; 3 unchanged" in _events("config_reloaded")[-1]["message"]
+
+        # a camera removed, one added on worker 0
+        before, after = reload({"east": "shard = 0", "west": "shard = 1\nfps = 2", "south": "shard = 0"})
+        assert "ingest:north" not in after and not _pid_alive(before["ingest:north"])
+        assert {n for n in before if n in after and before[n] != after[n]} == {"infer", "infer:1", "web"}
+        assert after["ingest:east"] == before["ingest:east"] and after["ingest:west"] == before["ingest:west"]
+
+        # a config that does not load changes nothing
+        stages = _stages(proc.pid)
+        cfg.write_text(cfg.read_text().replace("fps = 2", "fps = -2"))
+        proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: len(_events("config_reload_failed")) == 1, 30)
+        assert "cameras.west.fps" in _events("config_reload_failed")[0]["message"]
+        time.sleep(1)
+        assert _stages(proc.pid) == stages and proc.poll() is None
+
+        # a third worker: worker 2 starts; the cameras that hash to it move (here none: all are pinned)
+        before, after = reload({"east": "shard = 0", "west": "shard = 1\nfps = 2", "south": "shard = 0"}, workers=3)
+        assert {n for n in before if before[n] != after[n]} == {"web"} and "infer:2" in after
+    finally:
+        kids = _children(proc.pid)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        finally:
+            _kill_all(proc, kids)
+            out.close()

@@ -16,15 +16,23 @@ def test_options_parse_and_ramp():
 
 
 @pytest.mark.parametrize("url, match", [
-    ("synthetic://?people=many", "integers"),
-    ("synthetic://?style=noir", "unknown style"),
-    ("synthetic://?people=-1", "people must be"),
-    ("synthetic://?color=red", "unknown synthetic option"),
-    ("synthetic://?ramp=1:2", "ramp"),
+    ("synthetic://?people=many", "expected people in 0..2000, found people=many"),
+    ("synthetic://?style=noir", "expected a style from day, .*, found style=noir"),
+    ("synthetic://?people=-1", "expected people in 0..2000, found people=-1"),
+    ("synthetic://?color=red", "expected options from people, .*, found unknown option 'color'"),
+    ("synthetic://?ramp=1:2", "expected ramp=START:END:SECONDS .*, found ramp=1:2"),
+    ("synthetic://?seed=x", "expected an integer seed, found seed=x"),
 ])
 def test_bad_options_are_named(url, match):
     with pytest.raises(SourceError, match=match):
         parse_options(url)
+
+
+def test_the_config_knows_every_style_of_the_renderer():
+    from adapt.synth import STYLES
+    from crowdwatch.config.synthetic import STYLE_NAMES
+
+    assert sorted(STYLE_NAMES) == sorted(STYLES)
 
 
 def test_frames_carry_the_true_count():

@@ -34,8 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 10.0  # upper bound of every wait in these tests
 
 CONFIG = """
-[server]
-web_port = 0
 [paths]
 var = "var"
 run = "run"

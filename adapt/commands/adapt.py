@@ -32,8 +32,7 @@ def record(args, config: Config | None, result: str, detail: str) -> None:
     from adapt.store.runs import record_run
 
     try:
-        record_run(args.record, validate_camera_name(args.camera), result, reason="command", detail=detail,
-                   transport=config.transport if config is not None else None)  # fmt: skip
+        record_run(args.record, validate_camera_name(args.camera), result, reason="command", detail=detail, config=config)
     except (InvalidCameraName, OSError) as exc:
         print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
 

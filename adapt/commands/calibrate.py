@@ -9,7 +9,7 @@ from pathlib import Path
 
 from adapt.selfsup.calibration import calibrate_camera
 from adapt.store.locations import labels_dir, registry_root
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from adapt.store.registry import RegistryError
 
     args = build_parser().parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch calibrate: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch calibrate", args.config)
     try:
         camera = validate_camera_name(args.camera)  # before it becomes a path
         labels = args.labels or labels_dir(config, camera)

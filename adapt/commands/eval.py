@@ -11,7 +11,7 @@ from pathlib import Path
 from adapt.model.checkpoint import CheckpointError
 from adapt.store.locations import registry_root
 from adapt.training.evaluate import evaluate_dataset
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-side", type=int, default=1024, help="downscale larger images so the longer side fits")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch eval: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch eval", args.config)
     try:
         model_path = args.model or default_base_checkpoint(registry_root(config))
         s = evaluate_dataset(model_path, args.dataset, args.format, args.out, args.limit, args.max_side, args.device)

@@ -12,7 +12,7 @@ from pathlib import Path
 from adapt.model.checkpoint import CheckpointError, load_checkpoint
 from adapt.model.export import export_onnx
 from adapt.store.locations import registry_root
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="checkpoint (.pt); default: the base model of the registry")
     p.add_argument("--out", type=Path, default=None, help="ONNX path; default: model.onnx beside the checkpoint")
     args = p.parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch export: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch export", args.config)
     try:
         ckpt_path = args.model or default_base_checkpoint(registry_root(config))
         ckpt = load_checkpoint(ckpt_path)

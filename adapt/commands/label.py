@@ -15,7 +15,7 @@ from adapt.selfsup.labelling import LabelError, LabelSet, serve, spread
 from adapt.selfsup.settings import adaptation_config
 from adapt.store.locations import labels_dir
 from adapt.store.names import InvalidCameraName, validate_camera_name
-from crowdwatch.config import CONFIG_HELP, Config, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, Config, command_config
 from crowdwatch.httpbase import DEFAULT_TOKEN_ENV, Access
 
 
@@ -36,11 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="beyond localhost the page needs the token in $CROWDWATCH_TOKEN ([server] auth_token_env)")
     p.add_argument("--port", type=int, default=8090, help="0 picks a free port")
     args = p.parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch label: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch label", args.config)
     try:
         camera = validate_camera_name(args.camera)
         labels = LabelSet(args.out or labels_dir(config, camera))

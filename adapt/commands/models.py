@@ -10,7 +10,7 @@ from adapt.store.locations import registry_root
 from adapt.store.names import InvalidCameraName
 from adapt.store.registry import Registry, RegistryError
 from adapt.store.serving import read_serving
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 
 def list_camera(reg: Registry, var: Path, cam: str) -> None:
@@ -55,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rb.add_argument("camera")
     rb.add_argument("--to", default=None)
     args = p.parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch models: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch models", args.config)
     reg = Registry(args.root or registry_root(config))
     try:
         if args.action == "list":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from adapt.synth.styles import STYLES
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 PROG = "crowdwatch synth"
 
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
-    try:
-        load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    command_config(PROG, args.config)
     if args.out is None and args.contact_sheet is None:
         print(f"{PROG}: error: nothing to do: give --out DIR and/or --contact-sheet PNG", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 from adapt.model.checkpoint import CheckpointError
 from adapt.store.locations import registry_root
 from adapt.training.train import TrainConfig, load_recipe, train
-from crowdwatch.config import CONFIG_HELP, ConfigError, load_command_config
+from crowdwatch.config import CONFIG_HELP, command_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,11 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt")
     p.add_argument("--publish", action="store_true", help="register the best checkpoint as the base model")
     args = p.parse_args(argv)
-    try:
-        config = load_command_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"crowdwatch train: {exc}", file=sys.stderr)
-        return 2
+    config = command_config("crowdwatch train", args.config)
     try:
         cfg = load_recipe(args.recipe) if args.recipe else TrainConfig()
         if cfg.registry is None and config is not None:

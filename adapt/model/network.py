@@ -230,6 +230,16 @@ class CrowdCounter(nn.Module):
             return density, self.flip_head(feats[self.flip_tap])
         return density
 
+    def forward_train_flip(self, images: torch.Tensor, density_of: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flip logits of every image and the density (as ``forward_train``) of ``images[density_of]``, in one encoder pass."""
+        feats = self.encoder(self.normalise(images))
+        picked = {k: v[density_of] for k, v in feats.items()}
+        n, m = next(iter(picked.values())).shape[0], self.config.masks
+        if n % m:
+            raise ValueError(f"batch size {n} is not a multiple of the number of masks {m}")
+        density = self.head(self.masksembles(self.decoder_in(self.neck(picked))))
+        return density, self.flip_head(feats[self.flip_tap])
+
     def flip_logits(self, image: torch.Tensor) -> torch.Tensor:
         """Upright (0) / upside-down (1) logits; needs only the encoder."""
         return self.flip_head(self.encoder(self.normalise(image))[self.flip_tap])

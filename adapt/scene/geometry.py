@@ -20,8 +20,9 @@ import numpy as np
 from adapt.synth.camera import Camera
 
 PERSON_M = 1.7
-MIN_SAMPLES = 12
-BLUR_GROWTH = 2  # px the 5x5 blur in background.foreground adds to each side of an outline  # fewer single-person blobs than this: the sizes are not trusted
+MIN_SAMPLES = 12  # fewer single-person blobs than this: the sizes are not trusted
+BLUR_GROWTH = 2  # px the 5x5 blur in background.foreground adds to each side of an outline
+DEFAULT_FILL = 0.3  # a person's silhouette over height squared when the camera showed too few whole people
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class PersonSizes:
     feet_x: np.ndarray  # (K,) feet columns, pixels
     feet_y: np.ndarray  # (K,) feet rows, pixels
     height_px: np.ndarray  # (K,) blob heights, pixels
+    area_px: np.ndarray  # (K,) foreground pixels in the blob
 
     def __len__(self) -> int:
         return len(self.feet_y)
@@ -52,7 +54,7 @@ def blob_stats(fg: np.ndarray) -> list[np.ndarray]:
 def person_blobs(blobs: list[np.ndarray], shape: tuple[int, int], min_height_frac: float = 0.04) -> PersonSizes:
     """The blobs that look like one whole upright person: taller than wide, not cut by the frame."""
     H, W = shape
-    xs, ys, hs = [], [], []
+    xs, ys, hs, areas = [], [], [], []
     for stats in blobs:
         for x, y, w, h, area in stats:
             if h < min_height_frac * H or y <= 1 or y + h >= H - 1 or x <= 1 or x + w >= W - 1:
@@ -62,24 +64,54 @@ def person_blobs(blobs: list[np.ndarray], shape: tuple[int, int], min_height_fra
             xs.append(x + w / 2)
             ys.append(y + h - BLUR_GROWTH)
             hs.append(h - 2 * BLUR_GROWTH)
-    return PersonSizes(np.asarray(xs, np.float64), np.asarray(ys, np.float64), np.asarray(hs, np.float64))
+            areas.append(area)
+    return PersonSizes(*(np.asarray(v, np.float64) for v in (xs, ys, hs, areas)))
 
 
-def people_in_motion(blobs: list[np.ndarray], cam: Camera, min_share: float = 0.25) -> np.ndarray:
-    """(T,) rough people per frame from foreground area: each blob counts its area over one person's at its feet row.
+def silhouette_fill(sizes: PersonSizes, cam: Camera, tol: float = 0.25) -> float | None:
+    """Foreground pixels of one whole person over (their height in pixels)^2, as this camera's foreground shows them.
 
-    A person's silhouette fills about 0.3 h x h. Blobs smaller than ``min_share`` of one person
-    (fragments, birds, flicker) count nothing. Rough by design: it sizes the composites' crowds.
+    Measured on the blobs whose height matches the ground plane at their feet:
+    dark clothes on a dark street leave holes a textbook 0.3 would not know of.
+    None when fewer than MIN_SAMPLES such blobs were seen.
+    """
+    if not len(sizes):
+        return None
+    want = row_person_px(cam, sizes.feet_y)
+    ok = np.isfinite(want) & (want > 0)
+    ok[ok] = np.abs(np.log(np.maximum(sizes.height_px[ok], 1) / want[ok])) < tol
+    if ok.sum() < MIN_SAMPLES:
+        return None
+    return float(np.median(sizes.area_px[ok] / want[ok] ** 2))
+
+
+def blob_people(stats: np.ndarray, cam: Camera, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """(people in each blob, one person's height at its feet row) for (k, 5) blob boxes.
+
+    A blob holds its area over one person's silhouette at its feet row: groups
+    count several, a leg or a head over a matching background counts a fraction.
+    Blobs above the horizon hold nobody.
+    """
+    if not len(stats):
+        return np.zeros(0), np.zeros(0)
+    person = row_person_px(cam, stats[:, 1] + stats[:, 3] - BLUR_GROWTH)
+    one = fill * np.nan_to_num(person, nan=0.0) ** 2
+    return np.where(one > 4, stats[:, 4] / np.maximum(one, 1e-9), 0.0), np.nan_to_num(person, nan=0.0)
+
+
+MIN_SHARE = 0.25  # blobs smaller than this share of one person (fragments, birds, flicker) count nobody
+
+
+def people_in_motion(blobs: list[np.ndarray], cam: Camera, fill: float = DEFAULT_FILL) -> np.ndarray:
+    """(T,) people per frame from foreground area: the sum of ``blob_people`` over blobs of at least MIN_SHARE.
+
+    Rough: people behind one another share pixels, and whoever stood still all
+    along is part of the empty scene.
     """
     out = np.zeros(len(blobs))
     for t, stats in enumerate(blobs):
-        if not len(stats):
-            continue
-        feet = stats[:, 1] + stats[:, 3]
-        h = row_person_px(cam, feet)
-        one = 0.3 * h * h
-        share = np.where(np.isfinite(one) & (one > 4), stats[:, 4] / one, 0.0)
-        out[t] = float(share[share >= min_share].sum())
+        share = blob_people(stats, cam, fill)[0]
+        out[t] = float(share[share >= MIN_SHARE].sum())
     return out
 
 

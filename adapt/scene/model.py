@@ -19,12 +19,16 @@ import numpy as np
 from adapt.scene.background import Background, estimate_background, foreground
 from adapt.scene.composite import WalkMap, walk_map
 from adapt.scene.geometry import (
+    BLUR_GROWTH,
+    DEFAULT_FILL,
+    MIN_SHARE,
+    blob_people,
     blob_stats,
     camera_from_calibration,
     fit_camera,
     people_in_motion,
     person_blobs,
-    row_person_px,
+    silhouette_fill,
     size_disagreement,
     size_line,
 )
@@ -40,7 +44,24 @@ MAX_SHIFT_PX = 2.0  # the camera moved if frames sit further than this from the 
 LIGHTING_STEP = 40.0  # grey levels between the mean brightness of two lighting groups
 MAX_SIZE_RESIDUAL = 0.35  # median |log| error of the fitted person sizes
 CALIBRATION_TOL = 0.4  # |log| of person sizes between calibration and observation: 50% off
-PERSON_SIZE_TOL = 0.25  # |log| of a blob's height over a person's at its feet row, to count as one person
+HEAD_DROP = 0.1  # a head's centre sits this share of a person's height below the top of the silhouette
+
+
+@dataclass(frozen=True)
+class BlobPeople:
+    """The people the foreground of one frame shows: per blob a count, and head points that carry it."""
+
+    boxes: np.ndarray  # (m, 4) x, y, w, h of each blob that holds people
+    counts: np.ndarray  # (m,) people in each blob, fractional
+    heads: np.ndarray  # (k, 2) x, y of the head points
+    head_px: np.ndarray  # (k,) head sizes in pixels
+    blob: np.ndarray  # (k,) index into boxes of each head point
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(k,) people each head point carries: its blob's count shared among the blob's points."""
+        per = np.bincount(self.blob, minlength=len(self.counts)).astype(np.float64)
+        return self.counts[self.blob] / np.maximum(per[self.blob], 1)
 
 
 @dataclass(eq=False)
@@ -56,6 +77,7 @@ class SceneModel:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # findings that do not stop the scene model being used
     people_in_motion: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (T,) rough people per frame from foreground
+    fill: float = DEFAULT_FILL  # one person's foreground pixels over their height squared, as measured on this camera
 
     @property
     def max_people(self) -> int:
@@ -81,34 +103,34 @@ class SceneModel:
         bg = self.background_for(image)
         return foreground(image[None], bg.image, bg.threshold)[0]
 
-    def people_in_frame(self, image: np.ndarray, fg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Heads (k, 2), head sizes (k,) and boxes (k, 4: x, y, w, h) of the whole single people moving in a frame.
+    def people_in_blobs(self, image: np.ndarray, fg: np.ndarray | None = None) -> BlobPeople:
+        """The people in each foreground blob of a frame, with head points that carry them.
 
-        ``fg`` is the frame's ``foreground`` when the caller already has it.
-
-        A blob counts only when it has a person's shape, is not cut by the frame and
-        is as tall as the ground plane says a person is where its feet are: two
-        people merged, a fragment or a pigeon is not one. The head is a tenth of
-        the height below the top, at the box's centre column.
+        ``fg`` is the frame's ``foreground`` when the caller already has it. A
+        blob holds its area over one person's silhouette at its feet row (the
+        camera's measured ``fill``); blobs under MIN_SHARE of a person hold
+        nobody we can vouch for and are left out. round(count) head points, at
+        least one, sit side by side along the blob's top, a tenth of a person
+        below it: groups walk abreast more often than in file, and the count,
+        not the exact head, is what the label must get right.
         """
-        empty = np.zeros((0, 2)), np.zeros(0), np.zeros((0, 4))
+        none = BlobPeople(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int64))
         if self.camera is None or image.shape[:2] != self.shape:
-            return empty
-        sizes_ok = []
-        blobs = blob_stats((self.foreground(image) if fg is None else fg)[None])[0]
-        single = person_blobs([blobs], self.shape)
-        if not len(single):
-            return empty
-        want = row_person_px(self.camera, single.feet_y)
-        for i in range(len(single)):
-            sizes_ok.append(np.isfinite(want[i]) and abs(np.log(single.height_px[i] / want[i])) < PERSON_SIZE_TOL)
-        ok = np.asarray(sizes_ok, bool)
-        h = single.height_px[ok]
-        x, feet = single.feet_x[ok], single.feet_y[ok]
-        top = feet - h
-        heads = np.column_stack([x, top + 0.1 * h])
-        boxes = np.column_stack([x - 0.2 * h, top, 0.4 * h, h])
-        return heads, h / 7.5, boxes
+            return none
+        stats = blob_stats((self.foreground(image) if fg is None else fg)[None])[0]
+        counts, person = blob_people(stats, self.camera, self.fill)
+        keep = counts >= MIN_SHARE
+        if not keep.any():
+            return none
+        stats, counts, person = stats[keep], counts[keep], person[keep]
+        heads, sizes, owner = [], [], []
+        for i, ((x, y, w, _, _), n, h) in enumerate(zip(stats, counts, person)):
+            k = max(1, int(round(n)))
+            xs = x + (np.arange(k) + 0.5) * w / k
+            heads.append(np.column_stack([xs, np.full(k, y + BLUR_GROWTH + HEAD_DROP * h)]))
+            sizes.append(np.full(k, h / 7.5))
+            owner.append(np.full(k, i))
+        return BlobPeople(stats[:, :4].copy(), counts, np.concatenate(heads), np.concatenate(sizes), np.concatenate(owner))
 
     def summary(self) -> dict:
         return {
@@ -126,6 +148,7 @@ class SceneModel:
             "camera": self.camera.to_dict() if self.camera is not None else None,
             "people_in_motion_median": round(float(np.median(self.people_in_motion)), 2) if len(self.people_in_motion) else None,
             "max_people": self.max_people,
+            "silhouette_fill": round(self.fill, 4),
         }
 
     # -- storage: var/scene/<camera>/ ------------------------------------------------
@@ -153,7 +176,7 @@ class SceneModel:
         resid = meta["size_residual"] if meta["size_residual"] is not None else float("inf")
         horizon = meta["horizon_row"] if meta["horizon_row"] is not None else float("nan")
         return cls(bgs, motion, cam, meta["size_source"], resid, horizon, walk, groups, list(meta["problems"]),
-                   list(meta.get("notes", [])), moving)
+                   list(meta.get("notes", [])), moving, float(meta.get("silhouette_fill", DEFAULT_FILL)))
 
 
 def camera_shift(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -252,8 +275,15 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
         problems.append(f"people's sizes do not follow one ground plane (median error {np.expm1(resid):.0%})")
     feet = np.column_stack([sizes.feet_x, sizes.feet_y]) if len(sizes) else np.zeros((0, 2))
     walk = walk_map(feet, (H, W), 8, horizon if np.isfinite(horizon) else H / 3)
-    moving = people_in_motion(blobs, cam) if cam is not None else np.zeros(0)
-    return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems, notes, moving)
+    fill = DEFAULT_FILL
+    if cam is not None:
+        measured = silhouette_fill(sizes, cam)
+        if measured is None:
+            notes.append(f"too few whole people to measure their silhouettes; people are counted at a fill of {DEFAULT_FILL}")
+        else:
+            fill = measured
+    moving = people_in_motion(blobs, cam, fill) if cam is not None else np.zeros(0)
+    return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems, notes, moving, fill)
 
 
 def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> np.ndarray:

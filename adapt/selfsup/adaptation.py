@@ -25,7 +25,7 @@ from adapt.model.checkpoint import load_checkpoint, save_checkpoint
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
 from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
 from adapt.selfsup.gate import GateConfig, frame_stats, gate, scene_stats
-from adapt.selfsup.pseudo_label import PseudoLabelConfig, run_pseudo_label_stage
+from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, run_pseudo_label_stage, scene_labelled
 from adapt.store.names import validate_camera_name
 from adapt.store.registry import Registry
 from adapt.training.engine import loop_forever, render_if_missing
@@ -283,7 +283,13 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         report["scene_parent"] = asdict(scene_parent)
     model = copy.deepcopy(parent_model)
     if "flip" in cfg.stages:
-        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model)
+        known = None
+        if usable and cfg.flip.scene_weight:
+            scene_frames = PseudoLabelled(scene_labelled(scene.model, train_paths, cfg.max_side), None, cfg.max_side, seed=cfg.seed)
+            known = loop_forever(DataLoader(scene_frames, batch_size=cfg.flip.real_batch, shuffle=True, drop_last=True, num_workers=0,
+                                            generator=torch.Generator().manual_seed(cfg.seed)))
+        report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model,
+                                              scene_batches=known)
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed,
                                                                scene=scene.model if usable else None)

@@ -19,7 +19,7 @@ with another head (the base model's is untrained) gets a fresh one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,14 @@ import torch.nn.functional as F
 
 from adapt.data.crowd_dataset import readable_batches
 from adapt.model.network import CrowdCounter, training_mode
-from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, make_optimizer, optimizer_step
+from adapt.training.engine import (
+    ParameterEMA,
+    check_step_settings,
+    density_loss,
+    make_optimizer,
+    optimizer_step,
+    region_count_loss,
+)
 from adapt.training.progress import progress
 
 
@@ -44,6 +51,9 @@ class FlipStageConfig:
     freeze_bn: bool = True           # BatchNorm statistics frozen (network.training_mode)
     # > 0: the stage ends on the EMA of its weights, which keeps the parent's counts (research/NOTEBOOK.md, "EMA in the flip stage").
     ema_decay: float = 0.99
+    # with a usable scene model: weight of its labels (empty static cells, the people each moving
+    # group holds) on the stage's real frames, which otherwise learn only upright from upside-down
+    scene_weight: float = 1.0
 
     def __post_init__(self) -> None:
         check_step_settings(self.ema_decay)
@@ -55,49 +65,77 @@ def upside_down(images: torch.Tensor) -> torch.Tensor:
 
 
 def flip_batch(real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real crops and their upside-down copies, labelled 0 (upright) and 1 (flipped)."""
-    images = torch.cat([real, upside_down(real)])
-    labels = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(real), dtype=torch.long)])
+    """Real crops each followed by its upside-down copy, labelled 0 (upright) and 1 (flipped).
+
+    Interleaved, so that every Masksembles mask (a contiguous share of the batch) sees upright frames.
+    """
+    images = torch.stack([real, upside_down(real)], 1).flatten(0, 1)
+    labels = torch.tensor([0, 1], dtype=torch.long).repeat(len(real))
     return images, labels
+
+
+ExtraLoss = Callable[[torch.Tensor, dict, torch.Tensor | None], dict[str, torch.Tensor]]
 
 
 def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
-    parent: CrowdCounter | None = None,
+    parent: CrowdCounter | None = None, *, scene_batches: Iterator[dict] | None = None, extra: ExtraLoss | None = None,
+    warmup: int = 0,
 ) -> dict:
     """Train in place; returns loss and flip-accuracy statistics.
 
     ``parent`` (the model adaptation started from) is not used by this stage;
     it is accepted so that research stages with the same signature can use it.
+    ``scene_batches`` (whole frames with the scene model's labels,
+    ``pseudo_label.scene_labelled``) replace ``real_batches``: the same frames
+    then train the flip head and, upright, the density on the cells the scene
+    model knows (``cfg.scene_weight``).
+    ``extra(synth density, synth batch, real images)`` returns more weighted
+    loss terms by name, and ``warmup`` warms the learning rate up: both are for
+    research/stages.py.
     """
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
     ema = ParameterEMA(model, cfg.ema_decay)
-    sums = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
-    tail = {k: 0.0 for k in sums}  # last quarter: how the stage ended
+    sums: dict[str, float] = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
+    tail = dict(sums)  # last quarter: how the stage ended
     tail_from = cfg.steps - max(1, cfg.steps // 4)
     bar = progress(range(cfg.steps), "flip stage")
     for step in bar:
         synth = next(synth_batches)
         density = model.forward_train(synth["image"].to(device))
         loss_s = density_loss(density, synth["density"].to(device), model.config.density_scale)
-        if cfg.lam:
+        terms: dict[str, torch.Tensor] = {}
+        if scene_batches is not None:
+            known = next(scene_batches)
+            real = known["image"].to(device)
+            images, labels = flip_batch(real)
+            # the upside-down copies train only the flip head: no decoder pass for them
+            dens, logits = model.forward_train_flip(images, slice(0, None, 2))
+            terms["scene"] = cfg.scene_weight * scene_loss(dens, known, model.config.density_scale, device)
+        else:
             # the L_s-only control (λ = 0) reads no real frame
-            images, labels = flip_batch(next(real_batches)["image"].to(device))
-            logits = model.flip_logits(images)
+            real = next(real_batches)["image"].to(device) if cfg.lam or extra is not None else None
+            if cfg.lam:
+                images, labels = flip_batch(real)
+                logits = model.flip_logits(images)
+        if cfg.lam:
             loss_a = F.cross_entropy(logits, labels.to(device))
             acc = (logits.argmax(1).cpu() == labels).float().mean().item()
         else:
             loss_a, acc = torch.zeros((), device=device), float("nan")
-        loss = loss_s + cfg.lam * loss_a
+        if extra is not None:
+            terms |= extra(density, synth, real)
+        loss = loss_s + cfg.lam * loss_a + sum(terms.values())
         optimizer_step(model, opt, loss, f"flip stage step {step}")
         schedule.step()
         ema.update(model)
-        for k, v in (("loss_s", loss_s.item()), ("loss_a", loss_a.item()), ("flip_acc", acc)):
-            sums[k] += v
+        values = {"loss_s": loss_s.item(), "loss_a": loss_a.item(), "flip_acc": acc} | {f"loss_{k}": v.item() for k, v in terms.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
             if step >= tail_from:
-                tail[k] += v
+                tail[k] = tail.get(k, 0.0) + v
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_a=f"{loss_a.item():.3f}", acc=f"{acc:.2f}")
     ema.apply(model)
     n_tail = cfg.steps - tail_from
@@ -106,6 +144,12 @@ def run_flip_stage(
         **{f"mean_{k}": v / max(cfg.steps, 1) for k, v in sums.items()},
         **{f"final_{k}": v / max(n_tail, 1) for k, v in tail.items()},
     }
+
+
+def scene_loss(density: torch.Tensor, known: dict, scale: float, device: torch.device) -> torch.Tensor:
+    """L2 on the cells the scene model knows plus the count of each group of moving people."""
+    masked = density_loss(density, known["density"].to(device), scale, mask=known["mask"].to(device))
+    return masked + region_count_loss(density, known["regions"].to(device), known["region_counts"].to(device))
 
 
 @torch.inference_mode()

@@ -8,8 +8,8 @@ One round:
    cells of the real frames, ending on the EMA of the round's weights
    (``ema_decay``).
 
-Rounds repeat until the mean predicted count changes by less than ``tol``
-(relative) from one round to the next, or ``rounds`` are done.
+Rounds repeat until the model's mean count on the frames changes by less than
+``tol`` (relative) from one round to the next, or ``rounds`` are done.
 
 Rules for the confident cells. The density head ends in a ReLU, so a cell
 every mask puts below zero has a std of exactly 0, sure or not. Most cells are
@@ -26,7 +26,7 @@ every pseudo-label round moves the count").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -41,7 +41,15 @@ from adapt.data.images import BadImage, load_image
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
 from adapt.scene.motion import CELL_FOREGROUND, cell_occupancy, static_on_grid
-from adapt.training.engine import ParameterEMA, check_step_settings, density_loss, loop_forever, make_optimizer, optimizer_step
+from adapt.training.engine import (
+    ParameterEMA,
+    check_step_settings,
+    density_loss,
+    loop_forever,
+    make_optimizer,
+    optimizer_step,
+    region_count_loss,
+)
 from adapt.training.progress import progress
 
 RULES = ("balanced", "fraction")
@@ -69,6 +77,9 @@ class PseudoLabelConfig:
     encoder_lr_mult: float = 1.0
     weight_decay: float = 1e-4
     real_weight: float = 1.0
+    # weight of the count term on each group of moving people the scene model counted
+    # (scene_labels): per cell the masked L2 is diluted over thousands of empty cells
+    blob_weight: float = 1.0
     synth_weight: float = 1.0        # weight of L_s, the labelled synthetic crops
     max_side: int | None = 1024
 
@@ -95,9 +106,15 @@ class PseudoLabels:
     margin: list[np.ndarray]
     valid: list[np.ndarray]
     keep: list[np.ndarray]
+    predicted: list[float] = field(default_factory=list)  # per frame, the model's own count, before scene labels replace cells
+    regions: list[np.ndarray] = field(default_factory=list)  # per frame (with a scene model), SceneLabels.regions
+    region_counts: list[np.ndarray] = field(default_factory=list)  # per frame, SceneLabels.counts
 
     def mean_count(self) -> float:
         return float(np.mean([m.sum() for m in self.mean])) if self.mean else float("nan")
+
+    def mean_predicted(self) -> float:
+        return float(np.mean(self.predicted)) if self.predicted else float("nan")
 
     def kept_fraction(self) -> float:
         return float(np.mean(np.concatenate([k.ravel() for k in self.keep]))) if self.keep else 0.0
@@ -147,10 +164,10 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
     scene, whatever the ensemble says: static cells (no object ever occupied
     them) are empty, since a confident cell on a window or a sign is not a
     person; and the cells of each whole single person moving through the frame
-    hold exactly that person's head.
+    hold the people its area says (``scene_labels``).
     """
     model.eval()
-    kept_paths, means, stds, margins, valids, known = [], [], [], [], [], []
+    kept_paths, means, stds, margins, valids, known, predicted = [], [], [], [], [], [], []
     for path in progress(paths, "pseudo labels"):
         try:
             image, (h, w) = load_padded(path, cfg.max_side)
@@ -163,49 +180,103 @@ def predict_frames(model: CrowdCounter, paths: list[Path], device: torch.device,
         valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
         kept_paths.append(path)
         means.append(mean * valid)
+        predicted.append(float((mean * valid).sum()))
         stds.append(std)
         margins.append(raw.max(0).values.cpu().numpy())
         valids.append(valid)
         if scene is not None:
             known.append(scene_labels(scene, image[:h, :w], valid))
     keep = select_confident(means, stds, margins, valids, cfg)
-    for mean, k, (cells, density, moving) in zip(means, keep, known):
+    for mean, k, scene_known in zip(means, keep, known):
         # where something moves and the scene cannot say who, "nobody here" is not believed:
         # a person the model does not see yet must not be taught away
-        k[moving & (mean <= 0)] = False
-        mean[cells] = density[cells]
-        k[cells] = True
-    return PseudoLabels(kept_paths, means, stds, margins, valids, keep)
+        k[scene_known.moving & (mean <= 0)] = False
+        mean[scene_known.cells] = scene_known.density[scene_known.cells]
+        k[scene_known.cells] = True
+    return PseudoLabels(kept_paths, means, stds, margins, valids, keep, predicted,
+                        [s.regions for s in known], [s.counts for s in known])
 
 
-def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cells the scene model knows, their density, other cells where something moves in this frame).
+def scene_labelled(scene: SceneModel, paths: list[Path], max_side: int | None) -> PseudoLabels:
+    """The scene model's labels alone (``scene_labels``) for every frame: the flip stage's real frames.
 
-    Known: static cells, empty; each whole single moving person's cells, with
-    its head. ``image`` is the frame at the density grid's scale (unpadded); a
-    frame of another size than the scene model's gets only its static cells.
+    Only the cells the scene knows are kept; no model is run. Unreadable frames are dropped.
+    """
+    out = PseudoLabels([], [], [], [], [], [], [], [], [])
+    for path in paths:
+        try:
+            image, (h, w) = load_padded(path, max_side)
+        except BadImage:
+            continue
+        valid = np.zeros((image.shape[0] // STRIDE, image.shape[1] // STRIDE), bool)
+        valid[: -(-h // STRIDE), : -(-w // STRIDE)] = True
+        known = scene_labels(scene, image[:h, :w], valid)
+        zeros = np.zeros(valid.shape, np.float32)
+        for field_, value in (("paths", path), ("mean", known.density), ("std", zeros), ("margin", zeros), ("valid", valid),
+                              ("keep", known.cells & valid), ("regions", known.regions), ("region_counts", known.counts)):
+            getattr(out, field_).append(value)
+    return out
+
+
+MAX_REGIONS = 64  # groups of moving people per frame with a count term; more are left to the L2 loss
+
+
+@dataclass
+class SceneLabels:
+    """What the scene model says about one frame's density cells."""
+
+    cells: np.ndarray  # (h, w) bool: cells it knows: static ones, and those of people moving
+    density: np.ndarray  # (h, w) float32: their density
+    moving: np.ndarray  # (h, w) bool: other cells where something moves, whom the scene cannot say
+    regions: np.ndarray  # (h, w) int64: 1..k for each group of touching blobs, 0 elsewhere
+    counts: np.ndarray  # (MAX_REGIONS,) float32: people in each region (index 0 unused)
+
+
+def scene_labels(scene: SceneModel, image: np.ndarray, valid: np.ndarray) -> SceneLabels:
+    """The cells of one frame the scene model knows, their density, and the people of each moving group.
+
+    Known: static cells, empty; the cells of each foreground blob that holds
+    people, with as many people as its area says (``SceneModel.people_in_blobs``):
+    the count of real people comes from the camera's own foreground, not from a
+    model that has only seen rendered ones. Blobs whose boxes touch form one
+    region with their summed count. ``image`` is the frame at the density
+    grid's scale (unpadded); a frame of another size than the scene model's
+    gets only its static cells.
     """
     cells = static_on_grid(scene.motion.static, valid)
     density = np.zeros(valid.shape, np.float32)
     moving = np.zeros(valid.shape, bool)
+    regions = np.zeros(valid.shape, np.int64)
+    counts = np.zeros(MAX_REGIONS, np.float32)
     if image.shape[:2] != scene.shape:
-        return cells, density, moving
+        return SceneLabels(cells, density, moving, regions, counts)
     pixels = scene.foreground(image)
     fg = cell_occupancy(pixels[None])[0] > CELL_FOREGROUND
     fg = cv2.dilate(fg.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # outlines blur into neighbours
     moving[: fg.shape[0], : fg.shape[1]] = fg
-    heads, sizes, boxes = scene.people_in_frame(image, pixels)
-    if not len(heads):
-        return cells, density, moving & ~cells
+    people = scene.people_in_blobs(image, pixels)
+    if not len(people.counts):
+        return SceneLabels(cells, density, moving & ~cells, regions, counts)
     H, W = image.shape[:2]
-    grid = density_map(heads, (-(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE), sizes).density
-    rows, cols = grid.shape
-    density[:rows, :cols] = grid
-    for x, y, w, h in boxes:
+    grid_hw = (-(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE)
+    rows, cols = grid_hw[0] // STRIDE, grid_hw[1] // STRIDE
+    weights = people.weights
+    boxes = np.zeros(valid.shape, np.uint8)
+    for i, (x, y, w, h) in enumerate(people.boxes):
+        mine = people.blob == i
+        grid = density_map(people.heads[mine], grid_hw, people.head_px[mine]).density
+        density[:rows, :cols] += grid * weights[mine][0]
         c0, c1 = max(0, int(x // STRIDE) - 1), min(cols, int(-(-(x + w) // STRIDE)) + 1)
         r0, r1 = max(0, int(y // STRIDE) - 1), min(rows, int(-(-(y + h) // STRIDE)) + 1)
-        cells[r0:r1, c0:c1] = True
-    return cells, density, moving & ~cells
+        boxes[r0:r1, c0:c1] = 1
+    n, groups = cv2.connectedComponents(boxes, connectivity=4)
+    for i, (x, y, w, h) in enumerate(people.boxes):
+        g = groups[min(rows - 1, int((y + h / 2) // STRIDE)), min(cols - 1, int((x + w / 2) // STRIDE))]
+        if 0 < g < MAX_REGIONS:
+            counts[g] += people.counts[i]
+    regions[:] = np.where(groups < MAX_REGIONS, groups, 0)
+    cells |= boxes.astype(bool)
+    return SceneLabels(cells, density, moving & ~cells, regions, counts)
 
 
 class PseudoLabelled(Dataset):
@@ -217,10 +288,12 @@ class PseudoLabelled(Dataset):
     def __init__(self, labels: PseudoLabels, crop: int | None = None, max_side: int | None = None, seed: int = 0):
         check_crop(crop)
         self.labels, self.max_side, self.seed, self.epoch = labels, max_side, seed, 0
-        # one size for all frames, so frames of mixed sizes still batch
+        # one size for all frames, so frames of mixed sizes still batch; never the padding, which
+        # would teach nothing and, turned upside down, give the flip stage its answer
         limit = [] if crop is None else [crop]
-        self.crop_h = min(limit + [m.shape[0] * STRIDE for m in labels.mean]) // 32 * 32
-        self.crop_w = min(limit + [m.shape[1] * STRIDE for m in labels.mean]) // 32 * 32
+        self.valid_cells = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in labels.valid]
+        self.crop_h = min(limit + [r * STRIDE for r, _ in self.valid_cells]) // 32 * 32
+        self.crop_w = min(limit + [c * STRIDE for _, c in self.valid_cells]) // 32 * 32
 
     def __len__(self) -> int:
         return len(self.labels.paths)
@@ -233,30 +306,47 @@ class PseudoLabelled(Dataset):
         image, _ = load_padded(self.labels.paths[index], self.max_side)
         mean, keep = self.labels.mean[index], self.labels.keep[index]
         ch, cw = self.crop_h, self.crop_w
-        cy = int(rng.integers(0, mean.shape[0] - ch // STRIDE + 1))
-        cx = int(rng.integers(0, mean.shape[1] - cw // STRIDE + 1))
+        rows_valid, cols_valid = self.valid_cells[index]
+        cy = int(rng.integers(0, rows_valid - ch // STRIDE + 1))
+        cx = int(rng.integers(0, cols_valid - cw // STRIDE + 1))
+        rows, cols = slice(cy, cy + ch // STRIDE), slice(cx, cx + cw // STRIDE)
         img = image[cy * STRIDE : cy * STRIDE + ch, cx * STRIDE : cx * STRIDE + cw]
-        den = mean[cy : cy + ch // STRIDE, cx : cx + cw // STRIDE]
-        msk = keep[cy : cy + ch // STRIDE, cx : cx + cw // STRIDE]
-        if rng.random() < 0.5:
+        den, msk = mean[rows, cols], keep[rows, cols]
+        flip = rng.random() < 0.5
+        if flip:
             img, den, msk = img[:, ::-1], den[:, ::-1], msk[:, ::-1]
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(img)),
             "density": torch.from_numpy(np.ascontiguousarray(den, dtype=np.float32))[None],
             "mask": torch.from_numpy(np.ascontiguousarray(msk, dtype=np.float32))[None],
             "count": torch.tensor(float(den.sum())),
         }
+        if self.labels.regions:
+            full = self.labels.regions[index]
+            reg, counts = full[rows, cols].copy(), self.labels.region_counts[index].copy()
+            # a group the crop cuts no longer holds its count
+            cut = np.bincount(reg.ravel(), minlength=len(counts)) < np.bincount(full.ravel(), minlength=len(counts))
+            counts[cut[: len(counts)]] = 0.0
+            reg[cut[reg]] = 0
+            item["regions"] = torch.from_numpy(np.ascontiguousarray(reg[:, ::-1] if flip else reg))[None]
+            item["region_counts"] = torch.from_numpy(counts)
+        return item
 
 
 def finetune_round(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
-    on_step: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, dict], None] | None = None, *,
+    extra: Callable[[torch.Tensor, dict], dict[str, torch.Tensor]] | None = None, warmup: int = 0,
 ) -> dict:
-    """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round."""
+    """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round.
+
+    ``extra(real density, real batch)`` returns more weighted loss terms by
+    name, and ``warmup`` warms the learning rate up: both are for research/stages.py.
+    """
     training_mode(model.to(device), cfg.freeze_bn)
-    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
     ema = ParameterEMA(model, cfg.ema_decay)
-    total_s = total_r = 0.0
+    totals: dict[str, float] = {"loss_s": 0.0, "loss_pseudo": 0.0}
     bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
     for step in bar:
         synth, real = next(synth_batches), next(real_batches)
@@ -265,18 +355,22 @@ def finetune_round(
         loss_s = density_loss(model.forward_train(synth["image"].to(device)), synth["density"].to(device), scale)
         pred_r = model.forward_train(real["image"].to(device))
         loss_r = density_loss(pred_r, real["density"].to(device), scale, mask=real["mask"].to(device))
-        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r
+        terms = extra(pred_r, real) if extra is not None else {}
+        if "regions" in real and cfg.blob_weight:
+            terms["blob"] = cfg.blob_weight * region_count_loss(pred_r, real["regions"].to(device), real["region_counts"].to(device))
+        loss = cfg.synth_weight * loss_s + cfg.real_weight * loss_r + sum(terms.values())
         optimizer_step(model, opt, loss, f"pseudo-label fine-tuning step {step}")
         schedule.step()
         ema.update(model)
-        total_s += loss_s.item()
-        total_r += loss_r.item()
+        values = {"loss_s": loss_s.item(), "loss_pseudo": loss_r.item()}
+        for k, v in (values | {f"loss_{k}": v.item() for k, v in terms.items()}).items():
+            totals[k] = totals.get(k, 0.0) + v
         if on_step is not None:
-            on_step(step, {"loss_s": loss_s.item(), "loss_pseudo": loss_r.item()})
+            on_step(step, values)
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     ema.apply(model)
     n = max(cfg.steps_per_round, 1)
-    return {"loss_s": total_s / n, "loss_pseudo": total_r / n}
+    return {k: v / n for k, v in totals.items()}
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
@@ -295,11 +389,13 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
         labels = predict_frames(model, frame_paths, device, cfg, scene)
         if not labels.paths:
             raise ValueError("no readable frames to pseudo-label")
-        mean_count = labels.mean_count()
+        # the model's own count decides when to stop: a scene model's labels hardly change between rounds
+        mean_count = labels.mean_predicted()
         stats = {
             "round": r + 1,
             "frames": len(labels.paths),
             "mean_count": mean_count,
+            "mean_label_count": labels.mean_count(),
             "mean_cell_std": float(np.mean([s.mean() for s in labels.std])),
             "kept_fraction": labels.kept_fraction(),
         }

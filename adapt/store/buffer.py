@@ -10,7 +10,9 @@ A frame is stored when it passes, in order: a shape/dtype check (``bad_frame``),
 retention (``expired``), the capture-time interval (``interval``), the
 near-duplicate test against the last stored frame (``duplicate``) and the
 free-space check (``disk_full``); then it is written atomically. Every frame not
-stored is counted under its reason, and nothing here raises to the frame tap.
+stored is counted under its reason, and nothing here raises to the frame tap;
+``offer`` returns the reason, and the inference stage exports the
+``WRITE_FAILURES`` as ``crowd_buffer_write_failures_total{camera, reason}``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from crowdwatch.video import NoVideoStream, VideoReader
 log = logging.getLogger(__name__)
 
 SKIP_REASONS = ("interval", "duplicate", "disk_full", "bad_frame", "write_error", "expired")
+# The skips where the disk, not the sampling policy, refused a frame: the infer stage exports them.
+WRITE_FAILURES = ("disk_full", "write_error")
 THUMB_W, THUMB_H = 64, 36
 NS_PER_S = 1_000_000_000
 NS_PER_DAY = 86_400 * NS_PER_S

@@ -4,7 +4,7 @@ One JSON object per line (``time``, ``result``, ``reason``, ``detail``). A run
 is recorded by whoever saw it end: ``crowdwatch adapt --record`` (what the
 scheduler and the CronJob run), or the scheduler for a run it skipped or that
 died before it could record. :func:`record_run` also announces it to the
-infer stage (an ``AdaptationRun`` on its frames socket), which exports
+camera's inference worker (an ``AdaptationRun`` on its frames socket), which exports
 ``crowd_adaptation_runs_total`` and the last success time; infer reads this file
 once when it starts, for the runs it was not running to hear.
 """
@@ -15,9 +15,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from adapt.store.names import validate_camera_name
+
+if TYPE_CHECKING:
+    from crowdwatch.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +37,22 @@ def append_run(var: Path, camera: str, record: dict) -> None:
 
 
 def record_run(var: Path, camera: str, result: str, *, reason: str, detail: str, at: float | None = None,
-               transport: Any = None) -> None:  # fmt: skip
-    """Append a finished run and announce it on ``transport`` (a config's [transport]; None: record only).
+               config: Config | None = None) -> None:  # fmt: skip
+    """Append a finished run, and announce it to the camera's inference worker when ``config`` names the camera.
 
     Raises OSError if the record cannot be written; an announcement that fails
-    is logged, never raised: the record is what counts, and infer reads it when
-    it next starts.
+    is logged, never raised: the record is what counts, and the worker reads it
+    when it next starts.
     """
     record = {"time": time.time() if at is None else at, "result": result, "reason": reason, "detail": detail[:500]}
     append_run(var, camera, record)
-    if transport is None:
+    if config is None or camera not in config.cameras:  # nobody serves it
         return
     from crowdwatch.wire import AdaptationRun, client_curve, encode_adaptation, send_once
 
     try:
-        send_once(transport.frames, encode_adaptation(AdaptationRun(camera, record["time"], result)), client_curve(transport))  # type: ignore[arg-type]
+        endpoint = config.endpoint("frames", config.shard_of(camera))
+        send_once(endpoint, encode_adaptation(AdaptationRun(camera, record["time"], result)), client_curve(config.transport))  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - no key, a bad endpoint, a zmq error: the job's outcome stands
         log.warning("%s: the %s run is recorded but could not be announced to infer: %s", camera, result, exc)
 

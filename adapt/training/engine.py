@@ -60,6 +60,18 @@ def count_loss(density: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     return ((predicted - count.float()) ** 2 / (count.float() + 1.0)).mean()
 
 
+def region_count_loss(density: torch.Tensor, regions: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``count_loss`` per region: ``regions`` (N, 1, h, w) holds region ids (0: none), ``counts`` (N, R) each id's people."""
+    n, r = counts.shape
+    sums = torch.zeros(n, r, device=density.device, dtype=torch.float32)
+    sums.scatter_add_(1, regions.flatten(1).clamp(0, r - 1), density.float().flatten(1))
+    present = counts > 0
+    present[:, 0] = False
+    if not present.any():
+        return density.sum() * 0.0
+    return ((sums - counts) ** 2 / (counts + 1.0))[present].mean()
+
+
 def param_groups(model: CrowdCounter, lr: float, encoder_lr_mult: float) -> list[dict]:
     """Two optimiser groups: the encoder at ``lr * encoder_lr_mult``, everything else at ``lr`` (trainable parameters only)."""
     enc = [p for p in model.encoder.parameters() if p.requires_grad]

@@ -21,9 +21,10 @@ def summary(config: Config) -> list[str]:
             schedule = f"adapt daily {a.daily[0]:02d}:{a.daily[1]:02d}"
         else:
             schedule = f"adapt every {a.interval_s:g}s"
+        worker = f", infer worker {config.shard_of(name)}" if config.server.infer_workers > 1 else ""
         lines.append(
             f"{name}: {cam.source_kind} {cam.redacted_url()}, {cam.fps:g} fps, {cam.width}x{cam.height}, "
-            f"{len(cam.zones)} zones, {'calibrated' if cam.calibration is not None else 'uncalibrated'}, {schedule}"
+            f"{len(cam.zones)} zones, {'calibrated' if cam.calibration is not None else 'uncalibrated'}, {schedule}{worker}"
         )
     return lines
 
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch config", description="Check a configuration file or print its schema.")
     p.add_argument("--config", type=Path, default=Path("config.toml"), help="the TOML file that check reads (default: config.toml)")
     sub = p.add_subparsers(dest="action", required=True)
-    check = sub.add_parser("check", help="load and validate a config; one line per camera (exit 2 on an error)")
+    check = sub.add_parser("check", help="load and validate a config; one line per camera, a warning per thing this machine lacks "
+                           "(exit 2 on an error)")
     # SUPPRESS: `crowdwatch config --config F check` keeps F (a subparser default would replace it)
     check.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the TOML file (default: config.toml)")
     sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.config}: {len(config.cameras)} cameras")
     for line in summary(config):
         print(f"  {line}")
+    for warning in config.warnings:  # of this machine: the file may be meant for another
+        stops = " (crowdwatch run and infer refuse to start)" if warning.serving else ""
+        print(f"crowdwatch config: warning: {warning}{stops}", file=sys.stderr)
     return 0
 
 

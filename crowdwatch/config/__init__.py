@@ -5,6 +5,7 @@ Layout (see the repo's config.toml for an annotated example)::
     [server]     metrics and web listeners (127.0.0.1 by default)      server.py
     [transport]  ZeroMQ endpoints, JPEG quality for tcp, hwm, CURVE    transport.py
     [model]      registry directory, backend, providers, batching     model.py
+    synthetic:// camera options                                       synthetic.py
     [paths]      var (buffers), runtime and labels directories        paths.py
     [defaults]   any camera key but url; every camera starts from these
     [cameras.<name>]  per-camera overrides, deep-merged over [defaults]  camera.py,
@@ -15,7 +16,9 @@ description (``crowdwatch config schema`` prints them as JSON Schema).
 Durations take a number of seconds or "500ms", "90s", "5m", "24h", "7d"; sizes
 take bytes or "512MiB", "2GB" (units.py). Loading (loader.py) deep-merges
 [defaults], expands ``${VAR}`` and anchors relative paths to the file; every
-error is a :class:`ConfigError` (errors.py).
+error is a :class:`ConfigError` (errors.py). What the machine lacks (a camera's
+file, the registry, a GPU) is a :class:`ConfigWarning` in ``Config.warnings``:
+``config check`` prints them, ``run`` and ``infer`` refuse the serving ones.
 
 This package imports nothing from ``streamer`` or ``adapt``: both import it.
 """
@@ -25,10 +28,11 @@ from __future__ import annotations
 from .adaptation import AdaptConfig, GateSettings, UncertaintyTrigger
 from .buffer import BufferSettings
 from .camera import SOURCE_SCHEMES, Calibration, CameraConfig, CameraSettings, Thresholds, check_url, redact_url
-from .errors import ConfigError
+from .errors import ConfigError, ConfigWarning
 from .loader import (
     CONFIG_HELP,
     DEFAULT_CONFIG,
+    command_config,
     deep_merge,
     expand_env,
     load_command_config,
@@ -60,6 +64,7 @@ __all__ = [
     "CameraSettings",
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "CurveConfig",
     "GateSettings",
     "InvalidCameraName",
@@ -73,6 +78,7 @@ __all__ = [
     "deep_merge",
     "expand_env",
     "json_schema",
+    "command_config",
     "load_command_config",
     "load_config",
     "load_stage_config",

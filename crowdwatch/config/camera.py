@@ -24,8 +24,9 @@ from crowdwatch import geometry
 from .adaptation import AdaptConfig
 from .base import Flag, Integer, Number, Section, Text, base_dir
 from .buffer import BufferSettings
-from .errors import Found, fail
+from .errors import ConfigWarning, Found, fail
 from .names import ZoneName
+from .synthetic import SyntheticOptionError, parse_synthetic
 from .units import Duration
 
 SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https", "file", "synthetic")
@@ -57,10 +58,16 @@ def _points(minimum: int) -> Any:
     return Annotated[tuple[Point, ...], BeforeValidator(check), annotated_types.MinLen(minimum)]
 
 
-Polygon = Annotated[_points(3), AfterValidator(lambda pts: _non_zero_area(pts))]
+Polygon = Annotated[_points(3), AfterValidator(lambda pts: _simple_polygon(pts))]
 
 
-def _non_zero_area(pts: tuple[Point, ...]) -> tuple[Point, ...]:
+def _simple_polygon(pts: tuple[Point, ...]) -> tuple[Point, ...]:
+    crossing = geometry.self_crossing(pts)
+    if crossing is not None:
+        i, j = crossing
+        n = len(pts)
+        raise fail("a polygon whose edges do not cross (list the points in order around the zone)",
+                   Found(f"edge {list(pts[i])}-{list(pts[(i + 1) % n])} meets edge {list(pts[j])}-{list(pts[(j + 1) % n])}"))  # fmt: skip
     if geometry.polygon_area(np.asarray(pts)) <= 0:
         raise fail("a polygon with a non-zero area", [list(p) for p in pts])
     return pts
@@ -198,6 +205,10 @@ class CameraConfig(CameraSettings):
     """One camera: [defaults] deep-merged with its [cameras.<name>] table."""
 
     url: Text = Field(description='source: rtsp(s)://, http(s)://, file://, synthetic://?people=60&style=day, or a file path')
+    shard: Integer | None = Field(
+        None, ge=0, le=63, description="the inference worker (0 to [server] infer_workers - 1) that serves this camera; "
+        "default: a stable hash of its name (docs/DEPLOY.md, Scale-out)",
+    )  # fmt: skip
     _name: str = PrivateAttr("")
     _file_path: Path | None = PrivateAttr(None)
 
@@ -207,11 +218,29 @@ class CameraConfig(CameraSettings):
         problem = check_url(url)
         if problem:
             raise fail(problem, url)  # the error shows the unexpanded text (loader)
+        if urlsplit(url).scheme.lower() == "synthetic":
+            try:
+                parse_synthetic(urlsplit(url).query)
+            except SyntheticOptionError as exc:
+                raise fail(f"a synthetic:// URL with {exc.expected}", Found(exc.found)) from None
         return url
 
     @model_validator(mode="after")
     def _resolve_file(self, info: ValidationInfo) -> CameraConfig:
         self._file_path = _file_path(self.url, base_dir(info))
+        return self
+
+    @model_validator(mode="after")
+    def _zones_in_frame(self) -> CameraConfig:
+        # Zones are in the camera's own pixels. Only a synthetic camera's frame size is known
+        # before its stream opens (infer checks the others on their first frame).
+        size = self.frame_size
+        inside = f"a point inside the camera's {size[0]}x{size[1]} frame (x in 0..{size[0]}, y in 0..{size[1]})" if size else \
+            "a point inside the camera's frame (pixel coordinates are not negative)"
+        for zone, pts in self.zones.items():
+            i = geometry.point_outside(pts, size)
+            if i is not None:
+                raise fail(inside, list(pts[i]), key=("zones", zone, i))
         return self
 
     @property
@@ -232,6 +261,22 @@ class CameraConfig(CameraSettings):
         if scheme in ("http", "https"):
             return "http"
         return "synthetic" if scheme == "synthetic" else "file"
+
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(w, h) of the camera's own frames when the config fixes it (synthetic cameras), else None."""
+        if self.source_kind != "synthetic":
+            return None
+        return parse_synthetic(urlsplit(self.url).query, self.name).size or self.input_size
+
+    def machine_problems(self, source: str = "") -> list[ConfigWarning]:
+        """What this machine lacks for the camera: its video file. Not an error: ingest keeps a camera
+        whose file is missing down and retries it (the file may be mounted or copied later)."""
+        path = self.file_path
+        if self.source_kind != "file" or path is None or path.is_file():
+            return []
+        return [ConfigWarning(f"cameras.{self.name}.url", "an existing video file (until there is one, the camera stays down "
+                              "and its ingest retries)", Found(f"no file at {path}"), source)]
 
     @property
     def synthetic_options(self) -> dict[str, str]:

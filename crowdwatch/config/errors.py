@@ -1,6 +1,7 @@
 """ConfigError, and how a pydantic ValidationError becomes one.
 
-Every problem is reported as ``SOURCE: dotted.key: expected WHAT, found WHAT``.
+Every problem is reported as ``SOURCE: dotted.key: expected WHAT, found WHAT``;
+problems of the machine rather than the file are :class:`ConfigWarning`.
 The converter reads the failing field's declaration (bounds, type, the
 :class:`Expect` marker) so that a bound violation says the whole range, e.g.
 ``cameras.lobby.fps: expected a number in (0, 60], found 0``.
@@ -30,6 +31,20 @@ class ConfigError(ValueError):
         self.path, self.expected, self.found, self.source = path, expected, found, source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{path or '<top level>'}: expected {expected}, found {show(found)}")
+
+
+class ConfigWarning(ConfigError):
+    """A problem of this machine rather than of the file, found at load: a missing camera file or
+    registry, CUDA-only providers without a GPU.
+
+    ``crowdwatch config check`` prints it and succeeds (the file may be meant for
+    another machine, a container or a GPU node). A ``serving`` one also stops
+    ``crowdwatch run`` and ``infer`` at load: they could not start with it.
+    """
+
+    def __init__(self, path: str, expected: str, found: object, source: str = "", *, serving: bool = False) -> None:
+        super().__init__(path, expected, found, source)
+        self.serving = serving
 
 
 class Found:

@@ -107,8 +107,9 @@ def parse_config(
         raise from_validation_error(exc, Config, source, originals=originals) from None
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML config file; raises ConfigError on any problem."""
+def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, serving: bool = False) -> Config:
+    """Read and validate a TOML config file; raises ConfigError on any problem, and with ``serving`` (run, infer)
+    the first serving ConfigWarning too (no registry, no model, no GPU for the providers)."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -117,7 +118,11 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
         raise ConfigError("", "a readable config file", Found(f"no file at {p}"), str(p)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", "valid TOML", Found(str(exc)), str(p)) from None
-    return parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+    config = parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
+    blocking = [w for w in config.warnings if w.serving] if serving else []
+    if blocking:
+        raise blocking[0]
+    return config
 
 
 DEFAULT_CONFIG = Path("config.toml")
@@ -134,16 +139,29 @@ def load_command_config(path: str | os.PathLike[str] | None, *, environ: Mapping
     return load_config(path, environ=environ)
 
 
+def command_config(prog: str, path: str | os.PathLike[str] | None) -> Config | None:
+    """``load_command_config`` for a command's ``main``: a config that does not load is printed and exits with status 2."""
+    import sys
+
+    try:
+        return load_command_config(path)
+    except (ConfigError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def load_stage_config(
     prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
-    stage: str | None = None, camera: str | None = None,
+    stage: str | None = None, camera: str | None = None, serving: bool = False, instance: str | None = None,
 ) -> Config | None:
     """What every long-running stage does first: load the config, set up logging (``crowdwatch.logs``).
 
     The level and format are the flags', else $CROWDWATCH_LOG_LEVEL / $CROWDWATCH_LOG_FORMAT,
     else the config's ``[log]``. With ``[log] files`` the lines also go to
-    ``<paths.var>/log/<stage>[-<camera>].log``, rotated. Returns None after printing
-    the reason, so ``main`` can exit with status 2.
+    ``<paths.var>/log/<stage>[-<camera>][-<instance>].log``, rotated (``instance``: an infer worker beyond the first). A ``serving`` stage (run, infer)
+    also refuses a config with a serving :class:`ConfigWarning` (no registry, no model, no
+    GPU for the providers). Returns None after printing the reason, so ``main`` can exit
+    with status 2.
     """
     import sys
 
@@ -151,13 +169,13 @@ def load_stage_config(
 
     stage = stage or prog.removeprefix("crowdwatch ")
     try:
-        config = load_config(path)
+        config = load_config(path, serving=serving)
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
     lc = config.log
     camera = camera if camera in config.cameras else None  # a name from the command line, checked before it names a file
-    name = f"{stage}-{camera}" if camera else stage
+    name = "-".join(p for p in (stage, camera, instance) if p)
     try:
         logs.setup(
             stage, log_level or os.environ.get(logs.LEVEL_ENV) or lc.level, log_format or os.environ.get(logs.FORMAT_ENV) or lc.format,

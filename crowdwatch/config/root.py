@@ -11,13 +11,14 @@ from pydantic import AfterValidator, Field, PrivateAttr, ValidationInfo, field_v
 
 from .base import Section
 from .camera import CameraConfig, CameraSettings
-from .errors import Found, fail
+from .errors import ConfigWarning, Found, fail
 from .log import LogConfig
 from .model import ModelConfig
 from .names import CameraName
 from .paths import PathsConfig
 from .server import ServerConfig
-from .transport import TransportConfig
+from .shards import ENDPOINT_KEYS, rendezvous
+from .transport import IPC_TOO_LONG, SHARD, TransportConfig, for_shard, ipc_too_long
 
 
 def _cameras(cams: Mapping[str, CameraConfig]) -> Mapping[str, CameraConfig]:
@@ -44,6 +45,7 @@ class Config(Section):
     )
     _source: str = PrivateAttr("<config>")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _warnings: tuple[ConfigWarning, ...] = PrivateAttr(())
 
     @model_validator(mode="before")
     @classmethod
@@ -62,11 +64,68 @@ class Config(Section):
         return data
 
     @model_validator(mode="after")
+    def _one_server_per_address(self) -> Config:
+        seen: list[tuple[str, str, int]] = []
+        workers = self.server.infer_workers
+        for section, listeners in (("server", self.server.listeners()), ("transport", self.transport.listeners(workers))):
+            for key, host, port in listeners:
+                for other, other_host, other_port in seen:
+                    if port == other_port and _same_host(host, other_host):
+                        attr = key.split(" ")[0]  # "frames_bind of infer worker 1"
+                        raise fail(f"a port no other server of this config listens on ({other} is {other_host}:{other_port})",
+                                   getattr(getattr(self, section), attr), key=(section, attr))  # fmt: skip
+                seen.append((f"{section}.{key}", host, port))
+        return self
+
+    @model_validator(mode="after")
+    def _shards(self) -> Config:
+        workers, t = self.server.infer_workers, self.transport
+        for name, cam in self.cameras.items():
+            if cam.shard is not None and cam.shard >= workers:
+                raise fail(f"a shard in 0..{workers - 1} ([server] infer_workers = {workers})", cam.shard, key=("cameras", name, "shard"))
+        for key in ("frames", "results"):
+            endpoint = getattr(t, key)
+            if workers > 1 and endpoint.startswith("tcp://") and SHARD not in endpoint:
+                raise fail("a tcp endpoint with {shard} in it, one address per infer worker (e.g. "
+                           "tcp://crowdwatch-infer-{shard}.crowdwatch-infer:5555 or tcp://HOST:5555+{shard})", endpoint, key=("transport", key))
+        for key in ENDPOINT_KEYS:
+            if any(ipc_too_long(for_shard(getattr(t, key), shard)) for shard in range(workers)):
+                raise fail(IPC_TOO_LONG, getattr(t, key), key=("transport", key))
+        return self
+
+    def shard_of(self, camera: str) -> int:
+        """The inference worker that serves ``camera``: its ``shard``, else the rendezvous hash of its name."""
+        cam = self.cameras[camera]
+        return cam.shard if cam.shard is not None else rendezvous(camera, self.server.infer_workers)
+
+    def shard_cameras(self, shard: int) -> list[str]:
+        """The cameras inference worker ``shard`` serves."""
+        return [name for name in self.cameras if self.shard_of(name) == shard]
+
+    def endpoint(self, key: str, shard: int) -> str:
+        """Worker ``shard``'s [transport] ``frames``, ``results``, ``frames_bind`` or ``results_bind``."""
+        return for_shard(getattr(self.transport, key), shard)
+
+    def results_endpoints(self) -> list[str]:
+        """Every worker's results endpoint: the web stage subscribes to all of them."""
+        return [self.endpoint("results", shard) for shard in range(self.server.infer_workers)]
+
+    @model_validator(mode="after")
     def _remember_origin(self, info: ValidationInfo) -> Config:
         ctx = info.context or {}
         self._source = str(ctx.get("source", "<config>"))
         self._base_dir = Path(ctx.get("base_dir") or Path.cwd())
+        found = self.model.machine_problems(self.cameras, self._source)
+        for cam in self.cameras.values():
+            found += cam.machine_problems(self._source)
+        self._warnings = tuple(found)
         return self
+
+    @property
+    def warnings(self) -> tuple[ConfigWarning, ...]:
+        """Problems of this machine found at load (``ConfigWarning``): ``config check`` prints them,
+        ``run`` and ``infer`` refuse to start on a ``serving`` one."""
+        return self._warnings
 
     @property
     def source(self) -> str:
@@ -77,6 +136,15 @@ class Config(Section):
     def base_dir(self) -> Path:
         """The folder relative paths were resolved against."""
         return self._base_dir
+
+
+_WILDCARDS = ("", "*", "0.0.0.0", "::")
+
+
+def _same_host(a: str, b: str) -> bool:
+    """Whether two binds on one port would clash: the same address, or either binds every address."""
+    a, b = (h.strip("[]").lower().replace("localhost", "127.0.0.1") for h in (a, b))
+    return a == b or a in _WILDCARDS or b in _WILDCARDS
 
 
 _BOUND_KEYWORDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
@@ -14,22 +15,43 @@ from .units import Duration
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_IPC_PATH_BYTES = 107
 ENDPOINT_EXPECTED = "an endpoint 'ipc://PATH' or 'tcp://HOST:PORT'"
+SHARD = "{shard}"  # an inference worker's number in an endpoint (docs/DEPLOY.md, Scale-out)
+_PORT_PLUS = re.compile(r":(\d+)\+(\d+)$")
+
+
+def for_shard(endpoint: str, shard: int) -> str:
+    """Worker ``shard``'s address: ``{shard}`` replaced (a tcp port written ``BASE+{shard}`` is BASE plus
+    the shard). Without ``{shard}``, worker 0 uses the endpoint as written, and worker i > 0 an ipc path with
+    ``-i`` before its suffix (workers share the host) or the same tcp endpoint (each on its own host)."""
+    if SHARD in endpoint:
+        return _PORT_PLUS.sub(lambda m: f":{int(m[1]) + int(m[2])}", endpoint.replace(SHARD, str(shard)))
+    if shard and endpoint.startswith("ipc://"):
+        head, dot, suffix = endpoint.rpartition(".")
+        return f"{head}-{shard}.{suffix}" if dot and "/" not in suffix else f"{endpoint}-{shard}"
+    return endpoint
+
+
+def ipc_too_long(endpoint: str) -> bool:
+    return endpoint.startswith("ipc://") and len(endpoint[len("ipc://"):].encode()) > MAX_IPC_PATH_BYTES
+
+
+IPC_TOO_LONG = f"an ipc path of at most {MAX_IPC_PATH_BYTES} bytes (a unix socket limit); use a shorter [paths] run"
 
 
 def _endpoint(text: str, info: ValidationInfo) -> str:
-    """Check an endpoint; a relative ipc path is pinned to the config's folder (ZeroMQ would use the cwd)."""
+    """Check an endpoint (as worker 0 sees it); a relative ipc path is pinned to the config's folder (ZeroMQ would use the cwd)."""
     if text.startswith("ipc://"):
         path = text[len("ipc://"):]
         if not path:
             raise fail(ENDPOINT_EXPECTED, text)
-        full = path if os.path.isabs(path) else str(base_dir(info) / path)
-        if len(full.encode()) > MAX_IPC_PATH_BYTES:
-            raise fail(f"an ipc path of at most {MAX_IPC_PATH_BYTES} bytes (a unix socket limit); use a shorter [paths] run", text)
-        return "ipc://" + full
+        full = "ipc://" + (path if os.path.isabs(path) else str(base_dir(info) / path))
+        if ipc_too_long(for_shard(full, 0)):
+            raise fail(IPC_TOO_LONG, text)
+        return full
     if text.startswith("tcp://"):
-        host, sep, port = text[len("tcp://"):].rpartition(":")
+        host, sep, port = for_shard(text, 0)[len("tcp://"):].rpartition(":")
         if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            raise fail(ENDPOINT_EXPECTED, text)
+            raise fail(ENDPOINT_EXPECTED + " (PORT may be BASE+{shard})", text)
         return text
     raise fail(ENDPOINT_EXPECTED, text)
 
@@ -96,6 +118,18 @@ class TransportConfig(Section):
         if self.curve.enabled and not any(e.startswith("tcp://") for e in (self.frames, self.results)):
             raise fail("CURVE only with tcp:// endpoints (ipc is protected by file permissions)", True, key=("curve", "enabled"))
         return self
+
+    def listeners(self, workers: int = 1) -> list[tuple[str, str, int]]:
+        """(key, host, port) of each tcp:// socket the infer workers bind (ipc:// sockets are files, not ports).
+        A bind with ``{shard}`` counts once per worker (they may share a host), one without it once."""
+        out = []
+        for key in ("frames_bind", "results_bind"):
+            endpoint = getattr(self, key)
+            shards = range(workers) if SHARD in endpoint else range(1)
+            for shard in shards if endpoint.startswith("tcp://") else ():
+                host, _, port = for_shard(endpoint, shard)[len("tcp://"):].rpartition(":")
+                out.append((key if shard == 0 else f"{key} of infer worker {shard}", host, int(port)))
+        return out
 
     @property
     def frame_encoding(self) -> str:
