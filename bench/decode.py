@@ -35,7 +35,7 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamer.sources.fit import Fit  # noqa: E402
+from crowdwatch.fit import Fit  # noqa: E402
 from streamer.sources.testclip import write_clip  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("CROWDWATCH_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -3,7 +3,7 @@
     python bench/zmq_throughput.py [--frames 300] [--repeats 5] [--size 1920x1080]
 
 Sender and receiver are separate processes (as ingest and infer are), using
-streamer.wire's encode/decode and zero-copy sends. The baseline copies the
+crowdwatch.wire's encode/decode and zero-copy sends. The baseline copies the
 same bytes once with numpy (a memcpy), the least any hand-off between
 processes could cost. Runs alternate and medians are reported.
 """
@@ -22,7 +22,7 @@ import numpy as np
 def sender(endpoint: str, n: int, w: int, h: int, ready) -> None:
     import zmq
 
-    from streamer.wire import FrameMessage, encode_frame, open_socket
+    from crowdwatch.wire import FrameMessage, encode_frame, open_socket
 
     ctx = zmq.Context()
     sock = open_socket(ctx, "push", endpoint, bind=False, hwm=8)
@@ -38,7 +38,7 @@ def zmq_run(n: int, w: int, h: int) -> float:
     """Seconds to receive and decode n frames."""
     import zmq
 
-    from streamer.wire import decode_frame, open_socket
+    from crowdwatch.wire import decode_frame, open_socket
 
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/bench.ipc"

@@ -12,7 +12,7 @@ Coordinates:
   config are written in these.
 * *input* pixels: the model input. The source frame is scaled by one factor
   (aspect kept) and placed at the top-left corner; the rest is zero padding.
-  :func:`letterbox` is that contract, shared with the ingest stage.
+  The frame's :class:`crowdwatch.fit.Fit` says how, and travels with it.
 * *ground*: metres on the ground plane, through the calibration homography.
   Without calibration the ground is the input image itself (unit: one input
   pixel), see docs/METRICS.md.
@@ -25,11 +25,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
 
+from crowdwatch.fit import Fit
 from crowdwatch.geometry import (  # noqa: F401 - re-exported: streamer code and tests use crowd_metrics.*
     DEFAULT_DISTANCE_PX,
     DEFAULT_MAX_CELL_AREA_M2,
@@ -39,6 +39,7 @@ from crowdwatch.geometry import (  # noqa: F401 - re-exported: streamer code and
     fit_homography,
     polygon_area,
 )
+from crowdwatch.result import Figures
 
 STRIDE = 8
 # Sub-samples per cell side, used for fractional zone coverage and for the
@@ -53,43 +54,6 @@ class DensityThresholds(Protocol):
 
     @property
     def density_per_m2(self) -> float: ...
-
-
-# --------------------------------------------------------------------------- letterbox
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """Source frame -> model input: uniform scale, content at the top-left."""
-
-    source_size: tuple[int, int]  # (w, h)
-    input_size: tuple[int, int]  # (w, h)
-    scale: float
-    content_size: tuple[int, int]  # (w, h) of the scaled source inside the input
-
-    def to_input(self, points: np.ndarray) -> np.ndarray:
-        return np.asarray(points, dtype=np.float64) * self.scale
-
-    def to_source(self, points: np.ndarray) -> np.ndarray:
-        return np.asarray(points, dtype=np.float64) / self.scale
-
-
-def letterbox(source_size: tuple[int, int], input_size: tuple[int, int]) -> Letterbox:
-    """The resize every stage agrees on: the largest uniform scale that fits.
-
-    The scaled frame, ``content_size``, is rounded to whole pixels and placed at
-    (0, 0); the right/bottom remainder of the input is zero padding. This is
-    what ``streamer.sources.fit.Fit`` does when a box is configured: one side of
-    its output equals the box side that limits the scale, so the scale is
-    recovered exactly from the source and output sizes alone.
-    """
-    sw, sh = (int(v) for v in source_size)
-    iw, ih = (int(v) for v in input_size)
-    if min(sw, sh, iw, ih) <= 0:
-        raise ValueError(f"sizes must be positive, found source {source_size} and input {input_size}")
-    scale = min(iw / sw, ih / sh)
-    content = (min(iw, max(1, round(sw * scale))), min(ih, max(1, round(sh * scale))))
-    return Letterbox((sw, sh), (iw, ih), scale, content)
 
 
 # --------------------------------------------------------------------------- homography
@@ -148,7 +112,7 @@ class CameraGeometry:
         cls,
         input_size: tuple[int, int],
         *,
-        source_size: tuple[int, int] | None = None,
+        fit: Fit | None = None,
         zones: Mapping[str, Sequence[Point]] | None = None,
         calibration: tuple[Sequence[Point], Sequence[Point]] | None = None,
         distance: float,
@@ -156,7 +120,7 @@ class CameraGeometry:
         stride: int = STRIDE,
         subsamples: int = SUBSAMPLES,
     ) -> CameraGeometry:
-        """Geometry for frames of ``input_size`` letterboxed from ``source_size``.
+        """Geometry for frames of ``input_size`` made from the source by ``fit`` (None: they are the source).
 
         ``zones`` and ``calibration`` image points are in source pixels;
         ``calibration`` is (image points, ground points in metres) or None, in
@@ -167,9 +131,11 @@ class CameraGeometry:
             raise ValueError(f"input size {input_size} is not a multiple of the stride {stride}")
         if not (distance > 0 and math.isfinite(distance)):
             raise ValueError(f"distance must be positive, found {distance}")
-        lb = letterbox(source_size or (iw, ih), (iw, ih))
+        fit = fit or Fit.identity(iw, ih)
+        if fit.out_size != (iw, ih):
+            raise ValueError(f"the fit makes {fit.out_w}x{fit.out_h} frames, not {iw}x{ih}")
         gh, gw = ih // stride, iw // stride
-        cw, ch = lb.content_size
+        cw, ch = fit.content_size
 
         # Cell rectangles clipped to the content (padding is not part of the scene).
         x0 = np.arange(gw, dtype=np.float64)[None, :].repeat(gh, 0) * stride
@@ -180,7 +146,7 @@ class CameraGeometry:
         if calibration is not None:
             h_src = fit_homography(*calibration)
             # input pixels -> source pixels -> ground
-            h_in = h_src @ np.diag([1 / lb.scale, 1 / lb.scale, 1.0])
+            h_in = h_src @ np.diag([1 / fit.scale, 1 / fit.scale, 1.0])
         else:
             h_in = np.eye(3)
             max_cell_area = math.inf
@@ -201,7 +167,7 @@ class CameraGeometry:
         names: list[str] = []
         weights = []
         for name, polygon in (zones or {}).items():
-            poly = lb.to_input(_as_points(polygon, f"zone {name!r}", 3))
+            poly = fit.to_input(_as_points(polygon, f"zone {name!r}", 3))
             hit = points_in_polygon(sub.reshape(-1, 2), poly).reshape(gh, gw, -1)
             names.append(name)
             weights.append(np.where(inside, hit.mean(axis=-1), 0.0))
@@ -243,18 +209,17 @@ class CameraGeometry:
     def for_camera(
         cls,
         camera: object,
-        source_size: tuple[int, int] | None = None,
-        input_size: tuple[int, int] | None = None,
+        fit: Fit | None = None,
     ) -> CameraGeometry:
-        """Build from a ``config.CameraConfig`` (duck-typed to keep this module config-free).
+        """Build from a ``config.CameraConfig`` (duck-typed to keep this module config-free) for frames made by ``fit``.
 
-        ``input_size`` is the frame's actual (w, h): the source pads only up to the
-        next multiple of 32, so it can be smaller than the configured box.
+        The frame's size is ``fit``'s output: the source pads only up to the next
+        multiple of 32, so it can be smaller than the configured box.
         """
         cal = camera.calibration
         return cls.build(
-            input_size or (camera.width, camera.height),  # type: ignore[attr-defined]
-            source_size=source_size,
+            fit.out_size if fit is not None else (camera.width, camera.height),  # type: ignore[attr-defined]
+            fit=fit,
             zones=camera.zones,  # type: ignore[attr-defined]
             calibration=None if cal is None else (cal.image, cal.ground),
             distance=camera.distance_m if cal is not None else camera.distance_px,  # type: ignore[attr-defined]
@@ -325,21 +290,6 @@ def _neighbours(
 # --------------------------------------------------------------------------- per frame
 
 
-@dataclass(frozen=True, eq=False)
-class FrameMetrics:
-    """Figures for one frame. Units are metres unless ``calibrated`` is False,
-    in which case areas and densities are per input pixel (see docs/METRICS.md)."""
-
-    count: float
-    zones: Mapping[str, float]
-    uncertainty: float | None  # std of the count across masks (people)
-    density_peak_per_m2: float
-    close_pairs: float
-    area_over_density_ratio: float
-    calibrated: bool
-    local_density: np.ndarray  # (h, w) people per m² averaged over the distancing disc, 0 off-ground
-
-
 def compute_metrics(
     density: np.ndarray,
     uncertainty: np.ndarray | None,
@@ -347,7 +297,7 @@ def compute_metrics(
     thresholds: DensityThresholds,
     *,
     mask_counts: np.ndarray | None = None,
-) -> FrameMetrics:
+) -> Figures:
     """All per-frame figures from one density map (people per cell, shape ``grid_shape``).
 
     ``uncertainty`` is the model's per-cell std across masks; the count std is
@@ -355,16 +305,9 @@ def compute_metrics(
     correlated). If the per-mask counts are known, pass ``mask_counts`` and the
     exact std (ddof=0) is used instead.
     """
-    dens = np.asarray(density, dtype=np.float64)
-    if dens.ndim == 4 and dens.shape[:2] == (1, 1):
-        dens = dens[0, 0]
-    if dens.shape != geometry.grid_shape:
-        raise ValueError(f"density shape {dens.shape} does not match the geometry grid {geometry.grid_shape}")
-    if not np.all(np.isfinite(dens)):
-        raise ValueError("density map has non-finite values")
-
+    dens = _checked(density, geometry)
     count = max(float(dens.sum()), 0.0)
-    zones = {name: float((dens * w).sum()) for name, w in zip(geometry.zone_names, geometry.zone_weights)}
+    zones = {name: max(float((dens * w).sum()), 0.0) for name, w in zip(geometry.zone_names, geometry.zone_weights)}
 
     if mask_counts is not None:
         mc = np.asarray(mask_counts, dtype=np.float64).ravel()
@@ -379,15 +322,8 @@ def compute_metrics(
     else:
         unc = None
 
-    # Small negative densities are model noise; people cannot be negative.
-    n = np.maximum(dens.ravel()[geometry.valid_index], 0.0)
-    v = len(n)
-    local = np.zeros(dens.shape)
-    if v:
-        near = np.bincount(geometry.nb_rows, weights=geometry.nb_weights * n[geometry.nb_cols], minlength=v)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(geometry.disc_area > 0, near / geometry.disc_area, 0.0)
-        local.ravel()[geometry.valid_index] = rho
+    n, near, rho = _neighbourhood(dens, geometry)
+    if len(n):
         others = np.maximum(near - geometry.self_weight, 0.0)
         close_pairs = 0.5 * float((n * others).sum())
         area_v = geometry.cell_area.ravel()[geometry.valid_index]
@@ -396,14 +332,42 @@ def compute_metrics(
         peak = float(rho.max())
     else:
         close_pairs, ratio, peak = 0.0, 0.0, 0.0
-    local.setflags(write=False)
-    return FrameMetrics(
+    return Figures(
         count=count,
-        zones=MappingProxyType(zones),
+        zones=zones,
         uncertainty=unc,
         density_peak_per_m2=peak,
         close_pairs=close_pairs,
-        area_over_density_ratio=ratio,
+        area_over_density_ratio=min(ratio, 1.0),  # a ratio of sums of the same areas; rounding must not push it past 1
         calibrated=geometry.calibrated,
-        local_density=local,
     )
+
+
+def local_density(density: np.ndarray, geometry: CameraGeometry) -> np.ndarray:
+    """(h, w) people per m² averaged over the distancing disc around each cell, 0 off-ground."""
+    dens = _checked(density, geometry)
+    _, _, rho = _neighbourhood(dens, geometry)
+    local = np.zeros(dens.shape)
+    local.ravel()[geometry.valid_index] = rho
+    return local
+
+
+def _checked(density: np.ndarray, geometry: CameraGeometry) -> np.ndarray:
+    dens = np.asarray(density, dtype=np.float64)
+    if dens.ndim == 4 and dens.shape[:2] == (1, 1):
+        dens = dens[0, 0]
+    if dens.shape != geometry.grid_shape:
+        raise ValueError(f"density shape {dens.shape} does not match the geometry grid {geometry.grid_shape}")
+    if not np.all(np.isfinite(dens)):
+        raise ValueError("density map has non-finite values")
+    return dens
+
+
+def _neighbourhood(dens: np.ndarray, geometry: CameraGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """People per valid cell, people within the distance of each, and the local density there."""
+    # Small negative densities are model noise; people cannot be negative.
+    n = np.maximum(dens.ravel()[geometry.valid_index], 0.0)
+    near = np.bincount(geometry.nb_rows, weights=geometry.nb_weights * n[geometry.nb_cols], minlength=len(n))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(geometry.disc_area > 0, near / geometry.disc_area, 0.0)
+    return n, near, rho

@@ -1,7 +1,7 @@
 """Prometheus exporter: the ``crowd_*`` metrics of DESIGN.md and a tiny HTTP server.
 
 Stages never touch metric objects: they call the :class:`Metrics` facade
-(``observe_frame``, ``drop``, ``camera_up``, ...). Each facade owns a dedicated
+(``observe``, ``drop``, ``camera_up``, ...). Each facade owns a dedicated
 CollectorRegistry, so tests and several stages in one process do not collide.
 :class:`MetricsServer` serves ``/metrics``, ``/healthz`` (the process is alive)
 and ``/readyz`` (200 once the stage calls ``set_ready(True)``, else 503), bound
@@ -24,12 +24,10 @@ from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config.names import validate_camera_name
 from crowdwatch.httpbase import REFUSALS, Access, GuardedHandler, GuardedServer, Limits
-
-from .crowd_metrics import FrameMetrics
-from .wire import IGNORED
+from crowdwatch.result import Result
+from crowdwatch.wire import ADAPTATION_RESULTS, IGNORED, AdaptationRun
 
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-ADAPTATION_RESULTS = ("succeeded", "failed", "rejected", "skipped")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -198,17 +196,10 @@ class Metrics:
 
     # ----------------------------------------------------------------- crowd figures
 
-    def observe_frame(
-        self,
-        camera: str,
-        m: FrameMetrics,
-        *,
-        capture_ns: int | None = None,
-        truth: float | None = None,
-        now: float | None = None,
-    ) -> None:
-        """Publish one frame's figures; with ``capture_ns`` also its latency."""
-        name = validate_camera_name(camera)
+    def observe(self, result: Result, *, now: float | None = None) -> None:
+        """Publish one frame's figures and its latency (capture to now)."""
+        name = validate_camera_name(result.camera)
+        m = result.figures
         now = time.time() if now is None else now
         self.people.labels(name).set(m.count)
         with self._lock:
@@ -220,10 +211,9 @@ class Metrics:
         self.close_pairs.labels(name).set(m.close_pairs)
         self.area_ratio.labels(name).set(m.area_over_density_ratio)
         self.calibrated.labels(name).set(1 if m.calibrated else 0)
-        if truth is not None:
-            self.people_truth.labels(name).set(truth)
-        if capture_ns is not None:
-            self.latency.labels(name).observe(max(0.0, now - capture_ns / 1e9))
+        if result.truth is not None:
+            self.people_truth.labels(name).set(result.truth)
+        self.latency.labels(name).observe(max(0.0, now - result.capture_ns / 1e9))
         self.last_frame.labels(name).set(now)
 
     # ----------------------------------------------------------------- pipeline
@@ -241,7 +231,7 @@ class Metrics:
 
         Going down also removes the camera's crowd figures (``forget_crowd``):
         a down camera exports no count, so no crowd alert can fire on its last
-        value; the next ``observe_frame`` brings them back.
+        value; the next ``observe`` brings them back.
         """
         name = validate_camera_name(camera)
         self.up.labels(name).set(1 if up else 0)
@@ -278,7 +268,7 @@ class Metrics:
         self.http_refusals.labels(_label(stage, "stage"), reason).inc()
 
     def wire_ignored(self, stage: str, what: str, camera: str) -> None:
-        """Count a discarded part of a kept message (``streamer.wire.IGNORED``: unknown or clamped stats, truth)."""
+        """Count a discarded part of a kept message (``crowdwatch.wire.IGNORED``: unknown or clamped stats, truth)."""
         if what not in IGNORED:
             raise ValueError(f"what must be one of {IGNORED}, found {what!r}")
         self.ignored.labels(validate_camera_name(camera), _label(stage, "stage"), what).inc()
@@ -314,18 +304,14 @@ class Metrics:
 
     # ----------------------------------------------------------------- adaptation
 
-    def adaptation_run(self, camera: str, result: str, *, timestamp: float | None = None) -> None:
+    def adaptation_run(self, run: AdaptationRun) -> None:
         """Count a finished adaptation run; ``succeeded`` also stamps the last success."""
-        name = validate_camera_name(camera)
-        if result not in ADAPTATION_RESULTS:
-            raise ValueError(f"adaptation result must be one of {ADAPTATION_RESULTS}, found {result!r}")
-        self.adapt_runs.labels(name, result).inc()
-        if result == "succeeded":
-            self.adapt_success.labels(name).set(time.time() if timestamp is None else timestamp)
-
-    def adaptation_last_success(self, camera: str, timestamp: float) -> None:
-        """Restore the last success time at startup (e.g. from the model registry)."""
-        self.adapt_success.labels(validate_camera_name(camera)).set(timestamp)
+        name = validate_camera_name(run.camera)
+        if run.result not in ADAPTATION_RESULTS:
+            raise ValueError(f"adaptation result must be one of {ADAPTATION_RESULTS}, found {run.result!r}")
+        self.adapt_runs.labels(name, run.result).inc()
+        if run.result == "succeeded":
+            self.adapt_success.labels(name).set(run.time)
 
     def buffer_frames(self, camera: str, n: int) -> None:
         self.buffer.labels(validate_camera_name(camera)).set(n)

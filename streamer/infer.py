@@ -1,7 +1,12 @@
 """The inference stage (``crowdwatch infer``).
 
     frames PULL ─▶ newest per camera ─▶ dynamic batches ─▶ backend (per-camera model)
-      ─▶ crowd metrics ─▶ Prometheus ─▶ results PUB (web overlay) ─▶ frame tap (adapter buffer)
+      ─▶ crowd metrics ─▶ Prometheus ─▶ results PUB (web overlay, scheduler) ─▶ frame tap (adapter buffer)
+
+The same PULL socket receives the finished adaptation runs (``crowdwatch.wire.AdaptationRun``,
+sent by whoever records one: ``crowdwatch adapt --record`` or the scheduler), which
+become ``crowd_adaptation_runs_total``; the runs recorded before the stage started
+are read from ``runs.jsonl`` once, at start.
 
 Batching follows Triton's ``max_queue_delay``: once a frame is pending, wait at
 most ``max_wait_ms`` for more (up to ``max_batch``), then run. Frames of one
@@ -13,7 +18,6 @@ beside the old one, which keeps serving until the switch, so no frame is lost.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import logging
 import re
@@ -24,28 +28,32 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import zmq
 
 from crowdwatch import logs
 from crowdwatch.config import CameraConfig, Config, load_stage_config
+from crowdwatch.fit import Fit
 from crowdwatch.geometry import point_outside
 from crowdwatch.httpbase import Access, AccessError, Limits
-from streamer.backends import Backend, load_backend
-from streamer.crowd_metrics import CameraGeometry, compute_metrics
-from streamer.exporter import Metrics, MetricsServer
-from streamer.heartbeat import EXIT_FATAL, Heartbeat
-from streamer.wire import (
+from crowdwatch.result import Result
+from crowdwatch.wire import (
+    AdaptationRun,
     FrameMessage,
     LatestReceiver,
-    ResultMessage,
+    bounded_stats,
     curve_keys_from_config,
-    decode_frame,
+    decode_inbound,
     encode_result,
     open_socket,
     send_parts,
     start_authenticator,
 )
+from streamer.backends import Backend, load_backend
+from streamer.crowd_metrics import CameraGeometry, compute_metrics
+from streamer.exporter import Metrics, MetricsServer
+from streamer.heartbeat import EXIT_FATAL, Heartbeat
 
 log = logging.getLogger("crowdwatch.infer")
 
@@ -257,7 +265,7 @@ def collect(receiver: LatestReceiver, max_batch: int, max_wait_s: float, idle_ti
 
 @dataclass
 class CameraState:
-    geometry: dict[tuple, CameraGeometry] = field(default_factory=dict)
+    geometry: dict[Fit, CameraGeometry] = field(default_factory=dict)
     last_frame: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)   # last cumulative source counters seen
     up: bool = False
@@ -282,8 +290,8 @@ class InferStage:
         # a frame bigger than its camera's model box is dropped before it is decoded
         boxes = {name: (cam.width, cam.height) for name, cam in config.cameras.items()}
         self.receiver = LatestReceiver(
-            self.frames, lambda parts: decode_frame(parts, max_size=boxes.get),
-            cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped,
+            self.frames, lambda parts: decode_inbound(parts, max_size=boxes.get),
+            cameras=self.cameras, max_age_s=t.max_frame_age_s, on_drop=self._dropped, on_event=self._adaptation_run,
         )
         self.buffers = self._open_buffers()
         for cam in self.cameras:
@@ -291,30 +299,30 @@ class InferStage:
             metrics.camera_up(cam, False)
             metrics.model_version(cam, self.pool.backend(cam)[1].version)
             metrics.model_fallback_state(cam, self.pool.fallback.get(cam, False))
-        self._adapt_seen: dict[str, tuple[int, int]] = {}  # camera -> (file size, runs exported)
-        self._last_adapt_poll = 0.0
+        self._adapt_seen: dict[str, float] = {}  # camera -> time of the newest run exported
+        self._restore_adaptation_runs()
         self.stop_event = threading.Event()
 
-    def _poll_adaptation_runs(self, now: float) -> None:
-        """Export runs the scheduler appended to var/adapt/<camera>/runs.jsonl."""
-        from adapt.store.runs import RESULTS, read_runs, run_log_path
+    def _restore_adaptation_runs(self) -> None:
+        """Export the runs recorded before this start (var/adapt/<camera>/runs.jsonl), once."""
+        from adapt.store.runs import read_runs
 
-        if now - self._last_adapt_poll < 5.0:
-            return
-        self._last_adapt_poll = now
         for cam in self.cameras:
-            try:
-                size = run_log_path(self.config.paths.var, cam).stat().st_size
-            except FileNotFoundError:
-                continue
-            old_size, seen = self._adapt_seen.get(cam, (-1, 0))
-            if size == old_size:
-                continue
-            runs = read_runs(self.config.paths.var, cam)
-            for rec in runs[seen:]:
-                if rec["result"] in RESULTS:
-                    self.metrics.adaptation_run(cam, rec["result"], timestamp=rec["time"])
-            self._adapt_seen[cam] = (size, len(runs))
+            for rec in read_runs(self.config.paths.var, cam):
+                try:
+                    run = msgspec.convert({"camera": cam, "time": rec["time"], "result": rec["result"]}, AdaptationRun)
+                except msgspec.ValidationError as exc:
+                    log.warning("%s: an adaptation record is not exported: %s", cam, exc)
+                    continue
+                self.metrics.adaptation_run(run)
+                self._adapt_seen[cam] = max(run.time, self._adapt_seen.get(cam, run.time))
+
+    def _adaptation_run(self, run: AdaptationRun) -> None:
+        """A run finished (an event on the frames socket): counted once, even if it was read at start too."""
+        if run.time <= self._adapt_seen.get(run.camera, -1.0):
+            return  # announced while this stage was starting, after it had read the record
+        self._adapt_seen[run.camera] = run.time
+        self.metrics.adaptation_run(run)
 
     def _open_buffers(self) -> dict:
         from adapt.store.buffer import WRITE_FAILURES, FrameBuffer
@@ -328,22 +336,20 @@ class InferStage:
     def _dropped(self, reason: str, camera: str | None) -> None:
         self.metrics.drop(STAGE, reason, camera)
 
-    def _geometry(self, msg: FrameMessage) -> CameraGeometry:
-        h, w = msg.image.shape[:2]
-        key = (msg.source_size, (w, h))
-        st = self.state[msg.camera]
-        if key not in st.geometry:
-            cam = self.config.cameras[msg.camera]
-            st.geometry[key] = CameraGeometry.for_camera(cam, source_size=msg.source_size, input_size=(w, h))
-            self._check_zones(cam, msg.source_size)
-        return st.geometry[key]
+    def _geometry(self, camera: str, fit: Fit) -> CameraGeometry:
+        st = self.state[camera]
+        if fit not in st.geometry:
+            cam = self.config.cameras[camera]
+            st.geometry[fit] = CameraGeometry.for_camera(cam, fit)
+            self._check_zones(cam, (fit.src_w, fit.src_h))
+        return st.geometry[fit]
 
     @staticmethod
-    def _check_zones(cam: CameraConfig, size: tuple[int, int] | None) -> None:
+    def _check_zones(cam: CameraConfig, size: tuple[int, int]) -> None:
         """A zone beyond the frame counts only its inside part: say so once per frame size (the config
         checks zones at load only where it knows the size, synthetic cameras)."""
         for zone, pts in cam.zones.items():
-            i = point_outside(pts, size) if size is not None else None
+            i = point_outside(pts, size)
             if i is not None:
                 logs.event(log, "zone_outside_frame", "%s: zone %s has point %s outside the camera's %dx%d frame; "
                            "only its part inside is counted", cam.name, zone, list(pts[i]), *size, camera=cam.name, level=logging.WARNING)  # fmt: skip
@@ -361,9 +367,10 @@ class InferStage:
             st.up = True
             self.metrics.camera_up(msg.camera, True)
             logs.event(log, "camera_up", "%s: frames are arriving", msg.camera, camera=msg.camera)
-        for what in msg.ignored:
+        stats, ignored = bounded_stats(msg.stats)
+        for what in ignored:
             self.metrics.wire_ignored(STAGE, what, msg.camera)
-        for key, value in (msg.stats or {}).items():
+        for key, value in (stats or {}).items():
             delta = value - st.stats.get(key, 0)
             if delta < 0:  # ingest restarted: counters start again from zero
                 delta = value
@@ -375,7 +382,10 @@ class InferStage:
             st.stats[key] = value
         if msg.truth is not None and self.config.cameras[msg.camera].source_kind != "synthetic":
             self.metrics.wire_ignored(STAGE, "truth", msg.camera)
-            msg = dataclasses.replace(msg, truth=None)
+            msg = msgspec.structs.replace(msg, truth=None)
+        if msg.fit is None:  # the sender's image is the model input
+            h, w = msg.image.shape[:2]
+            msg = msgspec.structs.replace(msg, fit=Fit.identity(w, h))
         return msg
 
     def _mark_stalled(self, now: float) -> None:
@@ -405,21 +415,20 @@ class InferStage:
         for i, f in enumerate(batch):
             cam = self.config.cameras[f.camera]
             try:
-                fm = compute_metrics(pred.density[i, 0], pred.uncertainty[i, 0], self._geometry(f), cam.thresholds, mask_counts=pred.mask_counts[i] if pred.mask_counts.shape[1] > 1 else None)
+                figures = compute_metrics(pred.density[i, 0], pred.uncertainty[i, 0], self._geometry(f.camera, f.fit), cam.thresholds,
+                                          mask_counts=pred.mask_counts[i] if pred.mask_counts.shape[1] > 1 else None)
             except ValueError as exc:
                 log.warning("%s: metrics failed: %s", f.camera, exc)
                 self.metrics.drop(STAGE, "bad_output", f.camera)
                 continue
-            self.metrics.observe_frame(f.camera, fm, capture_ns=f.capture_ns, truth=f.truth, now=now)
+            result = Result(
+                camera=f.camera, seq=f.seq, capture_ns=f.capture_ns, model_version=backend.version, figures=figures, fit=f.fit,
+                timings={"infer": infer_s / len(batch), "latency": max(0.0, now - f.capture_ns / 1e9)}, truth=f.truth,
+                density=pred.density[i, 0], uncertainty_map=pred.uncertainty[i, 0], image=f.image,
+            )  # fmt: skip
+            self.metrics.observe(result, now=now)
             self.metrics.frame(STAGE, f.camera)
             self.state[f.camera].last_frame = time.monotonic()
-            result = ResultMessage(
-                camera=f.camera, seq=f.seq, capture_ns=f.capture_ns, count=fm.count, density=pred.density[i, 0],
-                model_version=backend.version, zones=dict(fm.zones), uncertainty=fm.uncertainty, close_pairs=fm.close_pairs,
-                density_peak_per_m2=fm.density_peak_per_m2, area_over_density_ratio=fm.area_over_density_ratio,
-                calibrated=fm.calibrated, timings={"infer": infer_s / len(batch), "latency": max(0.0, now - f.capture_ns / 1e9)},
-                uncertainty_map=pred.uncertainty[i, 0], image=f.image, truth=f.truth, source_size=f.source_size,
-            )
             if not send_parts(self.results, encode_result(result, quality)):
                 self.metrics.drop(STAGE, "results_hwm", f.camera)
             self._tap(f)
@@ -444,7 +453,6 @@ class InferStage:
         for batch in group_batches(frames, lambda cam: self.pool.backend(cam)[0], m.max_batch):
             self.process(batch)
         self._mark_stalled(time.monotonic())
-        self._poll_adaptation_runs(time.monotonic())
         return len(frames)
 
     def run(self, ready=lambda: None, beat=lambda: None) -> None:

@@ -1,6 +1,6 @@
 """The ingest stage (``crowdwatch ingest --camera NAME``): one camera's frames onto the wire.
 
-    Source (PyAV or synthetic://) ─▶ FrameMessage (letterboxed, + source size, truth, counters) ─▶ PUSH
+    Source (PyAV or synthetic://) ─▶ FrameMessage (fitted to the model box, + its Fit, truth, counters) ─▶ PUSH
 
 One process per camera, so a camera that hangs or crashes its decoder never
 touches the others. Frames are pushed without blocking: when the inference
@@ -20,9 +20,9 @@ from pathlib import Path
 import zmq
 
 from crowdwatch.config import CameraConfig, load_stage_config
+from crowdwatch.wire import FrameMessage, client_curve, encode_frame, open_socket, send_parts
 from streamer.heartbeat import Heartbeat
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
-from streamer.wire import FrameMessage, curve_keys_from_config, encode_frame, open_socket, send_parts
 
 log = logging.getLogger("crowdwatch.ingest")
 
@@ -58,11 +58,9 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
     hwm_drops = 0
     try:
         for frame in source.frames():
-            fit = frame.fit
             msg = FrameMessage(
-                camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image,
-                source_size=(fit.src_w, fit.src_h) if fit else None, truth=frame.meta.get("truth"),
-                stats=counters(stats, hwm_drops),
+                camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image, fit=frame.fit,
+                truth=frame.meta.get("truth"), stats=counters(stats, hwm_drops),
             )
             if not send_parts(sock, encode_frame(msg, jpeg_quality)):
                 hwm_drops += 1
@@ -109,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return print_calibration(cam)
     t = config.transport
     quality = t.jpeg_quality if t.frame_encoding == "jpeg" else None
-    curve = curve_keys_from_config(t.curve, "client") if t.curve.enabled else None
+    curve = client_curve(t)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -6,16 +6,11 @@ server can render one image per result and share its JPEG across viewers.
 Coordinates (all in :func:`view_geometry`, nowhere else):
 
 * zones in the config are pixels of the camera's *source* frame;
-* the result's image is the *model input*: the source letterboxed
-  (``crowd_metrics.letterbox``: one uniform scale, content at the top-left,
+* the result's image is the *model input*: the source made so by the result's
+  ``fit`` (``crowdwatch.fit.Fit``: one uniform scale, content at the top-left,
   zero padding right and bottom), possibly sent at a reduced size;
-* the density map is stride 8 over the model input, so the input size is
-  ``density.shape * 8`` whatever the size of the image that travelled;
-* the overlay crops the letterbox padding and scales the content to a display
-  width, so text sizes do not depend on the camera's resolution.
-
-Without the source size the source is assumed to *be* the model input (scale
-1, no padding): true for sources already at the camera's width x height.
+* the overlay crops the padding and scales the content to a display width, so
+  text sizes do not depend on the camera's resolution.
 """
 
 from __future__ import annotations
@@ -26,7 +21,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .crowd_metrics import STRIDE, letterbox
+from crowdwatch.fit import Fit
+from crowdwatch.result import Result
 
 LIVE, STALE, NO_DATA = "live", "stale", "no data"
 STATES = (LIVE, STALE, NO_DATA)
@@ -94,25 +90,18 @@ def display_size(w: int, h: int) -> tuple[int, int]:
     return dw, max(1, round(h * dw / w))
 
 
-def view_geometry(
-    image_size: tuple[int, int],
-    input_size: tuple[int, int],
-    source_size: tuple[int, int] | None = None,
-) -> Geometry:
+def view_geometry(image_size: tuple[int, int], fit: Fit) -> Geometry:
     """The one place that maps config (source) pixels onto the drawn picture.
 
-    ``image_size`` is the received image (w, h), ``input_size`` the model input
-    (w, h) = density shape x stride; ``source_size`` the camera frame before
-    the letterbox, or None to assume it equals the model input.
+    ``image_size`` is the received image (w, h); ``fit`` made the model input
+    from the camera frame.
     """
-    iw, ih = input_size
-    lb = letterbox(source_size or input_size, input_size)
     # The image may travel smaller than the model input (a preview): same framing.
-    k = image_size[0] / iw
-    crop_w = min(image_size[0], max(1, round(lb.content_size[0] * k)))
-    crop_h = min(image_size[1], max(1, round(lb.content_size[1] * k)))
+    k = image_size[0] / fit.out_w
+    crop_w = min(image_size[0], max(1, round(fit.content_w * k)))
+    crop_h = min(image_size[1], max(1, round(fit.content_h * k)))
     out = display_size(crop_w, crop_h)
-    return Geometry(crop=(crop_w, crop_h), out_size=out, zone_scale=lb.scale * k * out[0] / crop_w)
+    return Geometry(crop=(crop_w, crop_h), out_size=out, zone_scale=fit.scale * k * out[0] / crop_w)
 
 
 def zone_points(points: Sequence[tuple[float, float]], geo: Geometry) -> np.ndarray:
@@ -284,49 +273,37 @@ def _centre_banner(img: np.ndarray, lines: Sequence[str], color: tuple[int, int,
         _put(img, text, ((w - tw) // 2, y), 0.8 if i == 0 else 0.55, color if i == 0 else TEXT, 2 if i == 0 else 1)
 
 
-def render_result(
-    view: CameraView,
-    status: Status,
-    *,
-    density: np.ndarray,
-    count: float,
-    uncertainty: float | None,
-    zones: Mapping[str, float],
-    model_version: str,
-    image: np.ndarray | None,
-    source_size: tuple[int, int] | None = None,
-) -> np.ndarray:
+def render_result(view: CameraView, status: Status, result: Result) -> np.ndarray:
     """Header + (frame or dark canvas) with heatmap and zones; BGR uint8.
 
-    ``image`` is the RGB model input as received (None: the heatmap is drawn
-    on a dark canvas of the input's size, so the density still shows).
+    The result's image is the RGB model input as received (None: the heatmap
+    is drawn on a dark canvas of the input's size, so the density still shows).
     """
-    dh, dw = density.shape
-    input_size = (dw * STRIDE, dh * STRIDE)
+    fit, image, m = result.fit, result.image, result.figures
     if image is None:
-        bgr = np.full((input_size[1], input_size[0], 3), BG, np.uint8)
+        bgr = np.full((fit.out_h, fit.out_w, 3), BG, np.uint8)
     else:
         bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
-    geo = view_geometry((bgr.shape[1], bgr.shape[0]), input_size, source_size)
+    geo = view_geometry((bgr.shape[1], bgr.shape[0]), fit)
     # Scale first, then blend and crop: the per-pixel work is at display size, however big the frame.
     s = geo.out_size[0] / geo.crop[0]
     scaled = (max(1, round(bgr.shape[1] * s)), max(1, round(bgr.shape[0] * s)))
     interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
-    pic = blend_heatmap(cv2.resize(bgr, scaled, interpolation=interp), density)[: geo.out_size[1], : geo.out_size[0]]
+    pic = blend_heatmap(cv2.resize(bgr, scaled, interpolation=interp), np.asarray(result.density))[: geo.out_size[1], : geo.out_size[0]]
     if (pic.shape[1], pic.shape[0]) != geo.out_size:  # a pixel lost to rounding
         pic = cv2.resize(pic, geo.out_size, interpolation=cv2.INTER_LINEAR)
     if status.state != LIVE:
         pic = _grey_out(pic)
-    _draw_zones(pic, view.zones, zones, geo)
+    _draw_zones(pic, view.zones, m.zones, geo)
     if status.state == STALE:
         since = f"last result {format_age(status.age_s)} ago" if status.age_s is not None else "no recent result"
         # High in the picture: zone labels tend to sit lower, on the ground.
         _centre_banner(pic, ["STALE", since], BADGE[STALE], y_frac=0.3)
     if image is None:
         _put(pic, "no video in results", (12, pic.shape[0] - 14), 0.5, MUTED)
-    alert = view.people_threshold is not None and count > view.people_threshold
+    alert = view.people_threshold is not None and m.count > view.people_threshold
     header = draw_header(
-        pic.shape[1], view.name, status, count=count, uncertainty=uncertainty, model_version=model_version, alert=alert
+        pic.shape[1], view.name, status, count=m.count, uncertainty=m.uncertainty, model_version=result.model_version, alert=alert
     )
     return np.vstack([header, pic])
 

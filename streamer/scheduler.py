@@ -1,16 +1,19 @@
 """Adaptation scheduling: when each camera adapts, one job at a time.
 
 A camera is due when its interval has passed since its last run, at its daily
-local time, or early when ``crowd_count_uncertainty`` has stayed above its
-trigger threshold for the configured duration. Jobs run one at a time (one
-device), as ``crowdwatch adapt`` subprocesses, so a crash or a leak in
-training never reaches the online stages.
+local time, or early when its count uncertainty has stayed above its trigger
+threshold for the configured duration. The uncertainty comes with each result
+of the infer stage (:class:`UncertaintyFeed` subscribes to the results stream,
+as the web stage does). Jobs run one at a time (one device), as ``crowdwatch
+adapt`` subprocesses, so a crash or a leak in training never reaches the online
+stages.
 
-Every finished run is appended to ``<var>/adapt/<camera>/runs.jsonl``
-(``adapt/store/runs.py``): by the job itself (``crowdwatch adapt --record``), or
-here when the buffer is too small to start one or the job died before it could
-record; the inference stage reads these files to export the adaptation metrics from the
-same /metrics endpoint as everything else.
+Every finished run is recorded in ``<var>/adapt/<camera>/runs.jsonl`` and
+announced to the infer stage, which exports the adaptation metrics from the
+same /metrics endpoint as everything else (``adapt/store/runs.py``,
+``record_run``): by the job itself (``crowdwatch adapt --record``), or here
+when the buffer is too small to start one or the job died before it could
+record.
 
 A job gets its camera's ``adapt.timeout``: one still running then is stopped
 (SIGTERM, SIGKILL 10 s later) and recorded as ``failed`` ("timed out"). Its
@@ -27,17 +30,22 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from adapt.store.runs import append_run, read_runs
+import zmq
+
+from adapt.store.runs import read_runs, record_run
 from crowdwatch import logs
+from crowdwatch.wire import CurveKeys, LatestReceiver, decode_result, subscribe
 from streamer.pdeath import die_with_parent
 
 log = logging.getLogger("crowdwatch.scheduler")
@@ -47,6 +55,73 @@ RESULTS = {0: "succeeded", 3: "rejected", 4: "skipped"}
 MIN_BUFFER_FRAMES = 8
 JOB_LOG_BYTES = 256 * 1024
 KILL_GRACE_S = 10.0
+# A camera's last uncertainty counts for this many frame periods (at least STALE_MIN_S), then it is
+# unknown, as for a camera that is down: a trigger never fires on a value the camera no longer sends.
+STALE_PERIODS = 3.0
+STALE_MIN_S = 10.0
+DROP_LOG_EVERY_S = 60.0
+
+
+class UncertaintyFeed:
+    """The newest count uncertainty of each camera, read from the inference workers' results streams.
+
+    A thread subscribes to the results and decodes their headers only (the
+    figures; never the maps or the frame). ``feed(camera)`` is the value of the
+    camera's last result while it is current (``stale_after_s[camera]``), else
+    None. Malformed or unknown messages are skipped, with a log line per reason
+    at most once a minute.
+    """
+
+    def __init__(self, endpoints: Sequence[str], stale_after_s: Mapping[str, float], *, hwm: int = 4, curve: CurveKeys | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.endpoints, self.hwm, self.curve, self.clock = list(endpoints), hwm, curve, clock
+        self.stale_after_s = dict(stale_after_s)
+        self._latest: dict[str, tuple[float | None, float]] = {}  # camera -> (uncertainty, when it arrived)
+        self._lock = threading.Lock()
+        self._logged: dict[str, float] = {}
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop reading (a config reload starts another feed)."""
+        self._closed.set()
+
+    def __call__(self, camera: str) -> float | None:
+        with self._lock:
+            value, at = self._latest.get(camera, (None, -math.inf))
+        return value if self.clock() - at <= self.stale_after_s.get(camera, STALE_MIN_S) else None
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        thread = threading.Thread(target=self.run, args=(stop,), name="uncertainty-feed", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self, stop: threading.Event) -> None:
+        """Read results until ``stop``; the socket lives and dies in this thread."""
+        ctx = zmq.Context()
+        try:
+            sock = subscribe(ctx, self.endpoints, hwm=self.hwm, curve=self.curve)
+        except zmq.ZMQError as exc:
+            log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", ", ".join(self.endpoints), exc)
+            ctx.term()
+            return
+        try:
+            rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
+            while not (stop.is_set() or self._closed.is_set()):
+                rx.drain(timeout_ms=200)
+                for result in rx.take():
+                    with self._lock:
+                        self._latest[result.camera] = (result.figures.uncertainty, self.clock())
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+
+    def _dropped(self, reason: str, camera: str | None) -> None:
+        if reason == "overflow":
+            return  # a newer result of the camera came in the same read: the design, not a fault
+        now = self.clock()
+        if now - self._logged.get(reason, -math.inf) >= DROP_LOG_EVERY_S:
+            self._logged[reason] = now
+            log.warning("skipping a result message (%s, camera %s); the uncertainty trigger ignores it", reason, camera or "?")
 
 
 class JobLog:
@@ -199,6 +274,7 @@ class Scheduler:
     command: Callable[[str, Path], list[str]]          # camera, report path -> argv
     buffer_frames: Callable[[str], int]
     uncertainty: Callable[[str], float | None] = lambda cam: None
+    config: Callable[[], Any] | None = None  # the config in force: the runs recorded here are announced to the camera's worker
     started: float = field(default_factory=time.time)
     clock: Callable[[], float] = time.time
     running: str | None = None
@@ -280,7 +356,7 @@ class Scheduler:
             if child_recorded:
                 result = str(runs[-1]["result"])
         if not child_recorded:  # skipped here, or the job died before it could record
-            append_run(self.var, camera, {"time": now, "result": result, "reason": reason, "detail": detail[:500]})
+            record_run(self.var, camera, result, reason=reason, detail=detail, at=now, config=self.config() if self.config else None)
         sched.last_run = now
         if sched.watch is not None:
             sched.watch.reset(now)

@@ -8,7 +8,8 @@ Children (separate processes, so one crash stays one crash):
 - ``web`` (live overlay, subscribed to every worker's results),
 - one ``ingest`` per camera, sending to its camera's worker.
 The adaptation scheduler runs on a thread here and launches ``crowdwatch
-adapt`` jobs one at a time.
+adapt`` jobs one at a time; a camera's uncertainty trigger reads the workers'
+results streams (``streamer/scheduler.py``, ``UncertaintyFeed``).
 
 SIGHUP reads the config file again. Each child's part of it
 (``crowdwatch.config.shards.stage_inputs``) is compared: only the children
@@ -50,7 +51,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +60,14 @@ from crowdwatch import logs
 from crowdwatch.config import Config, ConfigError, load_config, load_stage_config
 from crowdwatch.config.shards import stage_inputs, worker_name
 from crowdwatch.httpbase import Access, AccessError
+from crowdwatch.wire import client_curve
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
 from streamer.pdeath import die_with_parent
 
 if TYPE_CHECKING:
-    from streamer.scheduler import CameraSchedule, Scheduler
+    from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyFeed
 
 log = logging.getLogger("crowdwatch.run")
 
@@ -344,23 +345,6 @@ def reload_config(config_path: Path) -> Config | None:
     return config
 
 
-def scrape_uncertainty(url: str, token: str | None = None) -> dict[str, float]:
-    """Latest crowd_count_uncertainty per camera from the infer stage's /metrics (with the access token, if it needs one)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        text = urllib.request.urlopen(request, timeout=2).read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        if fam.name == "crowd_count_uncertainty":
-            for s in fam.samples:
-                out[s.labels.get("camera", "")] = s.value
-    return out
-
-
 def camera_schedules(config: Config) -> dict[str, CameraSchedule]:
     from streamer.scheduler import CameraSchedule, UncertaintyWatch
 
@@ -374,45 +358,56 @@ def camera_schedules(config: Config) -> dict[str, CameraSchedule]:
     return scheds
 
 
-def metrics_urls(config: Config) -> list[str]:
-    """Every infer worker's /metrics as ``crowdwatch run`` serves them (worker i on metrics_port + i)."""
-    s = config.server
-    host = "127.0.0.1" if s.metrics_host in ("0.0.0.0", "::", "") else s.metrics_host  # a wildcard bind is reached via loopback
-    return [f"http://{host}:{s.metrics_port + i}/metrics" for i in range(s.infer_workers)]
+def _feed_inputs(config: Config) -> tuple:
+    """What the uncertainty feed reads of the config: every worker's results, the watched cameras with how long a value lasts."""
+    from streamer.scheduler import STALE_MIN_S, STALE_PERIODS
+
+    watched = {name: max(STALE_MIN_S, STALE_PERIODS / cam.fps) for name, cam in config.cameras.items()
+               if cam.adapt.enabled and cam.adapt.uncertainty_trigger.enabled}  # fmt: skip
+    return config.results_endpoints(), watched, config.transport.hwm, config.transport.curve
 
 
-def build_scheduler(current: Callable[[], Config], config_path: Path) -> Scheduler:
+def uncertainty_feed(config: Config, stop: threading.Event) -> UncertaintyFeed | None:
+    """The results of every worker read for the cameras with an uncertainty trigger, until ``stop``; None when none has one."""
+    from streamer.scheduler import UncertaintyFeed
+
+    endpoints, watched, hwm, _ = _feed_inputs(config)
+    if not watched:
+        return None
+    try:
+        feed = UncertaintyFeed(endpoints, watched, hwm=hwm, curve=client_curve(config.transport))
+    except ValueError as exc:  # CURVE keys missing or malformed: the web stage says so too
+        log.error("the uncertainty trigger is off: %s", exc)
+        return None
+    feed.start(stop)
+    return feed
+
+
+def _unknown(camera: str) -> float | None:
+    return None
+
+
+def build_scheduler(current: Callable[[], Config], config_path: Path, stop: threading.Event) -> Scheduler:
     """The adaptation scheduler; its callbacks read ``current()``, the config in force (it changes on reload)."""
     from adapt.store.buffer import FrameBuffer
     from streamer.scheduler import Scheduler, adapt_command
 
     config = current()
-    cache: dict[str, tuple[float, dict]] = {}
-
-    def uncertainty(camera: str) -> float | None:
-        t, values = cache.get("u", (0.0, {}))
-        if time.monotonic() - t > 10:
-            c = current()
-            token = Access.for_bind(c.server.metrics_host, c.server.auth_token_env).token
-            values = {}
-            for url in metrics_urls(c):
-                values.update(scrape_uncertainty(url, token))
-            cache["u"] = (time.monotonic(), values)
-        return values.get(camera)
 
     def buffer_frames(camera: str) -> int:
         c = current()
         return len(FrameBuffer(c.paths.var / "buffer", camera, c.cameras[camera].buffer).frames())
 
     return Scheduler(camera_schedules(config), config.paths.var, adapt_command(config_path, config.paths.var),
-                     buffer_frames=buffer_frames, uncertainty=uncertainty)
+                     buffer_frames=buffer_frames, uncertainty=uncertainty_feed(config, stop) or _unknown, config=current)
 
 
-def update_schedules(scheduler: Scheduler, old: Config, new: Config, config_path: Path) -> None:
+def update_schedules(scheduler: Scheduler, old: Config, new: Config, config_path: Path, stop: threading.Event) -> None:
     """The scheduler's cameras for ``new``: an unchanged camera keeps its schedule and trigger state, a changed
-    one its last run, a new one starts from its recorded runs; a job that is running goes on."""
+    one its last run, a new one starts from its recorded runs; a job that is running goes on. The uncertainty
+    feed starts again if what it reads changed (other workers, other cameras watched)."""
     from adapt.store.runs import read_runs
-    from streamer.scheduler import adapt_command
+    from streamer.scheduler import UncertaintyFeed, adapt_command
 
     fresh = camera_schedules(new)
     for cam, sched in fresh.items():
@@ -425,6 +420,10 @@ def update_schedules(scheduler: Scheduler, old: Config, new: Config, config_path
             sched.last_run = max((r["time"] for r in read_runs(new.paths.var, cam)), default=None)
     scheduler.var, scheduler.command = new.paths.var, adapt_command(config_path, new.paths.var)
     scheduler.cameras = fresh  # a new dict: the scheduler thread may be iterating the old one
+    if _feed_inputs(old) != _feed_inputs(new):
+        if isinstance(scheduler.uncertainty, UncertaintyFeed):
+            scheduler.uncertainty.close()
+        scheduler.uncertainty = uncertainty_feed(new, stop) or _unknown
 
 
 def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
@@ -440,7 +439,7 @@ def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: 
     """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`).
     ``reload`` (SIGHUP) reads the config file again and restarts only the children it touches."""
     children = {c.name: c for c in build_children(config, config_path)}
-    scheduler = build_scheduler(lambda: config, config_path) if with_scheduler else None
+    scheduler = build_scheduler(lambda: config, config_path, stop) if with_scheduler else None
     sched_thread = None
 
     def start_scheduler() -> None:
@@ -463,7 +462,7 @@ def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: 
                 if new is not None:
                     children = apply_config(children, config, new, config_path)
                     if scheduler is not None:
-                        update_schedules(scheduler, config, new, config_path)
+                        update_schedules(scheduler, config, new, config_path, stop)
                     config = new
                     start_scheduler()
             now = time.monotonic()

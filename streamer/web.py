@@ -42,17 +42,19 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import zmq
 from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stage_config, validate_camera_name
 from crowdwatch.httpbase import Access, GuardedHandler, GuardedServer, Limits
+from crowdwatch.result import Figures, Result
+from crowdwatch.wire import LatestReceiver, WireError, client_curve, decode_result, subscribe
 
 from . import overlay
 from .exporter import Metrics
 from .heartbeat import EXIT_FATAL, Heartbeat
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
-from .wire import LatestReceiver, ResultMessage, WireError, curve_keys_from_config, decode_result, open_socket
 
 log = logging.getLogger("crowdwatch.web")
 
@@ -93,7 +95,7 @@ class WebSettings:
 class Latest:
     """A camera's newest result and when it arrived here."""
 
-    result: ResultMessage
+    result: Result
     received_mono: float  # time.monotonic(), for ages (immune to clock steps)
     received_wall: float  # time.time(), for display and latency
     serial: int  # increases with every stored result, any camera
@@ -107,7 +109,7 @@ class ResultStore:
         self._latest: dict[str, Latest] = {}
         self._serial = 0
 
-    def put(self, msg: ResultMessage, *, mono: float | None = None, wall: float | None = None) -> Latest:
+    def put(self, msg: Result, *, mono: float | None = None, wall: float | None = None) -> Latest:
         with self._lock:
             self._serial += 1
             entry = Latest(msg, time.monotonic() if mono is None else mono, time.time() if wall is None else wall, self._serial)
@@ -131,6 +133,9 @@ def camera_status(latest: Latest | None, now_mono: float, stale_after_s: float) 
     return Status(STALE if age > stale_after_s else LIVE, age)
 
 
+FIGURES = tuple(f.name for f in msgspec.structs.fields(Figures) if f.name != "zones")  # flat in the JSON, zones beside them
+
+
 def _round(v: float | None, digits: int = 3) -> float | None:
     return None if v is None else round(float(v), digits)
 
@@ -151,25 +156,21 @@ def camera_summary(cam: CameraConfig, latest: Latest | None, now_mono: float, se
     }
     zones: dict[str, float | None] = {name: None for name in cam.zones}
     if latest is None:
-        keys = ("seq", "received_at", "captured_at", "latency_s", "count", "uncertainty", "close_pairs",
-                "density_peak_per_m2", "area_over_density_ratio", "calibrated", "model_version", "truth")  # fmt: skip
+        keys = ("seq", "received_at", "captured_at", "latency_s", *FIGURES, "model_version", "truth")
         return {**out, **dict.fromkeys(keys), "zones": zones, "timings": {}, "has_image": False}
     r = latest.result
     captured = r.capture_ns / 1e9
-    zones.update({k: _round(v) for k, v in r.zones.items()})
+    figures = {k: getattr(r.figures, k) for k in FIGURES}
+    figures = {k: _round(v, 4 if k == "area_over_density_ratio" else 3) if isinstance(v, float) else v for k, v in figures.items()}
+    zones.update({k: _round(v) for k, v in r.figures.zones.items()})
     return {
         **out,
+        **figures,
         "seq": r.seq,
         "received_at": round(latest.received_wall, 3),
         "captured_at": round(captured, 3),
         "latency_s": round(latest.received_wall - captured, 3),
-        "count": _round(r.count),
-        "uncertainty": _round(r.uncertainty),
         "zones": zones,
-        "close_pairs": _round(r.close_pairs),
-        "density_peak_per_m2": _round(r.density_peak_per_m2),
-        "area_over_density_ratio": _round(r.area_over_density_ratio, 4),
-        "calibrated": r.calibrated,
         "model_version": r.model_version,
         "truth": _round(r.truth),
         "timings": {k: _round(v, 4) for k, v in r.timings.items()},
@@ -211,7 +212,7 @@ class DropCounter:
             return dict(self._counts)
 
 
-def _decode(parts: list[zmq.Frame]) -> ResultMessage:
+def _decode(parts: list[zmq.Frame]) -> Result:
     # A bug in decoding must cost one message, not the receiver thread.
     try:
         return decode_result(parts)
@@ -296,12 +297,7 @@ def render_camera(view: CameraView, latest: Latest | None, status: Status, quali
     """The JPEG a camera's viewers get now."""
     if latest is None:
         return overlay.encode_jpeg(overlay.render_placeholder(view, status), quality)
-    r = latest.result
-    bgr = overlay.render_result(
-        view, status, density=r.density, count=r.count, uncertainty=r.uncertainty, zones=r.zones,
-        model_version=r.model_version, image=r.image, source_size=r.source_size,
-    )  # fmt: skip
-    return overlay.encode_jpeg(bgr, quality)
+    return overlay.encode_jpeg(overlay.render_result(view, status, latest.result), quality)
 
 
 class Renderer:
@@ -358,7 +354,7 @@ class Receiver:
 
     def __init__(self, sock: zmq.Socket, cameras: list[str], store: ResultStore, drops: DropCounter,
                  metrics: Metrics, on_result: Callable[[], None], stop: threading.Event) -> None:  # fmt: skip
-        self.rx: LatestReceiver[ResultMessage] = LatestReceiver(sock, _decode, cameras=cameras, on_drop=drops)
+        self.rx: LatestReceiver[Result] = LatestReceiver(sock, _decode, cameras=cameras, on_drop=drops)
         self.store, self.metrics, self.on_result, self.stop = store, metrics, on_result, stop
         self.last_mono: float | None = None
 
@@ -471,12 +467,9 @@ class WebServer:
         t = self.config.transport
         endpoints = self.config.results_endpoints()  # one per inference worker
         endpoint = ", ".join(endpoints)
-        curve = curve_keys_from_config(t.curve, "client") if endpoints[0].startswith("tcp://") else None
         self._ctx = zmq.Context()
         try:
-            self._sock = open_socket(self._ctx, "sub", endpoints[0], bind=False, hwm=t.hwm, curve=curve)
-            for other in endpoints[1:]:  # one SUB socket receives from every worker
-                self._sock.connect(other)
+            self._sock = subscribe(self._ctx, endpoints, hwm=t.hwm, curve=client_curve(t))
             s = self.settings
             access = s.access if s.access is not None else Access.for_bind(s.host, self.config.server.auth_token_env)
             self._httpd = GuardedServer((s.host, s.port), self._handler_class(), access=access,

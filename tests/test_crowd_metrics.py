@@ -8,12 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from crowdwatch.fit import Fit
 from streamer.crowd_metrics import (
     CameraGeometry,
     apply_homography,
     compute_metrics,
     fit_homography,
-    letterbox,
+    local_density,
     points_in_polygon,
     polygon_area,
 )
@@ -78,25 +79,16 @@ def test_polygon_helpers() -> None:
     assert inside.tolist() == [True, False, True, False]
 
 
-def test_letterbox_keeps_aspect_top_left() -> None:
-    lb = letterbox((1920, 1080), (640, 480))
-    assert lb.scale == pytest.approx(1 / 3)
-    assert lb.content_size == (640, 360)
-    assert np.allclose(lb.to_input([[1920, 1080]]), [[640, 360]])
+def test_fit_keeps_aspect_top_left() -> None:
+    fit = Fit.plan(1920, 1080, 640, 480)
+    assert fit.scale == pytest.approx(1 / 3)
+    assert fit.content_size == (640, 360) and fit.out_size == (640, 384)  # padded to the next multiple of 32 only
+    assert np.allclose(fit.to_input([[1920, 1080]]), [[640, 360]])
 
 
-@pytest.mark.parametrize(
-    ("src", "box"),
-    [((1920, 1080), (640, 480)), ((1280, 720), (640, 640)), ((300, 200), (640, 480)), ((704, 576), (608, 352)),
-     ((640, 480), (640, 480)), ((1000, 3000), (512, 512))],
-)  # fmt: skip
-def test_letterbox_agrees_with_the_sources_fit(src: tuple[int, int], box: tuple[int, int]) -> None:
-    # The contract with the ingest stage: its Fit and our letterbox map pixels alike.
-    fit_mod = pytest.importorskip("streamer.sources.fit", reason="camera sources not in this build")
-    fit = fit_mod.Fit.plan(*src, *box)
-    lb = letterbox(src, (fit.out_w, fit.out_h))
-    assert lb.scale == pytest.approx(fit.scale)
-    assert lb.content_size == (fit.content_w, fit.content_h)
+def test_the_geometry_is_for_frames_of_its_fit() -> None:
+    with pytest.raises(ValueError, match="not 160x160"):
+        CameraGeometry.build((160, 160), fit=Fit.plan(320, 160, 160, 160), distance=1.0)  # that fit makes 160x96 frames
 
 
 # --------------------------------------------------------------------------- geometry
@@ -114,7 +106,7 @@ def test_letterbox_padding_cells_are_not_ground() -> None:
     # 320x160 source into 160x160: content is 160x80, the bottom half is padding.
     img = [[0, 0], [320, 0], [320, 160], [0, 160]]
     gnd = [[0, 0], [20, 0], [20, 10], [0, 10]]
-    g = CameraGeometry.build((160, 160), source_size=(320, 160), calibration=(img, gnd), distance=1.0)
+    g = CameraGeometry.build((160, 160), fit=Fit(320, 160, 0.5, 160, 80, 160, 160), calibration=(img, gnd), distance=1.0)
     assert g.valid[:10].all() and not g.valid[10:].any()
     # Each content cell is 8x8 input px = 16x16 source px = 1 m x 1 m.
     assert np.allclose(g.cell_area[:10], 1.0)
@@ -203,7 +195,7 @@ def test_uniform_density_matches_the_formula_in_the_interior() -> None:
     # Border cells see part of their disc outside the view: fewer pairs, < 3% here.
     assert 0.97 * interior < m.close_pairs < interior
     assert m.density_peak_per_m2 == pytest.approx(rho)
-    assert np.allclose(m.local_density, rho)
+    assert np.allclose(local_density(dens, g), rho)
     assert m.area_over_density_ratio == pytest.approx(1.0)
     assert compute_metrics(dens, None, g, Th(density_per_m2=2.5)).area_over_density_ratio == 0.0
 

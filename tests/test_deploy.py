@@ -309,7 +309,7 @@ def test_k8s_curve_env_and_ports_match_config() -> None:
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in infer["env"]
     assert {curve.server_public_env, curve.server_secret_env} <= _env_names(infer)
     assert not {curve.client_secret_env} & _env_names(infer)
-    for c in by_cmd["ingest"] + by_cmd["web"]:
+    for c in by_cmd["ingest"] + by_cmd["web"] + by_cmd["adapt"]:  # adapt announces its runs to infer
         assert {curve.server_public_env, curve.client_public_env, curve.client_secret_env} <= _env_names(c)
         assert curve.server_secret_env not in _env_names(c), "the CURVE server secret belongs to infer only"
     ports = {p["name"]: p["containerPort"] for p in infer["ports"]}

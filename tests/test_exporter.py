@@ -9,12 +9,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crowdwatch.config import parse_config
-from streamer.crowd_metrics import FrameMetrics
+from crowdwatch.fit import Fit
+from crowdwatch.result import Figures, Result
+from crowdwatch.wire import AdaptationRun
 from streamer.exporter import Metrics, MetricsServer
 
 DESIGN_NAMES = {
@@ -42,13 +43,14 @@ def camera_config(tmp_path: Path, *, adapt_enabled: bool = True):  # type: ignor
     return cfg.cameras["plaza"]
 
 
-def frame_metrics(**kw: object) -> FrameMetrics:
-    fields: dict[str, object] = dict(
+def result(camera: str = "plaza", *, truth: float | None = None, capture_ns: int = 0, **kw: object) -> Result:
+    figures: dict[str, object] = dict(
         count=57.5, zones={"fountain": 12.25, "entrance": 3.0}, uncertainty=2.5, density_peak_per_m2=1.75,
-        close_pairs=4.5, area_over_density_ratio=0.125, calibrated=True, local_density=np.zeros((2, 2)),
+        close_pairs=4.5, area_over_density_ratio=0.125, calibrated=True,
     )  # fmt: skip
-    fields.update(kw)
-    return FrameMetrics(**fields)  # type: ignore[arg-type]
+    figures.update(kw)
+    return Result(camera=camera, seq=1, capture_ns=capture_ns, model_version="v1", figures=Figures(**figures),  # type: ignore[arg-type]
+                  fit=Fit.identity(64, 64), truth=truth)  # fmt: skip
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -82,7 +84,7 @@ def test_crowd_figures_thresholds_and_pipeline_are_exported(served: tuple[Metric
     metrics, server = served
     assert server.port != 0 and server.url.startswith("http://127.0.0.1:")
     metrics.configure_camera(camera_config(tmp_path), stages=("infer",))
-    metrics.observe_frame("plaza", frame_metrics(), capture_ns=int(999.5e9), truth=60, now=1000.0)
+    metrics.observe(result(capture_ns=int(999.5e9), truth=60), now=1000.0)
     metrics.frame("ingest", "plaza", 3)
     metrics.drop("infer", "overflow", "plaza")
     metrics.drop("infer", "bad_json")
@@ -91,8 +93,8 @@ def test_crowd_figures_thresholds_and_pipeline_are_exported(served: tuple[Metric
     metrics.observe_inference(0.04, 3)
     metrics.model_version("plaza", "base-0001")
     metrics.model_version("plaza", "plaza-0002")
-    metrics.adaptation_run("plaza", "failed")
-    metrics.adaptation_run("plaza", "succeeded", timestamp=1234.0)
+    metrics.adaptation_run(AdaptationRun("plaza", 1000.0, "failed"))
+    metrics.adaptation_run(AdaptationRun("plaza", 1234.0, "succeeded"))
     metrics.buffer_frames("plaza", 42)
 
     s = scrape(server.url)
@@ -146,7 +148,7 @@ def test_missing_figures_are_nan_and_disabled_adaptation_has_no_alert_gauges(tmp
     metrics = Metrics(process_metrics=False)
     cam = camera_config(tmp_path)
     metrics.configure_camera(cam)
-    metrics.observe_frame("plaza", frame_metrics(uncertainty=None, calibrated=False))
+    metrics.observe(result(uncertainty=None, calibrated=False))
     off = camera_config(tmp_path, adapt_enabled=False)
     metrics.configure_camera(off)
     with MetricsServer(metrics, port=0) as server:
@@ -181,7 +183,7 @@ def test_registries_are_independent() -> None:
         lambda m: m.camera_up("Bad Name", True),
         lambda m: m.drop("infer", "Not A Reason", "plaza"),
         lambda m: m.frame("in-fer", "plaza"),
-        lambda m: m.adaptation_run("plaza", "maybe"),
+        lambda m: m.adaptation_run(AdaptationRun("plaza", 1.0, "maybe")),  # type: ignore[arg-type]
         lambda m: m.model_version("plaza", ""),
     ],
 )
@@ -236,8 +238,8 @@ def test_a_down_camera_exports_no_crowd_figures_until_results_return(served: tup
     metrics.configure_camera(camera_config(tmp_path), stages=("infer",))
     metrics.camera_up("plaza", True)
     metrics.camera_up("hall", True)
-    metrics.observe_frame("plaza", frame_metrics(), truth=60, now=1000.0)
-    metrics.observe_frame("hall", frame_metrics(count=9.0), now=1000.0)
+    metrics.observe(result(truth=60, capture_ns=int(999e9)), now=1000.0)
+    metrics.observe(result("hall", count=9.0, capture_ns=int(999e9)), now=1000.0)
     cam = (("camera", "plaza"),)
     fountain = (("camera", "plaza"), ("zone", "fountain"))
 
@@ -255,7 +257,7 @@ def test_a_down_camera_exports_no_crowd_figures_until_results_return(served: tup
     metrics.camera_up("plaza", False)  # idempotent
 
     metrics.camera_up("plaza", True)
-    metrics.observe_frame("plaza", frame_metrics(count=12.0, zones={"fountain": 2.0}), now=1010.0)
+    metrics.observe(result(count=12.0, zones={"fountain": 2.0}, capture_ns=int(1009e9)), now=1010.0)
     s = scrape(server.url)
     assert s[("crowd_people", cam)] == 12.0
     assert s[("crowd_zone_people", fountain)] == 2.0

@@ -6,8 +6,8 @@ import pytest
 
 from adapt.model.checkpoint import save_checkpoint
 from adapt.store.registry import BASE, Registry
+from crowdwatch.wire import FrameMessage
 from streamer.infer import ModelPool, group_batches
-from streamer.wire import FrameMessage
 from tests.test_network import perturbed_model
 
 

@@ -8,19 +8,23 @@ import pytest
 import zmq
 from prometheus_client import generate_latest
 
-import streamer.wire as wire
+import crowdwatch.wire as wire
 from adapt.model.checkpoint import save_checkpoint
 from adapt.store.registry import BASE, Registry
 from adapt.store.runs import append_run
 from crowdwatch.config import parse_config
+from crowdwatch.fit import Fit
+from crowdwatch.wire import AdaptationRun, FrameMessage, decode_result, encode_adaptation, encode_frame, open_socket
 from streamer.exporter import Metrics
 from streamer.infer import InferStage
-from streamer.wire import FrameMessage, decode_result, encode_frame, open_socket
 from tests.test_network import perturbed_model
 
 
 def sample(metrics: Metrics, name: str, **labels) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
+
+
+FIT = Fit.plan(256, 192, 128, 96)  # a 256x192 camera in a 128x96 box
 
 
 @pytest.fixture
@@ -57,7 +61,7 @@ def test_frames_become_metrics_results_and_buffered_frames(stage):
     rng = np.random.default_rng(0)
     for cam in ("lobby", "hall"):
         img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
-        push.send_multipart(encode_frame(FrameMessage(cam, 1, time.time_ns(), img, source_size=(128, 96), truth=7.0, stats={"reconnects": 2, "dropped_sampling": 5})))
+        push.send_multipart(encode_frame(FrameMessage(cam, 1, time.time_ns(), img, fit=FIT, truth=7.0, stats={"reconnects": 2, "dropped_sampling": 5})))
     done = 0
     deadline = time.monotonic() + 20
     while done < 2 and time.monotonic() < deadline:
@@ -73,7 +77,7 @@ def test_frames_become_metrics_results_and_buffered_frames(stage):
     assert sample(metrics, "crowd_model_info", camera="lobby", version="b1") == 1
     results = [decode_result(sub.recv_multipart()) for _ in range(2)]
     assert {r.camera for r in results} == {"lobby", "hall"}
-    assert all(r.density.shape == (12, 16) and r.image is not None and r.source_size == (128, 96) for r in results)
+    assert all(r.density.shape == (12, 16) and r.image is not None and r.fit == FIT for r in results)
     assert len(list((tmp / "var" / "buffer" / "lobby").glob("*.jpg"))) == 1
 
 
@@ -88,18 +92,32 @@ def test_malformed_frames_are_dropped_and_counted(stage):
     assert drops.get("bad_json") == 1 and sum(drops.values()) == 2, drops
 
 
-def test_adaptation_runs_are_exported(stage):
-    s, metrics, push, sub, tmp = stage
-    append_run(tmp / "var", "lobby", {"time": 1000.0, "result": "failed"})
-    append_run(tmp / "var", "lobby", {"time": 2000.0, "result": "succeeded"})
-    s._poll_adaptation_runs(now=1e9)
+@pytest.fixture
+def recorded_stage(tmp_path):
+    # runs recorded before the stage starts
+    append_run(tmp_path / "var", "lobby", {"time": 1000.0, "result": "failed", "reason": "schedule", "detail": "boom"})
+    append_run(tmp_path / "var", "lobby", {"time": 2000.0, "result": "succeeded", "reason": "command", "detail": ""})
+    append_run(tmp_path / "var", "lobby", {"time": 2500.0, "result": "maybe"})  # not a result: not exported, the rest is
+    yield from _stage(tmp_path)
+
+
+def test_adaptation_runs_are_exported_from_the_record_and_as_they_are_announced(recorded_stage):
+    s, metrics, push, sub, tmp = recorded_stage
+    # what was recorded before the stage started, read once
     assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="succeeded") == 1
     assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="failed") == 1
     assert sample(metrics, "crowd_adaptation_last_success_timestamp_seconds", camera="lobby") == 2000.0
-    append_run(tmp / "var", "lobby", {"time": 3000.0, "result": "rejected"})
-    s._poll_adaptation_runs(now=2e9)
+    # then what is announced on the frames socket: a run it read already (sent while it started) is not counted again
+    push.send_multipart(encode_adaptation(AdaptationRun("lobby", 2000.0, "succeeded")))
+    push.send_multipart(encode_adaptation(AdaptationRun("lobby", 3000.0, "rejected")))
+    push.send_multipart(encode_adaptation(AdaptationRun("hall", 3100.0, "succeeded")))
+    deadline = time.monotonic() + 20
+    while sample(metrics, "crowd_adaptation_runs_total", camera="hall", result="succeeded") != 1 and time.monotonic() < deadline:
+        s.step()
     assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="rejected") == 1
-    assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="succeeded") == 1  # not counted twice
+    assert sample(metrics, "crowd_adaptation_runs_total", camera="lobby", result="succeeded") == 1
+    assert sample(metrics, "crowd_adaptation_last_success_timestamp_seconds", camera="hall") == 3100.0
+    assert sample(metrics, "crowd_frames_dropped_total", camera="lobby", stage="infer", reason="overflow") in (None, 0)
 
 
 def test_the_loop_beats_even_without_frames(stage):
@@ -121,7 +139,7 @@ def test_the_loop_beats_even_without_frames(stage):
 def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
     s, metrics, push, sub, tmp = stage
     img = np.zeros((96, 128, 3), dtype=np.uint8)
-    push.send_multipart(encode_frame(FrameMessage("lobby", 1, time.time_ns(), img, source_size=(128, 96), truth=3.0)))
+    push.send_multipart(encode_frame(FrameMessage("lobby", 1, time.time_ns(), img, fit=FIT, truth=3.0)))
     deadline = time.monotonic() + 20
     while sample(metrics, "crowd_people", camera="lobby") is None and time.monotonic() < deadline:
         s.step()
@@ -132,7 +150,7 @@ def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
     assert sample(metrics, "crowd_people_truth", camera="lobby") is None
     assert sample(metrics, "crowd_close_pairs", camera="lobby") is None
     assert sample(metrics, "crowd_last_frame_timestamp_seconds", camera="lobby") is not None
-    push.send_multipart(encode_frame(FrameMessage("lobby", 2, time.time_ns(), img, source_size=(128, 96), truth=3.0)))
+    push.send_multipart(encode_frame(FrameMessage("lobby", 2, time.time_ns(), img, fit=FIT, truth=3.0)))
     deadline = time.monotonic() + 20
     while sample(metrics, "crowd_people", camera="lobby") is None and time.monotonic() < deadline:
         s.step()
@@ -156,11 +174,12 @@ def test_untrusted_frame_contents_are_dropped_counted_and_the_stage_goes_on(stag
     img = np.zeros((96, 128, 3), dtype=np.uint8)
 
     def good(cam, seq, **kw):
-        push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, source_size=(128, 96), **kw)))
+        push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, fit=FIT, **kw)))
 
     # 1. a well-formed 4096x4096 frame for a 128x96 camera: dropped unread, counted
     push.send_multipart(encode_frame(FrameMessage("gate", 1, time.time_ns(), np.zeros((4096, 4096, 3), np.uint8))))
-    for _ in range(3):
+    deadline = time.monotonic() + 20  # 48 MB: under load it takes more than a step to arrive
+    while sample(metrics, "crowd_frames_dropped_total", camera="gate", stage="infer", reason="oversized") is None and time.monotonic() < deadline:
         s.step()
     assert sample(metrics, "crowd_frames_dropped_total", camera="gate", stage="infer", reason="oversized") == 1
     assert sample(metrics, "crowd_frames_total", camera="gate", stage="infer") == 0
@@ -226,7 +245,7 @@ def test_buffer_write_failures_are_counted_per_camera(full_disk_stage):
     for seq in (1, 2):
         for cam in ("lobby", "hall", "gate"):
             img = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
-            push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, source_size=(128, 96))))
+            push.send_multipart(encode_frame(FrameMessage(cam, seq, time.time_ns(), img, fit=Fit.identity(128, 96))))
         for cam in ("lobby", "hall", "gate"):
             _serve_until(s, metrics, cam, seq - 1)
     assert sample(metrics, "crowd_buffer_write_failures_total", camera="lobby", reason="write_error") == 2
@@ -250,7 +269,7 @@ def test_a_zone_beyond_the_frame_of_a_streaming_camera_is_logged_once(zoned_stag
     img = np.zeros((96, 128, 3), dtype=np.uint8)
     with caplog.at_level("WARNING", logger="crowdwatch.infer"):
         for seq in (1, 2):
-            push.send_multipart(encode_frame(FrameMessage("gate", seq, time.time_ns(), img, source_size=(128, 96))))
+            push.send_multipart(encode_frame(FrameMessage("gate", seq, time.time_ns(), img, fit=Fit.identity(128, 96))))
             assert _serve_until(s, metrics, "gate", seq - 1) == seq
     lines = [r for r in caplog.records if getattr(r, "event", None) == "zone_outside_frame"]
     assert len(lines) == 1 and lines[0].camera == "gate"

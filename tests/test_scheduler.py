@@ -1,8 +1,20 @@
 import datetime as dt
+import shutil
 import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
 
 from adapt.store.runs import append_run, read_runs, run_log_path
-from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyWatch, next_daily, next_due
+from crowdwatch.fit import Fit
+from crowdwatch.result import Figures, Result
+from crowdwatch.wire import AdaptationRun, decode_inbound, encode_result, open_socket
+from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyFeed, UncertaintyWatch, next_daily, next_due
 
 UTC = dt.UTC
 
@@ -87,21 +99,108 @@ def test_a_job_that_records_its_own_run_is_recorded_once(tmp_path):
     assert [r["result"] for r in read_runs(tmp_path, "lobby")] == ["rejected"]
 
 
-def test_adapt_command_is_one_command_on_the_config(tmp_path):
+@pytest.fixture
+def ipc_dir():
+    # Short path: unix socket paths are limited to 107 bytes.
+    d = Path(tempfile.mkdtemp(prefix="cw-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def received_run(pull: zmq.Socket) -> AdaptationRun:
+    assert pull.poll(10_000), "no run was announced"
+    return decode_inbound(pull.recv_multipart())
+
+
+def test_adapt_command_is_one_command_on_the_config(tmp_path, ipc_dir):
+    from crowdwatch.config import load_config
     from streamer.scheduler import adapt_command
 
     config = tmp_path / "config.toml"
-    config.write_text('[paths]\nvar = "var"\n[model]\nregistry = "models"\n[cameras.lobby]\nurl = "synthetic://"\n'
+    config.write_text(f'[paths]\nvar = "var"\nrun = "{ipc_dir}"\n[model]\nregistry = "models"\n[cameras.lobby]\nurl = "synthetic://"\n'
                       '[cameras.lobby.adapt]\nkeep_count = false\n')
     var, report = tmp_path / "var", tmp_path / "r.json"
     argv = adapt_command(config, var)("lobby", report)
     assert argv[3:] == ["adapt", "--config", str(config), "--camera", "lobby", "--json", str(report), "--record", str(var)]
-    # the adapt command takes them: the registry is the config's (empty here), and the job records its failure itself
+    # the adapt command takes them: the registry is the config's (empty here), and the job records its failure
+    # itself and announces it to infer, on the config's frames socket
     from adapt.commands.adapt import main
 
-    assert main(argv[4:]) == 1
-    (run,) = read_runs(var, "lobby")
-    assert run["result"] == "failed" and str(tmp_path / "models") in run["detail"]
+    ctx = zmq.Context()
+    pull = open_socket(ctx, "pull", load_config(config).transport.frames_bind, bind=True)
+    try:
+        assert main(argv[4:]) == 1
+        (run,) = read_runs(var, "lobby")
+        assert run["result"] == "failed" and str(tmp_path / "models") in run["detail"]
+        assert received_run(pull) == AdaptationRun("lobby", run["time"], "failed")
+    finally:
+        pull.close(linger=0)
+        ctx.term()
+
+
+def test_runs_recorded_here_are_announced_to_the_cameras_worker(tmp_path, ipc_dir):
+    from crowdwatch.config import parse_config
+
+    config = parse_config({"paths": {"var": str(tmp_path), "run": str(ipc_dir)}, "server": {"infer_workers": 2},
+                           "cameras": {"lobby": {"url": "synthetic://", "shard": 1}}}, base_dir=tmp_path)  # fmt: skip
+    ctx = zmq.Context()
+    workers = [open_socket(ctx, "pull", config.endpoint("frames_bind", shard), bind=True) for shard in (0, 1)]
+    try:
+        s, clock = make(tmp_path, "raise SystemExit(0)", frames=2)
+        s.config = lambda: config
+        assert s.run_one("lobby", "schedule") == "skipped"
+        assert received_run(workers[1]) == AdaptationRun("lobby", 1000.0, "skipped")
+        assert read_runs(tmp_path, "lobby")[-1]["time"] == 1000.0
+        assert not workers[0].poll(0)  # delivered before run_one returned: nothing went to the other worker
+    finally:
+        for sock in workers:
+            sock.close(linger=0)
+        ctx.term()
+
+
+def lobby_result(uncertainty: float | None, camera: str = "lobby") -> list:
+    return encode_result(Result(camera=camera, seq=1, capture_ns=time.time_ns(), model_version="v1",
+                                figures=Figures(count=3.0, uncertainty=uncertainty), fit=Fit.identity(64, 64),
+                                density=np.zeros((8, 8), np.float32), image=np.zeros((64, 64, 3), np.uint8)), jpeg_quality=80)  # fmt: skip
+
+
+def test_the_uncertainty_comes_from_the_results_stream(tmp_path, ipc_dir):
+    ctx = zmq.Context()
+    endpoint = f"ipc://{ipc_dir}/results.ipc"
+    pub = open_socket(ctx, "pub", endpoint, bind=True)
+    now = {"t": 0.0}
+    feed = UncertaintyFeed([endpoint], {"lobby": 60.0}, clock=lambda: now["t"])
+    stop = threading.Event()
+    thread = feed.start(stop)
+    try:
+        assert feed("lobby") is None  # nothing heard yet
+
+        def publish_until(parts: list, value: float | None) -> None:
+            deadline = time.monotonic() + 10
+            while feed("lobby") != value and time.monotonic() < deadline:  # a new subscriber misses the first messages
+                pub.send_multipart(parts)
+                time.sleep(0.05)
+            assert feed("lobby") == value
+
+        publish_until(lobby_result(50.0), 50.0)
+        # malformed, unknown or half-broken messages are skipped and the feed goes on
+        head, density, image = lobby_result(20.0)
+        pub.send_multipart([b"{not json", b"x"])
+        pub.send_multipart(lobby_result(99.0, camera="ghost"))
+        publish_until([head, density, b"not even a jpeg"], 20.0)  # only the header is read: the figures, not the frame
+        # the scheduler's trigger runs on it
+        s, clock = make(tmp_path, "pass", watch=UncertaintyWatch(10.0, 30.0), uncertainty=feed, interval_s=1e9)
+        assert s.due() == []
+        clock["t"] += 31
+        assert s.due() == [("lobby", "uncertainty")]
+        # a camera whose results stopped has no uncertainty: the window starts again
+        now["t"] += 61
+        assert feed("lobby") is None and s.due() == []
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        pub.close(linger=0)
+        ctx.term()
 
 
 def test_a_job_past_its_timeout_is_stopped_and_recorded_as_failed(tmp_path):

@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
+from crowdwatch.fit import Fit
+from crowdwatch.video import BestEffortPts
 from streamer.sources import (
-    Fit,
     Frame,
     RawFrame,
     Source,
@@ -30,7 +31,7 @@ from streamer.sources import (
 from streamer.sources.backoff import Backoff
 from streamer.sources.sampling import FpsSampler
 from streamer.sources.testclip import Clip, pattern, write_clip
-from streamer.sources.timestamps import BestEffortPts, StreamTime
+from streamer.sources.timestamps import StreamTime
 from streamer.sources.watchdog import Stalled, StallWatchdog
 
 # ---- helpers ---------------------------------------------------------------------------

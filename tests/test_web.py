@@ -16,16 +16,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
+import msgspec
 import numpy as np
 import pytest
 import zmq
 
 import streamer.web as web
 from crowdwatch.config import Config, load_config
+from crowdwatch.fit import Fit
+from crowdwatch.result import Figures, Result
+from crowdwatch.wire import encode_result, open_socket
 from streamer import overlay
 from streamer.overlay import HEADER_H, LIVE, STALE, CameraView, Status
 from streamer.web import BOUNDARY, WebServer, WebSettings
-from streamer.wire import ResultMessage, encode_result, open_socket
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 10.0  # upper bound of every wait in these tests
@@ -68,18 +71,24 @@ def density_blob(shape: tuple[int, int] = (60, 80), centre: tuple[int, int] = (2
     return (d / d.sum() * people).astype(np.float32)
 
 
+FIGURE_FIELDS = {f.name for f in msgspec.structs.fields(Figures)}
+
+
 def make_result(camera: str = "plaza", seq: int = 1, *, image: np.ndarray | None = None,
-                density: np.ndarray | None = None, **kw: object) -> ResultMessage:  # fmt: skip
+                density: np.ndarray | None = None, **kw: object) -> Result:  # fmt: skip
+    """A result of a 640x480 camera; keyword arguments go to its figures or to the result."""
     d = density_blob() if density is None else density
-    fields: dict[str, object] = dict(
-        camera=camera, seq=seq, capture_ns=time.time_ns(), count=float(d.sum()), density=d,
-        model_version=f"{camera}-0003", zones={"fountain": 3.5, "entrance": 1.25} if camera == "plaza" else {"gates": 7.0},
+    figures: dict[str, object] = dict(
+        count=float(d.sum()), zones={"fountain": 3.5, "entrance": 1.25} if camera == "plaza" else {"gates": 7.0},
         uncertainty=1.5, close_pairs=2.25, density_peak_per_m2=1.5, area_over_density_ratio=0.02, calibrated=True,
-        timings={"infer_s": 0.04}, truth=12.0,
-        image=np.full((480, 640, 3), GREEN, np.uint8) if image is None else image,
     )  # fmt: skip
-    fields.update(kw)
-    return ResultMessage(**fields)  # type: ignore[arg-type]
+    figures.update({k: v for k, v in kw.items() if k in FIGURE_FIELDS})
+    fields: dict[str, object] = dict(
+        camera=camera, seq=seq, capture_ns=time.time_ns(), density=d, model_version=f"{camera}-0003", fit=Fit.identity(640, 480),
+        timings={"infer_s": 0.04}, truth=12.0, image=np.full((480, 640, 3), GREEN, np.uint8) if image is None else image,
+    )  # fmt: skip
+    fields.update({k: v for k, v in kw.items() if k not in FIGURE_FIELDS})
+    return Result(figures=Figures(**figures), **fields)  # type: ignore[arg-type]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = WAIT_S, what: str = "condition") -> object:
@@ -112,7 +121,7 @@ def camera_json(server: WebServer, camera: str) -> dict:
     return get_json(server, f"/api/results/{camera}")[1]
 
 
-def publish_until(pub: zmq.Socket, msg: Callable[[], ResultMessage], done: Callable[[], object], jpeg: int | None = None) -> None:
+def publish_until(pub: zmq.Socket, msg: Callable[[], Result], done: Callable[[], object], jpeg: int | None = None) -> None:
     """Publish until ``done()``: a SUB that has just connected misses the first messages."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
@@ -258,7 +267,7 @@ def test_unknown_and_invalid_cameras_get_404(server: WebServer) -> None:
 def test_malformed_messages_are_dropped_and_counted(server: WebServer, pub: zmq.Socket) -> None:
     good = make_result(seq=1)
     bad_camera = json.loads(bytes(encode_result(good)[0]))
-    bad_camera["camera"] = "Not/A/Camera"
+    bad_camera["body"]["camera"] = "Not/A/Camera"
 
     def dropped() -> dict:
         return get_json(server, "/api/results")[1]["dropped"]
@@ -456,6 +465,13 @@ def test_page_lists_every_camera_with_its_stream(server: WebServer) -> None:
 # --------------------------------------------------------------------------- drawing
 
 
+def drawn(density: np.ndarray, image: np.ndarray, fit: Fit | None = None, **figures: object) -> Result:
+    """A result to draw: ``image`` made from the camera by ``fit`` (default: it is the camera frame)."""
+    fit = fit or Fit.identity(image.shape[1], image.shape[0])
+    return Result(camera="plaza", seq=1, capture_ns=0, model_version="v1", figures=Figures(**{"count": 0.0, **figures}),  # type: ignore[arg-type]
+                  fit=fit, density=density, image=image)  # fmt: skip
+
+
 def test_heatmap_colour_is_where_the_density_is() -> None:
     grey = np.full((480, 640, 3), 128, np.uint8)
     d = np.zeros((60, 80), np.float32)
@@ -467,41 +483,37 @@ def test_heatmap_colour_is_where_the_density_is() -> None:
     assert centre[2] > centre[0]  # warm: the top of the colour scale
 
     view = CameraView("plaza", (640, 480))
-    img = overlay.render_result(view, Status(LIVE, 0.1), density=d, count=2.0, uncertainty=0.5, zones={},
-                                model_version="v1", image=np.full((480, 640, 3), 128, np.uint8))  # fmt: skip
+    img = overlay.render_result(view, Status(LIVE, 0.1), drawn(d, np.full((480, 640, 3), 128, np.uint8), count=2.0, uncertainty=0.5))
     assert img.shape == (HEADER_H + 480, 640, 3)
     assert np.abs(picture(img)[244, 324].astype(int) - 128).max() > 60
     assert np.array_equal(picture(img)[100:200, 100:200], grey[100:200, 100:200])
 
 
 def test_zone_geometry_follows_the_letterbox() -> None:
-    # A 1280x720 camera letterboxed into 640x480: scale 0.5, content 640x360, padding below.
-    geo = overlay.view_geometry((640, 480), (640, 480), source_size=(1280, 720))
+    # A 1280x720 camera fitted into a 640x480 box: scale 0.5, content 640x360, padded to 640x384.
+    fit = Fit.plan(1280, 720, 640, 480)
+    geo = overlay.view_geometry((640, 384), fit)
     assert geo.crop == (640, 360) and geo.out_size == (640, 360) and geo.zone_scale == pytest.approx(0.5)
     assert overlay.zone_points([(1280, 720), (200, 100)], geo).tolist() == [[640, 360], [100, 50]]
-    # The same input sent as a 320x240 preview: zones land in the same place on the display.
-    geo2 = overlay.view_geometry((320, 240), (640, 480), source_size=(1280, 720))
+    # The same input sent as a 320x192 preview: zones land in the same place on the display.
+    geo2 = overlay.view_geometry((320, 192), fit)
     assert geo2.crop == (320, 180) and geo2.out_size == (640, 360) and geo2.zone_scale == pytest.approx(0.5)
-    # Unknown source size: source pixels are input pixels.
-    geo3 = overlay.view_geometry((640, 480), (640, 480))
+    # A frame that was the model input already: source pixels are input pixels.
+    geo3 = overlay.view_geometry((640, 480), Fit.identity(640, 480))
     assert geo3.zone_scale == 1.0 and geo3.crop == (640, 480)
     # A big model input is shown at the maximum display width.
-    geo4 = overlay.view_geometry((1920, 1088), (1920, 1088), source_size=(1920, 1080))
+    geo4 = overlay.view_geometry((1920, 1088), Fit.plan(1920, 1080, 1920, 1088))
     assert geo4.crop == (1920, 1080) and geo4.out_size == (overlay.MAX_DISPLAY_W, 540)
 
     # Drawn: the zone outline passes through its configured corner.
     view = CameraView("plaza", (640, 480), zones={"box": [(200, 200), (600, 200), (600, 600), (200, 600)]})
-    img = overlay.render_result(view, Status(LIVE, 0.1), density=np.zeros((60, 80), np.float32), count=0.0,
-                                uncertainty=None, zones={"box": 0.0}, model_version="v1",
-                                image=np.full((480, 640, 3), 60, np.uint8), source_size=(1280, 720))  # fmt: skip
+    img = overlay.render_result(view, Status(LIVE, 0.1), drawn(np.zeros((48, 80), np.float32), np.full((384, 640, 3), 60, np.uint8), fit, zones={"box": 0.0}))
     pic = picture(img)
     assert pic.shape[:2] == (360, 640)
     assert pic[200, 300].min() > 200  # right edge at x = 600 * 0.5, white
     assert pic[200, 250].max() < 80  # inside the zone: the frame itself
     # Same result with a 320x240 preview image: same picture size, same zone place.
-    small = overlay.render_result(view, Status(LIVE, 0.1), density=np.zeros((60, 80), np.float32), count=0.0,
-                                  uncertainty=None, zones={"box": 0.0}, model_version="v1",
-                                  image=np.full((240, 320, 3), 60, np.uint8), source_size=(1280, 720))  # fmt: skip
+    small = overlay.render_result(view, Status(LIVE, 0.1), drawn(np.zeros((48, 80), np.float32), np.full((192, 320, 3), 60, np.uint8), fit, zones={"box": 0.0}))
     assert small.shape == img.shape and picture(small)[200, 300].min() > 200
 
 

@@ -21,9 +21,11 @@ import zmq
 from test_web import camera_json, publish_until, start_server, wait_for, write_config
 
 from crowdwatch.config import Config
+from crowdwatch.fit import Fit
+from crowdwatch.result import Figures, Result
+from crowdwatch.wire import encode_result, open_socket
 from streamer.crowd_metrics import STRIDE
 from streamer.web import WebServer
-from streamer.wire import ResultMessage, encode_result, open_socket
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,16 +57,16 @@ def density_from_heads(points: np.ndarray, size: tuple[int, int] = (640, 480), s
     return blurred.reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE).sum(axis=(1, 3))
 
 
-def result(camera: str, seq: int, image: np.ndarray, heads: np.ndarray, config: Config) -> ResultMessage:
+def result(camera: str, seq: int, image: np.ndarray, heads: np.ndarray, config: Config) -> Result:
     density = density_from_heads(heads)
     rng = np.random.default_rng(seq)
     count = float(density.sum()) + float(rng.normal(0, 0.4))
     zones = {z: round(count * f, 2) for z, f in zip(config.cameras[camera].zones, (0.22, 0.12))}
-    return ResultMessage(
-        camera=camera, seq=seq, capture_ns=time.time_ns(), count=max(0.0, count), density=density,
-        model_version=f"{camera}-0007", zones=zones, uncertainty=2.3 + 0.1 * (seq % 3), close_pairs=6.5,
-        density_peak_per_m2=1.9, area_over_density_ratio=0.03, calibrated=True, image=image,
-        timings={"infer_s": 0.031}, truth=float(len(heads)),
+    figures = Figures(count=max(0.0, count), zones=zones, uncertainty=2.3 + 0.1 * (seq % 3), close_pairs=6.5,
+                      density_peak_per_m2=1.9, area_over_density_ratio=0.03, calibrated=True)  # fmt: skip
+    return Result(
+        camera=camera, seq=seq, capture_ns=time.time_ns(), model_version=f"{camera}-0007", figures=figures,
+        fit=Fit.identity(image.shape[1], image.shape[0]), density=density, image=image, timings={"infer_s": 0.031}, truth=float(len(heads)),
     )  # fmt: skip
 
 

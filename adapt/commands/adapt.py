@@ -25,13 +25,14 @@ from crowdwatch.config import CAMERA_NAME_RE, CONFIG_HELP, Config, ConfigError, 
 log = logging.getLogger("crowdwatch.adapt")
 
 
-def record(args, result: str, detail: str) -> None:
+def record(args, config: Config | None, result: str, detail: str) -> None:
+    """With --record: the run into runs.jsonl, and announced to infer on the config's transport."""
     if args.record is None:
         return
-    from adapt.store.runs import append_run
+    from adapt.store.runs import record_run
 
     try:
-        append_run(args.record, validate_camera_name(args.camera), {"time": time.time(), "result": result, "reason": "command", "detail": detail[:500]})
+        record_run(args.record, validate_camera_name(args.camera), result, reason="command", detail=detail, config=config)
     except (InvalidCameraName, OSError) as exc:
         print(f"crowdwatch adapt: could not record the run: {exc}", file=sys.stderr)
 
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--buffer", type=Path, default=None, help="adapter buffer root (default: <[paths] var>/buffer of the config, else var/buffer)")
     p.add_argument("--no-publish", action="store_true", help="measure and validate only")
     p.add_argument("--record", type=Path, default=None, metavar="VAR",
-                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl, and without --json write the report beside it "
-                        "(what the scheduler and the CronJob do)")
+                   help="append the run's result to VAR/adapt/CAMERA/runs.jsonl and announce it to infer (crowd_adaptation_runs_total), "
+                        "and without --json write the report beside it (what the scheduler and the CronJob do)")
     p.add_argument("--save-candidate", type=Path, default=None, help="also save the candidate checkpoint here, whatever the verdict")
     return p
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_command_config(args.config)
     except (ConfigError, OSError) as exc:
         print(f"crowdwatch adapt: {exc}", file=sys.stderr)
-        record(args, "failed", str(exc))
+        record(args, None, "failed", str(exc))
         return 2
     try:
         if args.json is None and args.record is not None:  # the report beside runs.jsonl, as the scheduler writes it
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"camera": args.camera, "error": str(exc), "published": None}, indent=2))
         skipped = isinstance(exc, TooFewFrames)
-        record(args, "skipped" if skipped else "failed", str(exc))
+        record(args, config, "skipped" if skipped else "failed", str(exc))
         return 4 if skipped else 1
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.event(log, "adaptation_verdict", "%s: %s%s; %s", report["camera"], v["verdict"],
                f" ({'; '.join(v['reasons'])})" if v["reasons"] else "",
                f"published {report['published']}" if report["published"] else "nothing published", camera=report["camera"])
-    record(args, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
+    record(args, config, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
     print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
     return 0 if v["verdict"] == "accept" else 3
 

@@ -37,6 +37,7 @@ from adapt.data.images import IMAGE_SUFFIXES, load_image, natural_key
 from adapt.store.atomic import atomic_write
 from adapt.store.names import validate_camera_name
 from crowdwatch.config.buffer import BufferSettings
+from crowdwatch.video import NoVideoStream, VideoReader
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,6 @@ NS_PER_DAY = 86_400 * NS_PER_S
 STALE_TMP_S = 60.0
 # Seeking a video only pays when the gap to the next sample spans keyframes.
 SEEK_MIN_GAP_S = 10.0
-MAX_DECODE_ERRORS = 100
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _FRAME_RE = re.compile(r"^(\d{20})\.jpg$")  # exactly what frame_name() writes
@@ -231,15 +231,14 @@ class FrameBuffer:
         if max_frames is not None and max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, found {max_frames}")
         try:
-            container = av.open(str(path))
+            video = VideoReader(path)
+        except NoVideoStream:
+            raise ValueError(f"{path}: has no video stream") from None
         except (av.FFmpegError, OSError) as e:
             raise ValueError(f"{path}: cannot open as a video: {e}") from e
-        with container:
-            if not container.streams.video:
-                raise ValueError(f"{path}: has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            span_s = _video_span_s(container, stream, path)
+        with video:
+            video.stream.thread_type = "AUTO"
+            span_s = video.span_s()
             cap = min(max_frames or self.config.max_frames, self.config.max_frames)
             interval_s = every_s if every_s is not None else (0.0 if max_frames is not None else self.config.min_interval_s)
             if span_s is not None:
@@ -249,7 +248,7 @@ class FrameBuffer:
             calls = _Counters()
             log.info("buffer %s: importing %s (%.1f s) one candidate every %.2f s, at most %d frames",
                      self.camera, path, span_s or float("nan"), interval_s, cap)
-            for rel_ns, image in _sample_video(container, stream, sampler.interval_ns, calls, self._count):
+            for rel_ns, image in _sample_video(video, sampler.interval_ns, calls, self._count):
                 reason = self._import_one(image, anchor_ns + rel_ns, sampler, slot_used=True)
                 calls.add(reason)
                 if calls.accepted >= cap:
@@ -487,141 +486,77 @@ class FrameBuffer:
         return int(round(seconds * NS_PER_S))
 
 
-def _video_span_s(container, stream, path: Path) -> float | None:
-    """Length of the video in seconds, from metadata, else from a demux-only pass over packet times."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    if stream.frames and stream.average_rate:
-        return float(stream.frames / stream.average_rate)
-    lo = hi = None
-    packets = 0
-    try:  # a second handle, so the decoding one stays at the start whatever happens here
-        with av.open(str(path)) as probe:
-            for packet in probe.demux(probe.streams.video[0]):
-                if packet.size == 0:  # the demuxer's end-of-stream marker
-                    continue
-                packets += 1
-                t = packet.pts if packet.pts is not None else packet.dts
-                if t is None or packet.time_base is None:
-                    continue
-                s = float(t * packet.time_base)
-                lo = s if lo is None else min(lo, s)
-                hi = s if hi is None else max(hi, s)
-    except (av.FFmpegError, OSError) as e:
-        log.warning("%s: cannot measure its length (%s); sampling by interval only", path, e)
-        return None
-    if lo is not None and hi > lo:
-        return hi - lo
-    rate = stream.average_rate or stream.guessed_rate
-    # No timestamps (raw elementary streams): frames are timed by counting, at the same rate.
-    return float(packets / rate) if packets and rate else None
-
-
-class _Timeline:
-    """Frame times in ns since the first frame, from pts while pts increase.
-
-    Some files carry bogus pts (PETS S2L1's AVI labels B-frames out of display
-    order: 1, 4, 3, 5, 2, ...). Decoders emit frames in display order, so once a
-    pts fails to increase, or is missing, the rest of the file is timed by
-    counting frames at the stream's rate.
-    """
-
-    def __init__(self, frame_ns: int) -> None:
-        self.frame_ns = frame_ns
-        self.origin: int | None = None
-        self.last_pts: int | None = None
-        self.last: int | None = None
-        self.counting = False
-
-    def time(self, frame) -> int:
-        pts = int(frame.pts * frame.time_base * NS_PER_S) if frame.pts is not None and frame.time_base is not None else None
-        if self.origin is None and pts is not None:
-            self.origin = pts
-        if not self.counting and (pts is None or self.origin is None or (self.last_pts is not None and pts <= self.last_pts)):
-            self.counting = True
-            log.info("video timestamps missing or not increasing; timing by frame count at %.3f fps", NS_PER_S / self.frame_ns)
-        if self.counting:
-            t = 0 if self.last is None else self.last + self.frame_ns
-        else:
-            t, self.last_pts = pts - self.origin, pts
-        self.last = t
-        return t
-
-    def peek(self, frame) -> int | None:
-        """Time of ``frame`` by its pts, without advancing (to judge a seek)."""
-        if frame.pts is None or frame.time_base is None or self.origin is None:
-            return None
-        return int(frame.pts * frame.time_base * NS_PER_S) - self.origin
-
-    def after_seek(self) -> None:
-        self.last_pts = None  # the jump is ours, not a broken timestamp
-
-
-def _sample_video(container, stream, interval_ns: int, calls: _Counters, count: Callable[[str], None]) -> Iterator[tuple[int, np.ndarray]]:
+def _sample_video(video: VideoReader, interval_ns: int, calls: _Counters, count: Callable[[str], None]) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (time since the first frame in ns, RGB frame), one candidate per ``interval_ns``.
 
-    Only candidates are converted to RGB. When the next candidate is far ahead
-    the demuxer seeks to the keyframe before it; if the seek does not land after
-    the last candidate (keyframes further apart than the gap, a container that
-    cannot seek) or the timestamps are unreliable, the rest is decoded
-    sequentially. Decoder errors count as ``bad_frame`` and decoding goes on, up
-    to MAX_DECODE_ERRORS.
+    Times are the reader's repaired timestamps; a file without them (a raw
+    elementary stream) is timed by counting frames at its rate. Only candidates
+    are converted to RGB. When the next candidate is far ahead the demuxer
+    seeks to the keyframe before it; if the seek does not land after the last
+    candidate (keyframes further apart than the gap, a container that cannot
+    seek) or the file is timed by counting, the rest is decoded sequentially.
+    Corrupt packets and frames count as ``bad_frame`` and decoding goes on; a
+    run of unreadable packets ends the import with the frames taken so far.
     """
-    rate = stream.average_rate or stream.guessed_rate
-    timeline = _Timeline(int(NS_PER_S / float(rate)) if rate else NS_PER_S // 25)
+
+    def bad() -> None:
+        calls.add("bad_frame")
+        count("bad_frame")
+
+    period_ns = int(video.period_s * NS_PER_S)
+    origin: float | None = None  # the first frame's time, seconds
+    last: int | None = None
+    counting = False
     target = 0
     seeking = interval_ns >= SEEK_MIN_GAP_S * NS_PER_S
-    errors = 0
-    frames: Iterator = container.decode(stream)
+    frames = video.frames(on_bad=bad)
     while True:
         try:
-            frame = next(frames)
+            frame, t_s = next(frames)
         except StopIteration:
             return
         except (av.FFmpegError, OSError) as e:
-            errors += 1
-            calls.add("bad_frame")
-            count("bad_frame")
-            if errors >= MAX_DECODE_ERRORS:
-                log.warning("giving up on the video after %d decode errors (last: %s)", errors, e)
-                return
-            frames = container.decode(stream)
-            continue
-        t = timeline.time(frame)
+            log.warning("giving up on the video after a run of read errors (last: %s)", e)
+            return
+        if t_s is None and not counting:
+            counting, seeking = True, False
+            log.info("video without timestamps; timing by frame count at %.3f fps", NS_PER_S / period_ns)
+        if counting:
+            t = 0 if last is None else last + period_ns
+        else:
+            origin = t_s if origin is None else origin
+            t = round((t_s - origin) * NS_PER_S)
+        last = t
         if t < target:
             continue
         yield t, frame.to_ndarray(format="rgb24")
         target = t + interval_ns
-        if seeking and not timeline.counting:
-            frames, seeking = _seek_to(container, stream, timeline, target, t)
+        if seeking:
+            frames, seeking = _seek_to(video, origin + target / NS_PER_S, origin + t / NS_PER_S, bad)
 
 
-def _seek_to(container, stream, timeline: _Timeline, target_ns: int, last_ns: int) -> tuple[Iterator, bool]:
-    """Seek to the keyframe before ``target_ns``; the new frame iterator, and whether seeking helped.
+def _seek_to(video: VideoReader, target_s: float, last_s: float, bad: Callable[[], None]) -> tuple[Iterator, bool]:
+    """Seek to the keyframe before ``target_s``; the new frame iterator, and whether seeking helped.
 
     If the seek went back to or before the last candidate, the iterator still
     yields from there (frames before the target are skipped by the caller), but
     seeking is given up for the rest of the file.
     """
     try:
-        container.seek(int((timeline.origin + target_ns) / NS_PER_S / stream.time_base), stream=stream, backward=True)
+        video.seek(target_s)
     except (av.FFmpegError, OSError, ValueError, TypeError) as e:
         log.debug("seek failed (%s); decoding sequentially", e)
-        return container.decode(stream), False
-    timeline.after_seek()
-    frames = container.decode(stream)
+        return video.frames(on_bad=bad), False
+    frames = video.frames(on_bad=bad)
     try:
         first = next(frames)
     except StopIteration:
         return iter(()), False
     except (av.FFmpegError, OSError):
-        return container.decode(stream), False
-    landed = timeline.peek(first)
+        return video.frames(on_bad=bad), False
 
     def chained() -> Iterator:
         yield first
         yield from frames
 
-    return chained(), landed is not None and landed > last_ns
+    return chained(), first[1] is not None and first[1] > last_s

@@ -9,20 +9,17 @@
 Modules, one concept each: ``config`` (SourceConfig, SourceError), ``urls``
 (URL checks, scheme registry), ``frame`` (Frame, RawFrame, FrameStream),
 ``stats``, ``pyav`` (the PyAV connection), ``source`` (reconnect loop),
-``sampling`` (fps), ``timestamps`` (repairing stream time), ``keyframes``,
-``fit`` (resize and pad), ``pacing``, ``backoff``, ``watchdog``, and
+``sampling`` (fps), ``timestamps`` (repairing stream time), ``keyframes``, ``pacing``, ``backoff``, ``watchdog``, and
 ``testclip`` (encodes test clips for tests and benchmarks).
 """
 
 from .config import SourceConfig, SourceError
-from .fit import Fit
 from .frame import Frame, FrameStream, RawFrame
 from .source import Source
 from .stats import SourceStats
 from .urls import StreamFactory, redact, register_scheme, registered_schemes, resolve, unregister_scheme
 
 __all__ = [
-    "Fit",
     "Frame",
     "FrameStream",
     "RawFrame",

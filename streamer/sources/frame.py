@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import av
 import numpy as np
 
-from .fit import Fit
+from crowdwatch.fit import Fit
 
 
 @dataclass

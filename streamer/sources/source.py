@@ -18,9 +18,10 @@ from typing import Any, Protocol
 import av
 import numpy as np
 
+from crowdwatch.fit import Fit
+
 from .backoff import Backoff
 from .config import SourceConfig, SourceError
-from .fit import Fit
 from .frame import Frame, FrameStream, RawFrame
 from .pacing import Pacer
 from .pyav import STREAM_ERRORS, AvStream

@@ -1,41 +1,14 @@
 """Repairing stream timestamps: the ones a stream has are often wrong or missing.
 
 Sampling and pacing run on stream time, so a bad clock would make a camera emit
-too much, too little or nothing at all.
+too much, too little or nothing at all. Per frame, the reader's best-effort pts
+comes first (``crowdwatch.video``); what a live connection does with its clock
+is repaired here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-
-class BestEffortPts:
-    """FFmpeg's guess_correct_pts: per frame, the pts, unless the pts have been less
-    monotonic than the dts so far; then the dts.
-
-    Containers without B-frame reordering (AVI) attach decode-order timestamps to
-    frames that come out in presentation order: their pts jump back and forth while
-    the dts advance evenly. PyAV does not expose the decoder's best_effort_timestamp.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._faulty_pts = self._faulty_dts = 0
-        self._last_pts: int | None = None
-        self._last_dts: int | None = None
-
-    def __call__(self, pts: int | None, dts: int | None) -> int | None:
-        if dts is not None:
-            self._faulty_dts += self._last_dts is not None and dts <= self._last_dts
-            self._last_dts = dts
-        if pts is not None:
-            self._faulty_pts += self._last_pts is not None and pts <= self._last_pts
-            self._last_pts = pts
-        if pts is not None and (self._faulty_pts <= self._faulty_dts or dts is None):
-            return pts
-        return dts
 
 
 class StreamTime:

@@ -1,19 +1,29 @@
-"""Fit a frame into the model's input box: scale with aspect kept, then pad to multiples of 32.
+"""The Fit: how a camera frame becomes the model input, and how its pixels map onto it.
 
-Padding (black, right and bottom) rather than cropping: no pixel of the scene is
-lost, a padded band holds no people so it adds nothing to the count, and source
-coordinates map by a plain scale, with no offset. The box is first rounded down
-to multiples of 32, so the padded output never exceeds it.
+Scale with the aspect kept, then pad (black, right and bottom) to multiples of
+32. Padding rather than cropping: no pixel of the scene is lost, a padded band
+holds no people so it adds nothing to the count, and source coordinates map by
+a plain scale, with no offset. The box is first rounded down to multiples of
+32, so the padded output never exceeds it.
+
+The source plans it (``streamer.sources``) and it travels with the frame and its
+result on the wire (``crowdwatch.wire``): the infer stage maps zones and the
+calibration with it, the overlay maps zones onto the picture with it; nobody
+rebuilds it from sizes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import cv2
+import msgspec
 import numpy as np
 
 ALIGN = 32
+MAX_SIDE = 65535
+
+Side = Annotated[int, msgspec.Meta(ge=1, le=MAX_SIDE)]
 
 
 def floor_to(n: int, k: int = ALIGN) -> int:
@@ -24,15 +34,20 @@ def ceil_to(n: int, k: int = ALIGN) -> int:
     return -(-n // k) * k
 
 
-@dataclass(frozen=True)
-class Fit:
-    src_w: int
-    src_h: int
-    scale: float  # content = source * scale
-    content_w: int
-    content_h: int
-    out_w: int  # multiples of 32, >= content
-    out_h: int
+class Fit(msgspec.Struct, frozen=True):
+    src_w: Side
+    src_h: Side
+    scale: Annotated[float, msgspec.Meta(gt=0)]  # content = source * scale
+    content_w: Side
+    content_h: Side
+    out_w: Side  # the model input: >= content (multiples of 32 when planned)
+    out_h: Side
+
+    def __post_init__(self) -> None:
+        # Also runs on decoding: a Fit from the wire that does not map pixels consistently is refused.
+        for what, src, content, out in (("width", self.src_w, self.content_w, self.out_w), ("height", self.src_h, self.content_h, self.out_h)):
+            if content > out or abs(content - src * self.scale) > 1:
+                raise ValueError(f"inconsistent fit {what}: source {src} x {self.scale} is not content {content} within output {out}")
 
     @classmethod
     def plan(cls, src_w: int, src_h: int, box_w: int | None, box_h: int | None) -> Fit:
@@ -58,6 +73,23 @@ class Fit:
             if limit_h is not None:
                 content_h = min(content_h, limit_h)
         return cls(src_w, src_h, scale, content_w, content_h, ceil_to(content_w), ceil_to(content_h))
+
+    @classmethod
+    def identity(cls, w: int, h: int) -> Fit:
+        """A frame that already is the model input (no Fit known): source pixels are input pixels."""
+        return cls(w, h, 1.0, w, h, w, h)
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return self.out_w, self.out_h
+
+    @property
+    def content_size(self) -> tuple[int, int]:
+        return self.content_w, self.content_h
+
+    def to_input(self, points: object) -> np.ndarray:
+        """Source pixels (N, 2) -> model input pixels."""
+        return np.asarray(points, dtype=np.float64) * self.scale
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
         """(src_h, src_w, 3) uint8 -> (out_h, out_w, 3) uint8, C-contiguous."""
