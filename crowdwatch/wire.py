@@ -32,12 +32,13 @@ is the ``reason`` label of ``crowd_frames_dropped_total``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import math
-import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any, ClassVar, Generic, Literal, Protocol, TypeVar, get_args
@@ -47,9 +48,9 @@ import msgspec
 import numpy as np
 import zmq
 import zmq.auth
-from zmq.utils import z85
 
 from crowdwatch.config.names import CAMERA_NAME_RE
+from crowdwatch.config.transport import CurveKeys
 from crowdwatch.fit import Fit
 from crowdwatch.result import CameraName, Count, NonNegative, Result
 
@@ -440,117 +441,160 @@ def decode_inbound(
 
 
 # --------------------------------------------------------------------------- CURVE
+#
+# On by default for tcp:// (crowdwatch.config.transport.CurveConfig): infer, which binds, is the
+# CURVE server and admits only the client keys on its allow-list; ingest, web and adapt connect
+# as clients. Keys come from environment variables. A refused connection is counted by reason
+# (REFUSED) and logged, at most once a minute per reason and client.
 
+REFUSED = ("not_allowed", "plaintext", "bad_handshake")
+"""Why a CURVE server refused a connection: ``not_allowed``, a client key not on the allow-list;
+``plaintext``, a client without CURVE; ``bad_handshake``, any other failed handshake (most often a
+client that holds the wrong server public key)."""
 
-@dataclass(frozen=True, repr=False)
-class CurveKeys:
-    """Z85 keys of one side; clients also hold the server's public key."""
-
-    public: bytes
-    secret: bytes
-    server_public: bytes | None = None
-
-    def __repr__(self) -> str:  # never print a secret key
-        return f"CurveKeys(public={self.public!r}, secret=***, server_public={self.server_public!r})"
-
-
-def _z85_key(value: str | bytes, what: str) -> bytes:
-    key = value.encode() if isinstance(value, str) else value
-    key = key.strip()
-    if len(key) != 40:
-        raise ValueError(f"{what} must be a 40-character Z85 CURVE key, found {len(key)} characters")
-    try:
-        z85.decode(key)
-    except Exception:
-        raise ValueError(f"{what} is not valid Z85") from None
-    return key
-
-
-def curve_keys(
-    role: Literal["server", "client"],
-    *,
-    public_env: str,
-    secret_env: str,
-    server_public_env: str | None = None,
-    cert_file: str | os.PathLike[str] | None = None,
-    server_cert_file: str | os.PathLike[str] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> CurveKeys:
-    """Keys from a zmq.auth certificate file (if given) or from environment variables.
-
-    A client needs the server's public key too: from ``server_cert_file`` (a
-    public certificate) or ``server_public_env``.
-    """
-    env = os.environ if environ is None else environ
-
-    def from_env(name: str) -> bytes:
-        if name not in env:
-            raise ValueError(f"CURVE key variable {name} is not set")
-        return _z85_key(env[name], name)
-
-    if cert_file is not None:
-        public, secret = zmq.auth.load_certificate(os.fspath(cert_file))
-        if not secret:
-            raise ValueError(f"{cert_file} has no secret key (use the .key_secret file)")
-    else:
-        public, secret = from_env(public_env), from_env(secret_env)
-    server_public = None
-    if role == "client":
-        if server_cert_file is not None:
-            server_public, _ = zmq.auth.load_certificate(os.fspath(server_cert_file))
-        elif server_public_env:
-            server_public = from_env(server_public_env)
-        else:
-            raise ValueError("a CURVE client needs the server's public key")
-    return CurveKeys(public=public, secret=secret, server_public=server_public)
-
-
-class _CurveSettings(Protocol):
-    enabled: bool
-    server_public_env: str
-    server_secret_env: str
-    client_public_env: str
-    client_secret_env: str
-    server_cert: Path | None
-    client_cert: Path | None
-
-
-def curve_keys_from_config(
-    curve: _CurveSettings, role: Literal["server", "client"], environ: Mapping[str, str] | None = None
-) -> CurveKeys | None:
-    """Keys for ``config.TransportConfig.curve``; None when CURVE is disabled."""
-    if not curve.enabled:
-        return None
-    if role == "server":
-        return curve_keys(
-            "server", public_env=curve.server_public_env, secret_env=curve.server_secret_env,
-            cert_file=curve.server_cert, environ=environ,
-        )  # fmt: skip
-    return curve_keys(
-        "client", public_env=curve.client_public_env, secret_env=curve.client_secret_env,
-        server_public_env=curve.server_public_env, cert_file=curve.client_cert,
-        server_cert_file=curve.server_cert, environ=environ,
-    )  # fmt: skip
+_HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+LOG_EVERY_S = 60.0
 
 
 def client_curve(transport: Any) -> CurveKeys | None:
-    """A client's keys for infer's sockets (``config.TransportConfig``): infer is their CURVE server whenever CURVE is on."""
-    return curve_keys_from_config(transport.curve, "client")
+    """A client's keys for infer's sockets (``config.TransportConfig``), None when CURVE is off
+    (ipc:// endpoints, or ``insecure``). Raises ConfigWarning (a ValueError) naming the variable
+    that is missing or malformed."""
+    return transport.curve.client_keys() if transport.curve_on else None
 
 
-def start_authenticator(ctx: zmq.Context, allowed_clients_dir: str | os.PathLike[str] | None) -> Any:
-    """ZAP handler for CURVE servers: only clients whose public certificates are in
-    ``allowed_clients_dir`` may connect (None: any client holding the server key).
-    Returns the running ThreadAuthenticator; call ``.stop()`` on shutdown."""
-    from zmq.auth.thread import ThreadAuthenticator
+def server_curve(transport: Any) -> tuple[CurveKeys, frozenset[bytes]] | None:
+    """infer's key pair and allow-list, None when CURVE is off."""
+    if not transport.curve_on:
+        return None
+    return transport.curve.server_keys(), transport.curve.allowed_clients()
 
-    auth = ThreadAuthenticator(ctx)
-    auth.start()
-    if allowed_clients_dir is None:
-        auth.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
-    else:
-        auth.configure_curve(domain="*", location=os.fspath(allowed_clients_dir))
-    return auth
+
+def _refusal(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "not_allowed"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "plaintext"
+    return "bad_handshake"
+
+
+_REFUSAL_TEXT = {
+    "not_allowed": "its CURVE key is not on the allow-list",
+    "plaintext": "it does not use CURVE",
+    "bad_handshake": "the CURVE handshake failed (does it hold this server's public key?)",
+}
+
+
+class CurveServer:
+    """The CURVE server side of one process: a ZAP handler that admits the allow-listed client keys only,
+    and a watch on the bound sockets that counts every refused connection.
+
+    Start it before binding (without a ZAP handler libzmq admits every CURVE client), bind the sockets
+    with ``open_socket(..., curve=keys, bind=True)``, :meth:`watch` each, then :meth:`start`.
+    ``on_refused(socket_name, reason)`` is called once per refused connection (reasons: :data:`REFUSED`),
+    from the watch thread. Log lines go to ``log``, at most one per minute per reason and client.
+    """
+
+    def __init__(self, ctx: zmq.Context, allowed: Iterable[bytes], on_refused: Callable[[str, str], None] | None = None,
+                 log: logging.Logger | None = None) -> None:  # fmt: skip
+        from zmq.auth.thread import ThreadAuthenticator
+
+        self.allowed = frozenset(allowed)
+        self.on_refused = on_refused
+        self.log = log or logging.getLogger("crowdwatch.curve")
+        self._said: dict[tuple[str, ...], tuple[float, int]] = {}  # (reason, ...) -> (last line, refusals since)
+        self._said_lock = threading.Lock()  # the ZAP thread and the watch thread both log
+        self._monitors: list[tuple[zmq.Socket, zmq.Socket, str]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peer = "?"
+        server = self
+
+        class _Authenticator(ThreadAuthenticator):
+            def handle_zap_message(self, msg: list[bytes]) -> Any:
+                # the peer's address, for the log line of a refused key (ZAP requests are handled one at a time)
+                server._peer = msg[3].decode(errors="replace") if len(msg) > 3 else "?"
+                return super().handle_zap_message(msg)
+
+        self.auth = _Authenticator(ctx, log=logging.getLogger("crowdwatch.curve.zap"))
+        self.auth.start()
+        self.auth.configure_curve_callback(domain="*", credentials_provider=self)
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """The ZAP decision (zmq.auth's credentials provider): the Z85 key is on the allow-list."""
+        if client_key in self.allowed:
+            return True
+        self._say(("not_allowed", client_key.decode(errors="replace"), self._peer),
+                  "refused a client from %s: its CURVE key %s is not on the allow-list", self._peer, client_key.decode(errors="replace"))
+        return False
+
+    def _say(self, key: tuple[str, ...], msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._said_lock:
+            last, since = self._said.get(key, (-math.inf, 0))
+            if now - last < LOG_EVERY_S:
+                self._said[key] = (last, since + 1)
+                return
+            if len(self._said) > 1000:  # many keys or peers: forget the old ones
+                self._said.clear()
+            self._said[key] = (now, 0)
+        more = f" ({since} more since the last line)" if since else ""
+        self.log.warning(msg + more, *args, extra={"event": "transport_refused"})
+
+    def watch(self, sock: zmq.Socket, name: str) -> None:
+        """Count the handshakes ``sock`` (a bound CURVE socket) fails, as ``name`` (frames, results)."""
+        if self._thread is not None:
+            raise RuntimeError("watch every socket before start()")
+        self._monitors.append((sock, sock.get_monitor_socket(_HANDSHAKE_EVENTS), name))
+
+    def start(self) -> CurveServer:
+        self._thread = threading.Thread(target=self._run, name="curve-refusals", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        poller = zmq.Poller()
+        names = {}
+        for _, mon, name in self._monitors:
+            poller.register(mon, zmq.POLLIN)
+            names[mon] = name
+        try:
+            while not self._stop.is_set():
+                for mon, _ in poller.poll(200):
+                    try:
+                        ev = recv_monitor_message(mon, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        continue
+                    except zmq.ZMQError:  # the watched socket closed
+                        poller.unregister(mon)
+                        continue
+                    if not ev["event"] & _HANDSHAKE_EVENTS:
+                        continue
+                    reason = _refusal(ev["event"], ev["value"])
+                    if self.on_refused is not None:
+                        self.on_refused(names[mon], reason)
+                    if reason != "not_allowed":  # the ZAP handler said that one, with the key and the address
+                        self._say((reason, names[mon]), "refused a connection on the %s socket (%s): %s", names[mon],
+                                  ev["endpoint"].decode(errors="replace"), _REFUSAL_TEXT[reason])  # fmt: skip
+        finally:
+            for _, mon, _ in self._monitors:
+                mon.close(linger=0)
+
+    def stop(self) -> None:
+        """Stop watching (before the sockets close) and stop the ZAP handler."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        else:
+            for _, mon, _ in self._monitors:
+                mon.close(linger=0)
+        for sock, _, _ in self._monitors:
+            if not sock.closed:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.disable_monitor()
+        self.auth.stop()
 
 
 # --------------------------------------------------------------------------- sockets

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("adapt.commands.calibrate", "fit a camera's count scale on its labelled frames"),
     "config": ("crowdwatch.commands.config", "check a config file, or print its JSON Schema"),
     "deploy": ("crowdwatch.commands.deploy", "generate the Kubernetes manifests of a config file"),
+    "keys": ("crowdwatch.commands.keys", "create the CURVE keys that tcp:// endpoints need"),
 }
 
 

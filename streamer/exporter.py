@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from crowdwatch.config.names import validate_camera_name
 from crowdwatch.httpbase import REFUSALS, Access, GuardedHandler, GuardedServer, Limits
 from crowdwatch.result import Result
-from crowdwatch.wire import ADAPTATION_RESULTS, IGNORED, AdaptationRun
+from crowdwatch.wire import ADAPTATION_RESULTS, IGNORED, REFUSED, AdaptationRun
 
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -124,6 +124,9 @@ class Metrics:
         self.reconnects = Counter("crowd_camera_reconnects", "Camera source reconnects", cam, registry=r)
         self.http_refusals = Counter(
             "crowd_http_refused", "HTTP requests or connections refused (crowdwatch/httpbase.py)", ["stage", "reason"], registry=r
+        )
+        self.transport_refusals = Counter(
+            "crowd_transport_refused", "ZeroMQ connections a CURVE server refused (crowdwatch.wire.REFUSED)", ["stage", "socket", "reason"], registry=r
         )
         self.ignored = Counter(
             "crowd_wire_ignored", "Parts of received messages discarded while the message was kept", cam + ["stage", "what"], registry=r
@@ -266,6 +269,12 @@ class Metrics:
         if reason not in REFUSALS:
             raise ValueError(f"reason must be one of {REFUSALS}, found {reason!r}")
         self.http_refusals.labels(_label(stage, "stage"), reason).inc()
+
+    def transport_refused(self, stage: str, socket: str, reason: str, n: int = 1) -> None:
+        """Count a connection refused by a CURVE server (``crowdwatch.wire.REFUSED``); n=0 creates the series."""
+        if reason not in REFUSED:
+            raise ValueError(f"reason must be one of {REFUSED}, found {reason!r}")
+        self.transport_refusals.labels(_label(stage, "stage"), _label(socket, "socket"), reason).inc(n)
 
     def wire_ignored(self, stage: str, what: str, camera: str) -> None:
         """Count a discarded part of a kept message (``crowdwatch.wire.IGNORED``: unknown or clamped stats, truth)."""

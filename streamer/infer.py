@@ -39,16 +39,17 @@ from crowdwatch.geometry import point_outside
 from crowdwatch.httpbase import Access, AccessError, Limits
 from crowdwatch.result import Result
 from crowdwatch.wire import (
+    REFUSED,
     AdaptationRun,
+    CurveServer,
     FrameMessage,
     LatestReceiver,
     bounded_stats,
-    curve_keys_from_config,
     decode_inbound,
     encode_result,
     open_socket,
     send_parts,
-    start_authenticator,
+    server_curve,
 )
 from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
@@ -281,12 +282,22 @@ class InferStage:
                               var=config.paths.var, on_failure=metrics.model_load_failure)
         self.state = {c: CameraState() for c in self.cameras}
         t = config.transport
-        curve = curve_keys_from_config(t.curve, "server") if t.curve.enabled else None
-        # with CURVE, a ZAP handler enforces the client allow-list (if configured)
-        self.auth = start_authenticator(self.ctx, t.curve.authorized_clients or None) if curve is not None else None
-        self.frames = open_socket(self.ctx, "pull", config.endpoint("frames_bind", shard), bind=True,
-                                  hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
-        self.results = open_socket(self.ctx, "pub", config.endpoint("results_bind", shard), bind=True, hwm=t.hwm * 4, curve=curve)
+        # CURVE (the default for tcp://): a ZAP handler admits the allow-listed client keys only, started before
+        # the sockets bind; every refused connection counts in crowd_transport_refused_total
+        server = server_curve(t)
+        curve, self.auth = (server[0], self._curve_server(server[1])) if server is not None else (None, None)
+        try:
+            self.frames = open_socket(self.ctx, "pull", config.endpoint("frames_bind", shard), bind=True,
+                                      hwm=t.hwm * max(1, len(self.cameras)), curve=curve)
+            self.results = open_socket(self.ctx, "pub", config.endpoint("results_bind", shard), bind=True, hwm=t.hwm * 4, curve=curve)
+        except Exception:
+            if self.auth is not None:
+                self.auth.stop()
+            raise
+        if self.auth is not None:
+            self.auth.watch(self.frames, "frames")
+            self.auth.watch(self.results, "results")
+            self.auth.start()
         # a frame bigger than its camera's model box is dropped before it is decoded
         boxes = {name: (cam.width, cam.height) for name, cam in config.cameras.items()}
         self.receiver = LatestReceiver(
@@ -302,6 +313,12 @@ class InferStage:
         self._adapt_seen: dict[str, float] = {}  # camera -> time of the newest run exported
         self._restore_adaptation_runs()
         self.stop_event = threading.Event()
+
+    def _curve_server(self, allowed: frozenset[bytes]) -> CurveServer:
+        for socket in ("frames", "results"):
+            for reason in REFUSED:  # at 0 from the start, so increase() sees the first refusal
+                self.metrics.transport_refused(STAGE, socket, reason, 0)
+        return CurveServer(self.ctx, allowed, lambda socket, reason: self.metrics.transport_refused(STAGE, socket, reason), log=log)
 
     def _restore_adaptation_runs(self) -> None:
         """Export the runs recorded before this start (var/adapt/<camera>/runs.jsonl), once."""
@@ -462,10 +479,10 @@ class InferStage:
             beat()  # a step returns within max_wait_ms plus one batch, frames or not
 
     def close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()  # stops watching the sockets first
         self.frames.close(linger=0)
         self.results.close(linger=0)
-        if self.auth is not None:
-            self.auth.stop()
 
 
 def not_transient(exc: BaseException) -> bool:

@@ -23,7 +23,6 @@ from crowdwatch.wire import (
     FrameMessage,
     LatestReceiver,
     WireError,
-    curve_keys,
     decode_frame,
     decode_inbound,
     decode_result,
@@ -33,7 +32,6 @@ from crowdwatch.wire import (
     open_socket,
     send_once,
     send_parts,
-    start_authenticator,
 )
 
 RNG = np.random.default_rng(7)
@@ -397,76 +395,7 @@ def test_send_without_a_receiver_does_not_block(ctx: zmq.Context, ipc_dir: Path)
 
 
 # --------------------------------------------------------------------------- CURVE
-
-
-def make_keys(tmp: Path) -> tuple[dict[str, str], Path, Path]:
-    server_pub, server_sec = zmq.curve_keypair()
-    client_pub, client_sec = zmq.curve_keypair()
-    env = {
-        "SRV_PUB": server_pub.decode(), "SRV_SEC": server_sec.decode(),
-        "CLI_PUB": client_pub.decode(), "CLI_SEC": client_sec.decode(),
-    }  # fmt: skip
-    allowed = tmp / "allowed"
-    allowed.mkdir()
-    (allowed / "client.key").write_text(
-        f'metadata\ncurve\n    public-key = "{client_pub.decode()}"\n'
-    )
-    others = tmp / "others"
-    others.mkdir()
-    zmq.auth.create_certificates(others, "someone")
-    return env, allowed, others
-
-
-def curve_pair(ctx: zmq.Context, env: dict[str, str], *, server_public_env: str = "SRV_PUB") -> tuple[zmq.Socket, zmq.Socket]:
-    srv = curve_keys("server", public_env="SRV_PUB", secret_env="SRV_SEC", environ=env)
-    cli = curve_keys("client", public_env="CLI_PUB", secret_env="CLI_SEC", server_public_env=server_public_env, environ=env)
-    pull = open_socket(ctx, "pull", "tcp://127.0.0.1:0", bind=True, curve=srv)
-    endpoint = pull.getsockopt(zmq.LAST_ENDPOINT).decode()
-    push = open_socket(ctx, "push", endpoint, bind=False, curve=cli)
-    return pull, push
-
-
-def test_curve_round_trip_with_allow_list(ctx: zmq.Context, tmp_path: Path) -> None:
-    env, allowed, _ = make_keys(tmp_path)
-    auth = start_authenticator(ctx, allowed)
-    try:
-        pull, push = curve_pair(ctx, env)
-        push.send_multipart(encode_frame(frame_msg()), copy=False)
-        got = decode_frame(recv(pull))  # type: ignore[arg-type]
-        assert got.camera == "plaza" and np.array_equal(got.image, smooth_image())
-        pull.close(), push.close()
-    finally:
-        auth.stop()
-
-
-def test_curve_rejects_unlisted_client_and_wrong_server_key(ctx: zmq.Context, tmp_path: Path) -> None:
-    env, _, others = make_keys(tmp_path)
-    auth = start_authenticator(ctx, others)  # our client is not in this allow-list
-    try:
-        pull, push = curve_pair(ctx, env)
-        push.send_multipart(encode_frame(frame_msg()), copy=False)
-        assert recv(pull, 500) is None
-        pull.close(), push.close()
-    finally:
-        auth.stop()
-    env["WRONG"] = zmq.curve_keypair()[0].decode()
-    pull, push = curve_pair(ctx, env, server_public_env="WRONG")
-    push.send_multipart(encode_frame(frame_msg()), copy=False)
-    assert recv(pull, 500) is None
-    pull.close(), push.close()
-
-
-def test_curve_key_loading_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="NOPE is not set"):
-        curve_keys("server", public_env="NOPE", secret_env="NOPE2", environ={})
-    with pytest.raises(ValueError, match="40-character"):
-        curve_keys("server", public_env="A", secret_env="B", environ={"A": "short", "B": "short"})
-    pub, sec = zmq.auth.create_certificates(tmp_path, "srv")
-    keys = curve_keys("client", public_env="", secret_env="", cert_file=sec, server_cert_file=pub, environ={})
-    assert len(keys.public) == 40 and keys.server_public == keys.public
-    assert "secret=***" in repr(keys)
-    with pytest.raises(ValueError, match="no secret key"):
-        curve_keys("server", public_env="", secret_env="", cert_file=pub, environ={})
+# tests/test_curve.py: the allow-list, refusals counted, keys from the environment.
 
 
 def test_frame_source_stats_round_trip_and_validation():

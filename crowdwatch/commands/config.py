@@ -29,6 +29,18 @@ def summary(config: Config) -> list[str]:
     return lines
 
 
+def transport_line(config: Config) -> str:
+    """The endpoints' kind and what protects them."""
+    t = config.transport
+    if not t.uses_tcp:
+        return "ipc:// (file permissions)"
+    if t.insecure_tcp:
+        return "tcp:// WITHOUT CURVE (insecure = true): plaintext, any host that reaches the ports may send frames"
+    c = t.curve
+    return (f"tcp:// with CURVE: infer admits the client keys in ${c.allowed_clients_env}; keys from ${c.server_public_env}, "
+            f"${c.server_secret_env}, ${c.client_public_env}, ${c.client_secret_env}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crowdwatch config", description="Check a configuration file or print its schema.")
     p.add_argument("--config", type=Path, default=Path("config.toml"), help="the TOML file that check reads (default: config.toml)")
@@ -54,8 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.config}: {len(config.cameras)} cameras")
     for line in summary(config):
         print(f"  {line}")
+    print(f"  transport: {transport_line(config)}")
     for warning in config.warnings:  # of this machine: the file may be meant for another
-        stops = " (crowdwatch run and infer refuse to start)" if warning.serving else ""
+        verb = "refuses" if len(warning.stops) == 1 else "refuse"
+        stops = f" ({warning.stops_text()} {verb} to start)" if warning.stops else ""
         print(f"crowdwatch config: warning: {warning}{stops}", file=sys.stderr)
     return 0
 

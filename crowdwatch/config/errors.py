@@ -33,18 +33,37 @@ class ConfigError(ValueError):
         super().__init__(f"{where}{path or '<top level>'}: expected {expected}, found {show(found)}")
 
 
+# The stages a ConfigWarning can stop, by the names crowdwatch.config.load_stage_config knows them
+# ("supervisor" is `crowdwatch run`), and the stages a `serving` one stops.
+STAGES = ("supervisor", "infer", "ingest", "web")
+SERVING = frozenset({"supervisor", "infer"})
+
+
 class ConfigWarning(ConfigError):
     """A problem of this machine rather than of the file, found at load: a missing camera file or
-    registry, CUDA-only providers without a GPU.
+    registry, CUDA-only providers without a GPU, CURVE keys missing from the environment.
 
     ``crowdwatch config check`` prints it and succeeds (the file may be meant for
-    another machine, a container or a GPU node). A ``serving`` one also stops
-    ``crowdwatch run`` and ``infer`` at load: they could not start with it.
+    another machine, a container or a GPU node). The stages in ``stops`` refuse to start
+    with it, at load: they could not work with it. A ``serving`` one stops ``crowdwatch run``
+    and ``infer``.
     """
 
-    def __init__(self, path: str, expected: str, found: object, source: str = "", *, serving: bool = False) -> None:
+    def __init__(self, path: str, expected: str, found: object, source: str = "", *, serving: bool = False,
+                 stops: frozenset[str] | set[str] | tuple[str, ...] = ()) -> None:  # fmt: skip
         super().__init__(path, expected, found, source)
-        self.serving = serving
+        unknown = set(stops) - set(STAGES)
+        if unknown:
+            raise ValueError(f"stops must name stages from {STAGES}, found {sorted(unknown)}")
+        self.stops = frozenset(stops) | (SERVING if serving else frozenset())
+        self.serving = SERVING <= self.stops
+
+    def stops_text(self) -> str:
+        """The commands that refuse to start with it, e.g. "crowdwatch run and infer"; "" when none."""
+        names = [("run" if s == "supervisor" else s) for s in STAGES if s in self.stops]
+        if not names:
+            return ""
+        return "crowdwatch " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
 
 
 class Found:

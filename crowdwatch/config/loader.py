@@ -102,14 +102,18 @@ def parse_config(
     doc = merge_defaults(data, source)
     doc = _expand_all(doc, (), environ, source, originals)
     try:
-        return Config.model_validate(doc, context={"base_dir": base, "source": source})
+        return Config.model_validate(doc, context={"base_dir": base, "source": source, "environ": environ})
     except ValidationError as exc:
         raise from_validation_error(exc, Config, source, originals=originals) from None
 
 
-def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, serving: bool = False) -> Config:
-    """Read and validate a TOML config file; raises ConfigError on any problem, and with ``serving`` (run, infer)
-    the first serving ConfigWarning too (no registry, no model, no GPU for the providers)."""
+def load_config(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, serving: bool = False, stage: str | None = None
+) -> Config:
+    """Read and validate a TOML config file; raises ConfigError on any problem, and the first ConfigWarning
+    that stops ``stage`` (``supervisor`` for crowdwatch run, ``infer``, ``ingest``, ``web``: no registry, no model,
+    no GPU for the providers, no CURVE keys for its side). ``serving`` without a stage is the whole service
+    (``supervisor``)."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -119,7 +123,8 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", "valid TOML", Found(str(exc)), str(p)) from None
     config = parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
-    blocking = [w for w in config.warnings if w.serving] if serving else []
+    stage = stage or ("supervisor" if serving else None)
+    blocking = [w for w in config.warnings if stage in w.stops]
     if blocking:
         raise blocking[0]
     return config
@@ -158,10 +163,11 @@ def load_stage_config(
 
     The level and format are the flags', else $CROWDWATCH_LOG_LEVEL / $CROWDWATCH_LOG_FORMAT,
     else the config's ``[log]``. With ``[log] files`` the lines also go to
-    ``<paths.var>/log/<stage>[-<camera>][-<instance>].log``, rotated (``instance``: an infer worker beyond the first). A ``serving`` stage (run, infer)
-    also refuses a config with a serving :class:`ConfigWarning` (no registry, no model, no
-    GPU for the providers). Returns None after printing the reason, so ``main`` can exit
-    with status 2.
+    ``<paths.var>/log/<stage>[-<camera>][-<instance>].log``, rotated (``instance``: an infer worker beyond the first). Every
+    stage refuses a config with a :class:`ConfigWarning` that stops it (run and infer: no registry, no model, no
+    GPU for the providers; each side of CURVE: its keys missing from the environment). Returns None after printing
+    the reason, so ``main`` can exit with status 2. With CURVE turned off for tcp:// endpoints, the stage logs a
+    warning (``insecure_transport``).
     """
     import sys
 
@@ -169,7 +175,7 @@ def load_stage_config(
 
     stage = stage or prog.removeprefix("crowdwatch ")
     try:
-        config = load_config(path, serving=serving)
+        config = load_config(path, serving=serving, stage=stage)
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
@@ -185,4 +191,10 @@ def load_stage_config(
     except ValueError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
+    if config.transport.insecure_tcp:
+        import logging
+
+        logs.event(logging.getLogger("crowdwatch.transport"), "insecure_transport",
+                   "CURVE is off for tcp:// endpoints ([transport.curve] enabled = false, insecure = true): frames and results "
+                   "travel in plaintext, and any host that reaches the ports can send frames and read the counts", level=logging.WARNING)  # fmt: skip
     return config

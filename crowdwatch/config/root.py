@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -118,13 +119,14 @@ class Config(Section):
         found = self.model.machine_problems(self.cameras, self._source)
         for cam in self.cameras.values():
             found += cam.machine_problems(self._source)
+        found += self.transport.machine_problems(ctx.get("environ", os.environ), self._source)
         self._warnings = tuple(found)
         return self
 
     @property
     def warnings(self) -> tuple[ConfigWarning, ...]:
         """Problems of this machine found at load (``ConfigWarning``): ``config check`` prints them,
-        ``run`` and ``infer`` refuse to start on a ``serving`` one."""
+        and each stage refuses to start on one that ``stops`` it (``run`` and ``infer`` on a ``serving`` one)."""
         return self._warnings
 
     @property
