@@ -257,12 +257,11 @@ def test_tcp_transport_uses_jpeg_and_separate_bind(tmp_path: Path) -> None:
         "frames": "tcp://infer-host:5555",
         "frames_bind": "tcp://0.0.0.0:5555",
         "results": "tcp://infer-host:5556",
-        "curve": {"enabled": True, "authorized_clients": "clients"},
     }
     t = parse(data, tmp_path).transport
     assert t.frame_encoding == "jpeg" and t.frames_bind == "tcp://0.0.0.0:5555"
     assert t.results_bind == t.results
-    assert t.curve.enabled and t.curve.authorized_clients == tmp_path / "clients"
+    assert t.curve.enabled and t.curve_on  # CURVE is the default for tcp:// (tests/test_curve.py)
 
 
 def test_cameras_split_over_infer_workers_stably(tmp_path: Path) -> None:
@@ -465,7 +464,8 @@ def test_config_check_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
     assert main(["config", "check", "--config", str(REPO / "config.toml")]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 3 and out[1].strip().startswith("plaza: synthetic") and "concourse" in out[2]
+    assert len(out) == 4 and out[1].strip().startswith("plaza: synthetic") and "concourse" in out[2]
+    assert out[3] == "  transport: ipc:// (file permissions)"
     bad = tmp_path / "bad.toml"
     bad.write_text('[cameras.lobby]\nurl = "rtsp//cam/stream"\n')
     assert main(["config", "check", "--config", str(bad)]) == 2

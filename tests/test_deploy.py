@@ -31,6 +31,7 @@ import pytest
 
 from crowdwatch.commands import deploy
 from crowdwatch.config import load_config
+from crowdwatch.config.transport import KEY_FILES
 from streamer.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,11 +308,17 @@ def test_k8s_curve_env_and_ports_match_config() -> None:
     (infer,) = by_cmd["infer"]
     assert infer["args"][-2:] == ["--shard", "$(POD_NAME)"]
     assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in infer["env"]
-    assert {curve.server_public_env, curve.server_secret_env} <= _env_names(infer)
+    assert {curve.server_public_env, curve.server_secret_env, curve.allowed_clients_env} <= _env_names(infer)
     assert not {curve.client_secret_env} & _env_names(infer)
     for c in by_cmd["ingest"] + by_cmd["web"] + by_cmd["adapt"]:  # adapt announces its runs to infer
         assert {curve.server_public_env, curve.client_public_env, curve.client_secret_env} <= _env_names(c)
         assert curve.server_secret_env not in _env_names(c), "the CURVE server secret belongs to infer only"
+    # every CURVE variable comes from the Secret's key that `crowdwatch keys generate` writes for it
+    files = {getattr(curve, field): file for field, file in KEY_FILES.items()}
+    for c in [infer] + by_cmd["ingest"] + by_cmd["web"] + by_cmd["adapt"]:
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        for name in files.keys() & refs.keys():
+            assert refs[name] == {"name": "crowdwatch-curve", "key": files[name]}, (name, refs[name])
     ports = {p["name"]: p["containerPort"] for p in infer["ports"]}
     assert ports == {"metrics": cfg.server.metrics_port, "frames": port(cfg.transport.frames_bind), "results": port(cfg.transport.results_bind)}
     assert services["crowdwatch-infer"] == {"metrics": cfg.server.metrics_port, "frames": port(cfg.transport.frames), "results": port(cfg.transport.results)}
@@ -414,6 +421,23 @@ def test_two_workers_split_the_cameras_in_the_generated_manifests(tmp_path: Path
     _site(tmp_path, cams.replace('[cameras.gate]\nurl = "synthetic://"\n', "") + "[cameras.hall.adapt]\nenabled = false\n")
     assert deploy.main(["k8s", "--config", str(cfg_path), "--out", str(out)]) == 0
     assert not (out / "ingest-gate.yaml").exists() and not (out / "adapt-gate.yaml").exists() and (out / "notes.yaml").exists()
+
+
+def test_curve_variables_follow_the_config_and_go_with_curve(tmp_path: Path) -> None:
+    cams = '[cameras.lobby]\nurl = "synthetic://"\n'
+    renamed = _site(tmp_path, cams)
+    renamed.write_text(renamed.read_text().replace('server_secret_env = "CROWDWATCH_CURVE_SERVER_SECRET"', 'server_secret_env = "INFER_SECRET"'))
+    text = deploy.render(renamed)
+    assert "INFER_SECRET" in text["infer.yaml"] and "CROWDWATCH_CURVE_SERVER_SECRET" not in text["infer.yaml"]
+    # CURVE turned off (insecure): no key, no Secret to create, and the manifests stay valid
+    insecure = tmp_path / "insecure.toml"
+    insecure.write_text(re.sub(r"^\[transport\.curve\].*$", "[transport.curve]\nenabled = false\ninsecure = true", renamed.read_text(), flags=re.M))
+    out = tmp_path / "out"
+    assert deploy.main(["k8s", "--config", str(insecure), "--out", str(out)]) == 0
+    files = [p for p in out.glob("*.yaml") if p.name != "kustomization.yaml"]
+    assert not any("crowdwatch-curve" in p.read_text() for p in files if p.name != "configmap.yaml")
+    assert "[]  # no CURVE keys" in (out / "ingest-lobby.yaml").read_text()
+    validate_strict(*files)
 
 
 def _hashes(folder: Path) -> dict[str, str]:

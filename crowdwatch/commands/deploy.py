@@ -12,7 +12,11 @@ wrote before and no longer writes (a removed camera) are deleted from the
 folder; what ``kubectl apply`` created for them stays in the cluster until
 deleted (docs/DEPLOY.md).
 
-Templates are text with ``@name`` placeholders (``@@`` is a literal ``@``).
+Templates are text with ``@name`` placeholders (``@@`` is a literal ``@``);
+a line ``@curve_server_env`` (infer) or ``@curve_client_env`` (ingest, web,
+adapt) becomes the container's env entries for that side's CURVE keys, named
+as [transport.curve] names them, from the Secret ``crowdwatch-curve`` (none
+when CURVE is off).
 The config is read as the pods read it: relative paths anchored at
 /etc/crowdwatch, and each ``${VAR}`` left as it is written (no secret is read,
 and the hashes do not depend on them).
@@ -77,6 +81,27 @@ def _port(endpoint: str, key: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
+_CURVE_ENV = re.compile(r"^( *)@curve_(server|client)_env\n", re.M)
+CURVE_SECRET = "crowdwatch-curve"
+
+
+def curve_env(config: Config, template: str) -> str:
+    """``template`` with each ``@curve_server_env`` / ``@curve_client_env`` line replaced by the container ``env`` entries of
+    that side's CURVE keys: the variables [transport.curve] names, from the Secret's keys that `crowdwatch keys generate`
+    writes. With CURVE off (``insecure``) there are none: a comment, or ``[]`` when nothing else is in the list."""
+
+    def entries(m: re.Match[str]) -> str:
+        indent, side = m[1], m[2]
+        if not config.transport.curve_on:
+            before = [line.strip() for line in template[: m.start()].splitlines() if line.strip() and not line.strip().startswith("#")]
+            empty = "[]  " if before and before[-1] == "env:" else ""
+            return f"{indent}{empty}# no CURVE keys: [transport.curve] enabled = false, insecure = true (plaintext tcp://)\n"
+        return "".join(f"{indent}- name: {name}\n{indent}  valueFrom:\n{indent}    secretKeyRef: {{name: {CURVE_SECRET}, key: {key}}}\n"
+                       for name, key in config.transport.curve.variables(side))  # type: ignore[arg-type]
+
+    return _CURVE_ENV.sub(entries, template)
+
+
 def load(path: Path) -> Config:
     """``path`` as the pods read it, with every ``${VAR}`` left as written."""
     text = path.read_text()
@@ -92,7 +117,8 @@ def render(config_path: Path, templates: Path = TEMPLATES, time_zone: str = "Etc
     header = f"{MARK} from {config_path.name}: edit that file or the templates and generate again.\n"
 
     def fill(template: str, **values: object) -> str:
-        return header + _Template((templates / f"{template}.yaml.in").read_text()).substitute(values)
+        text = curve_env(config, (templates / f"{template}.yaml.in").read_text())
+        return header + _Template(text).substitute(values)
 
     workers = config.server.infer_workers
     text = config_path.read_text()

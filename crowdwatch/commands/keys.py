@@ -25,18 +25,13 @@ from pathlib import Path
 import zmq
 
 from crowdwatch.config import CurveConfig, command_config
+from crowdwatch.config.transport import KEY_FILES, ROLE_KEYS
 
 # file (= Secret key) -> the [transport.curve] key naming its environment variable
-FILES = {
-    "server-public": "server_public_env",
-    "server-secret": "server_secret_env",
-    "client-public": "client_public_env",
-    "client-secret": "client_secret_env",
-    "allowed-clients": "allowed_clients_env",
-}
+FILES = {file: field for field, file in KEY_FILES.items()}
 CLIENT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
-SERVER = ("server-public", "server-secret", "allowed-clients")  # infer
-CLIENT = ("server-public", "client-public", "client-secret")  # ingest, web, adapt
+SERVER = tuple(KEY_FILES[field] for field in ROLE_KEYS["server"])  # infer
+CLIENT = tuple(KEY_FILES[field] for field in ROLE_KEYS["client"])  # ingest, web, adapt
 
 
 def generate(folder: Path, *, force: bool = False) -> dict[str, bytes]:

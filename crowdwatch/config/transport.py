@@ -70,6 +70,19 @@ KEYGEN = "crowdwatch keys generate"
 # Who cannot start without a role's keys: infer is the CURVE server, ingest and web (and adapt's
 # announcements) connect as clients, and crowdwatch run runs both sides.
 ROLE_STOPS: dict[str, frozenset[str]] = {"server": frozenset({"supervisor", "infer"}), "client": frozenset({"supervisor", "ingest", "web"})}
+# Each variable's file from `crowdwatch keys generate`, which is also its key in the Kubernetes Secret
+# crowdwatch-curve (`crowdwatch deploy k8s`), and which variables each side reads.
+KEY_FILES: dict[str, str] = {
+    "server_public_env": "server-public",
+    "server_secret_env": "server-secret",
+    "client_public_env": "client-public",
+    "client_secret_env": "client-secret",
+    "allowed_clients_env": "allowed-clients",
+}
+ROLE_KEYS: dict[str, tuple[str, ...]] = {
+    "server": ("server_public_env", "server_secret_env", "allowed_clients_env"),
+    "client": ("server_public_env", "client_public_env", "client_secret_env"),
+}
 _KEY_SPLIT = re.compile(r"[\s,]+")
 _KEY_FILES = ("server_cert", "client_cert", "authorized_clients")  # an earlier schema read zmq.auth key files
 
@@ -189,6 +202,10 @@ class CurveConfig(Section):
                 raise self._problem(field, "server", expected, f"item {i} of {len(items)}, {len(item)} characters, not a Z85 key", source)
             keys.add(item.encode())
         return frozenset(keys)
+
+    def variables(self, role: Role) -> list[tuple[str, str]]:
+        """(environment variable, key file / Secret key) of what ``role`` reads."""
+        return [(getattr(self, field), KEY_FILES[field]) for field in ROLE_KEYS[role]]
 
     def problems(self, environ: Mapping[str, str], source: str = "") -> list[ConfigWarning]:
         """What this machine's environment lacks for CURVE: the first problem of the server's keys, of the
