@@ -447,10 +447,12 @@ def decode_inbound(
 # as clients. Keys come from environment variables. A refused connection is counted by reason
 # (REFUSED) and logged, at most once a minute per reason and client.
 
-REFUSED = ("not_allowed", "plaintext", "bad_handshake")
+REFUSED = ("not_allowed", "bad_handshake")
 """Why a CURVE server refused a connection: ``not_allowed``, a client key not on the allow-list;
-``plaintext``, a client without CURVE; ``bad_handshake``, any other failed handshake (most often a
-client that holds the wrong server public key)."""
+``bad_handshake``, a handshake that failed: a client without CURVE, one holding another server
+public key, or a connection closed before its handshake (a port scan, a TCP health check). Which
+side of a plaintext client notices first is a race, so there is no reliable reason of its own; the
+log line says "does not use CURVE" when libzmq could tell."""
 
 _HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 LOG_EVERY_S = 60.0
@@ -470,19 +472,16 @@ def server_curve(transport: Any) -> tuple[CurveKeys, frozenset[bytes]] | None:
     return transport.curve.server_keys(), transport.curve.allowed_clients()
 
 
-def _refusal(event: int, value: int) -> str:
+def _refusal(event: int, value: int) -> tuple[str, str]:
+    """(reason, what the log line says) of a monitor event."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "not_allowed"
+        return "not_allowed", "its CURVE key is not on the allow-list"
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        return "plaintext"
-    return "bad_handshake"
-
-
-_REFUSAL_TEXT = {
-    "not_allowed": "its CURVE key is not on the allow-list",
-    "plaintext": "it does not use CURVE",
-    "bad_handshake": "the CURVE handshake failed (does it hold this server's public key?)",
-}
+        return "bad_handshake", "the client does not use CURVE"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return "bad_handshake", "the CURVE handshake failed (does the client hold this server's public key?)"
+    return "bad_handshake", ("the connection closed during the handshake (a client without CURVE or with another server "
+                             "public key, or a plain TCP connection)")  # fmt: skip
 
 
 class CurveServer:
@@ -572,12 +571,12 @@ class CurveServer:
                         continue
                     if not ev["event"] & _HANDSHAKE_EVENTS:
                         continue
-                    reason = _refusal(ev["event"], ev["value"])
+                    reason, text = _refusal(ev["event"], ev["value"])
                     if self.on_refused is not None:
                         self.on_refused(names[mon], reason)
                     if reason != "not_allowed":  # the ZAP handler said that one, with the key and the address
                         self._say((reason, names[mon]), "refused a connection on the %s socket (%s): %s", names[mon],
-                                  ev["endpoint"].decode(errors="replace"), _REFUSAL_TEXT[reason])  # fmt: skip
+                                  ev["endpoint"].decode(errors="replace"), text)  # fmt: skip
         finally:
             for _, mon, _ in self._monitors:
                 mon.close(linger=0)
