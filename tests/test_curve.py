@@ -27,7 +27,7 @@ from crowdwatch.config import ConfigError, load_config, load_stage_config, parse
 from crowdwatch.config.errors import ConfigWarning
 from crowdwatch.config.transport import CurveKeys
 from crowdwatch.fit import Fit
-from crowdwatch.wire import REFUSED, CurveServer, FrameMessage, client_curve, encode_frame, open_socket, server_curve
+from crowdwatch.wire import REFUSED, CurveServer, FrameMessage, client_curve, encode_frame, open_socket, send_parts, server_curve
 from streamer.cli import main as cli
 from streamer.exporter import Metrics
 
@@ -337,11 +337,11 @@ def test_curve_server_admits_the_allow_list_and_counts_every_refusal(ctx: zmq.Co
             for name, keys in (("other key", CurveKeys(other_pub, other_sec, server_pub)), ("plaintext", None),
                                ("wrong server key", CurveKeys(allowed_pub, allowed_sec, zmq.curve_keypair()[0]))):  # fmt: skip
                 push = open_socket(ctx, "push", endpoint, bind=False, curve=keys)
-                push.send(name.encode())
+                send_parts(push, [name.encode()])  # never blocks: a refused client may have no pipe to queue on
                 time.sleep(0.5)
                 push.close(linger=0)
             good = open_socket(ctx, "push", endpoint, bind=False, curve=CurveKeys(allowed_pub, allowed_sec, server_pub))
-            good.send(b"allowed")
+            assert send_parts(good, [b"allowed"])
             assert pull.poll(5000) and pull.recv() == b"allowed"
             assert not pull.poll(300)  # nothing of the refused clients got through
             good.close(linger=0)
@@ -392,7 +392,7 @@ def test_infer_takes_frames_from_allowed_clients_only_and_counts_the_others(curv
     plain = open_socket(ctx, "push", t.frames, bind=False)
     eavesdropper = open_socket(ctx, "sub", t.results, bind=False, curve=CurveKeys(other_pub, other_sec, t.curve.server_keys().public))
     for seq, sock in enumerate((stranger, plain), 1):
-        sock.send_multipart(frame(seq))
+        send_parts(sock, frame(seq))  # never blocks: a refused client may have no pipe to queue on
     assert wait_for(lambda: refused(metrics, "frames", "not_allowed") >= 1 and refused(metrics, "frames", "bad_handshake") >= 1
                     and refused(metrics, "results", "not_allowed") >= 1)  # fmt: skip
     assert sum(stage.step() for _ in range(3)) == 0
@@ -402,7 +402,7 @@ def test_infer_takes_frames_from_allowed_clients_only_and_counts_the_others(curv
     push = open_socket(ctx, "push", t.frames, bind=False, curve=client_curve(t))
     sub = open_socket(ctx, "sub", t.results, bind=False, curve=client_curve(t))
     time.sleep(0.5)
-    push.send_multipart(frame(10))
+    assert send_parts(push, frame(10))
     assert wait_for(lambda: stage.step() > 0, timeout=20)
     assert metrics.registry.get_sample_value("crowd_frames_total", {"camera": "lobby", "stage": "infer"}) == 1
     assert sub.poll(5000) and not eavesdropper.poll(500)
