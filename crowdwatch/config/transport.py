@@ -84,7 +84,7 @@ ROLE_KEYS: dict[str, tuple[str, ...]] = {
     "client": ("server_public_env", "client_public_env", "client_secret_env"),
 }
 _KEY_SPLIT = re.compile(r"[\s,]+")
-_KEY_FILES = ("server_cert", "client_cert", "authorized_clients")  # an earlier schema read zmq.auth key files
+_REMOVED_FILE_KEYS = ("server_cert", "client_cert", "authorized_clients")  # an earlier schema read zmq.auth key files
 
 
 @dataclass(frozen=True, repr=False)
@@ -128,7 +128,7 @@ class CurveConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_key_files(cls, data: Any) -> Any:
-        for key in _KEY_FILES if isinstance(data, dict) else ():
+        for key in _REMOVED_FILE_KEYS if isinstance(data, dict) else ():
             if key in data:
                 raise fail(f"CURVE keys in environment variables, which the *_env keys name ({KEYGEN} makes them); "
                            "key files are not read", Found(f"{key} = {data[key]!r}"), key=key)  # fmt: skip
