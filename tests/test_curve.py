@@ -203,19 +203,6 @@ def test_turning_curve_off_for_tcp_needs_insecure(tmp_path: Path, curve: dict[st
     assert expected in str(info.value) and ", found " in str(info.value)
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """load_stage_config sets up logging for the process (crowdwatch.logs): put the test's back."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
 def test_explicit_opt_out_loads_without_keys_and_warns_at_every_start(tmp_path: Path, no_keys: None, restore_logging: None,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     data = site(tmp_path)

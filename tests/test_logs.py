@@ -20,18 +20,7 @@ import pytest
 from crowdwatch import logs
 from tests.conftest import REPO
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level, hook = list(root.handlers), root.level, sys.excepthook
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    sys.excepthook = hook
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 class _Pipe(io.StringIO):
