@@ -7,6 +7,8 @@ so the ratios hold on a shared, noisy machine even when absolute numbers drift.
 - single pass: encoder + decoder once per frame (one mask), the cost of a plain network;
 - ensemble (ours): encoder once, decoder for all M masks in one batched pass;
 - naive ensemble: M full forward passes.
+It also prints the ensemble's floating-point operations per frame, the
+device-independent half of the GPU capacity model in docs/PERFORMANCE.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def timeit(fn, repeats: int) -> list[float]:
@@ -86,6 +89,10 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             for k, v in med.items():
                 rows.append((n, k, n / v, v / med["torch single pass"]))
+        with torch.inference_mode(), FlopCounterMode(display=False) as flops:
+            model(torch.zeros((1, h, w, 3), dtype=torch.uint8, device=device))
+        print(f"# {flops.get_total_flops() / 1e9:.1f} GFLOP per frame (ensemble, counted by torch.utils.flop_counter: "
+              "convolutions and matrix products, one multiply-add = 2)")
         print(f"# {h}x{w}, M={model.config.masks} masks, torch {torch.__version__} on {device}, onnxruntime {ort.__version__} on {session.get_providers()[0]}, {platform.processor() or platform.machine()}")
         print("| batch | variant | frames/s | time vs single pass |")
         print("|---|---|---|---|")
