@@ -64,7 +64,7 @@ RESTARTS = 20
 FUZZED = 10_000
 BUFFER_TMPFS = "64k"
 FSIZE_LIMIT = 4096                # bytes: below any buffered JPEG, above every other file the stages write
-STALL_RESTART_S = 6
+STALL_RESTART_S = 10              # short, for the SIGSTOP tests; a starved CI machine may still pause a stage for a few seconds
 
 
 # --------------------------------------------------------------------------- the site
@@ -120,6 +120,7 @@ class Site:
         self.cfg = root / "config.toml"
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
+        self.rtsp_missing: str | None = None  # why there is no RTSP camera
         self.prom_port: int | None = None
         self.webhook: Webhook | None = None
         self._procs: list[subprocess.Popen] = []
@@ -163,7 +164,8 @@ min_free_bytes = 0
         limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))) if self.disk == "rlimit" else None
         self.proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(self.cfg), "--no-adapt",
                                       "--log-format", "json"], cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=limit)  # fmt: skip
+                                     env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+                                     preexec_fn=limit)  # fmt: skip
         # a pipe, drained here: under RLIMIT_FSIZE the run could not write a log file of its own
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
 
@@ -173,6 +175,11 @@ min_free_bytes = 0
                 log.write(line)
                 log.flush()
                 self.lines.append(line.decode(errors="replace"))
+
+    def infer_restarts(self, since: int = 0) -> list[str]:
+        """The supervisor's lines, from line ``since`` of the run's output, that say infer exited or was replaced as hung."""
+        return [ln.strip() for ln in self.lines[since:] if '"stage": "supervisor"' in ln
+                and ("infer exited" in ln or re.search(r"infer \(pid \d+\) made no progress", ln))]
 
     def stages(self) -> dict[str, int]:
         return stage_pids(self.proc.pid)
@@ -188,15 +195,6 @@ min_free_bytes = 0
     def seq(self, camera: str) -> int | None:
         body = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.wport}/api/results/{camera}", timeout=2).read())
         return body.get("seq")
-
-    def events(self, name: str) -> list[dict]:
-        out = []
-        for line in list(self.lines):
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("event") == name:
-                    out.append(rec)
-        return out
 
     # -- Prometheus, Alertmanager
 
@@ -286,6 +284,7 @@ def _mount_tmpfs(path: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The running site of the module (see the module's docstring), counting every camera; torn down after the last test."""
     from tests.rtsp_server import RtspServer, unavailable_reason
 
     root = tmp_path_factory.mktemp("site")
@@ -294,16 +293,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     why = _mount_tmpfs(buffer)
     disk = "tmpfs" if why is None else "rlimit"
     FIGURES["buffer_disk"] = f"{BUFFER_TMPFS} tmpfs" if why is None else f"RLIMIT_FSIZE {FSIZE_LIMIT} B (no tmpfs: {why})"
-    rtsp = None
-    if unavailable_reason() is None:
-        from streamer.sources.testclip import write_clip
-
-        # 5 minutes: no session of the test reaches its end (an end would be a reconnect of its own)
-        clip = write_clip(root / "clip.mp4", width=320, height=240, fps=5, seconds=300, gop=5).path
-        rtsp = RtspServer(clip)
-        rtsp.start()
+    rtsp_missing = unavailable_reason()
+    rtsp = None if rtsp_missing else RtspServer(root / "clip.mp4")
     s = Site(root, rtsp, disk)
+    s.rtsp_missing = rtsp_missing
     try:
+        if rtsp is not None:
+            from streamer.sources.testclip import write_clip
+
+            # 5 minutes: no session of the test reaches its end (an end would be a reconnect of its own)
+            write_clip(rtsp.media, width=320, height=240, fps=5, seconds=300, gop=5)
+            rtsp.start()
         s.write_config()
         s.start()
         t0 = time.monotonic()
@@ -316,7 +316,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     finally:
         s.close()
         if rtsp is not None:
-            rtsp.kill()
+            rtsp.__exit__(None, None, None)  # killed, its log closed
         if disk == "tmpfs":
             subprocess.run(["umount", "-l", str(buffer)], capture_output=True)
         report = os.environ.get("CROWDWATCH_RELIABILITY_REPORT")
@@ -327,9 +327,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def _needs_door(site: Site) -> None:
     if site.rtsp is None:
-        from tests.rtsp_server import unavailable_reason
-
-        pytest.skip(f"no GStreamer RTSP server: {unavailable_reason()}")
+        pytest.skip(f"no GStreamer RTSP server: {site.rtsp_missing}")
 
 
 # --------------------------------------------------------------------------- Prometheus, Alertmanager, webhook
@@ -601,7 +599,7 @@ def test_ten_thousand_fuzzed_messages_crash_nothing_and_every_drop_is_counted(si
     assert len(expected) >= 12, expected  # the fuzz reaches most of the decoder's reasons
     FIGURES["fuzz"] = {"messages": FUZZED, "by_reason": dict(sorted(expected.items()))}
 
-    before, infer = _infer_drops(site.metrics()), site.stages()["infer"]
+    before, infer, since = _infer_drops(site.metrics()), site.stages()["infer"], len(site.lines)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, 100)
@@ -620,10 +618,15 @@ def test_ten_thousand_fuzzed_messages_crash_nothing_and_every_drop_is_counted(si
         after = _infer_drops(site.metrics())
         return Counter({r: after[r] - before[r] for r in own if after[r] - before[r]})
 
-    wait_for(lambda: sum(counted().values()) >= FUZZED, 60, f"{FUZZED} drops counted", interval=0.2)
+    def all_counted() -> bool:
+        replaced = site.stages().get("infer") not in (None, infer)
+        assert not replaced, f"infer was replaced during the fuzz (a new one counts from 0): {site.infer_restarts(since)}"
+        return sum(counted().values()) >= FUZZED
+
+    wait_for(all_counted, 60, f"{FUZZED} drops counted", interval=0.2)
     FIGURES["fuzz"]["seconds"] = round(time.monotonic() - t0, 1)
     assert counted() == expected
-    assert site.stages()["infer"] == infer  # no crash, no restart
+    assert site.stages()["infer"] == infer and not site.infer_restarts(since)  # no crash, no restart
     frames = site.frames("east")
     wait_for(lambda: site.frames("east") > frames, 30, "east counting after the fuzz")
 
