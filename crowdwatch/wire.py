@@ -325,7 +325,7 @@ def _decode_header(parts: Sequence[object], body_type: Any) -> tuple[Header[Any]
     body = raw.get("body")
     kind = body.get("kind") if isinstance(body, dict) else None
     kinds = {_KIND[t] for t in get_args(body_type) or (body_type,)}
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:  # a list or an object is no kind (and unhashable)
         expected = " or ".join(sorted(kinds))
         raise WireError("bad_kind", f"a {kind!r} where a {expected} was expected"[:100])
     try:

@@ -8,7 +8,6 @@ import logging
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crowdwatch import logs
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -101,11 +100,6 @@ def test_relay_keeps_a_childs_stage_camera_and_event(monkeypatch):
 # --------------------------------------------------------------------------- crowdwatch run
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_run_in_a_container_logs_json_lines_from_every_stage(tmp_path):
@@ -115,8 +109,8 @@ def test_run_in_a_container_logs_json_lines_from_every_stage(tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(f"""
 [server]
-metrics_port = {_free_port()}
-web_port = {_free_port()}
+metrics_port = {free_port()}
+web_port = {free_port()}
 [paths]
 var = "{tmp_path / 'var'}"
 run = "{tmp_path / 'run'}"

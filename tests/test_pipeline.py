@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port, kill_run, scrape, stage_pids, value, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,27 +31,6 @@ pytestmark = pytest.mark.slow
 # frame edges, which the truth does not count; see research/NOTEBOOK.md.
 REL_TOLERANCE = 0.5
 ABS_TOLERANCE = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(metrics, name, **labels):
-    return metrics.get((name, tuple(sorted(labels.items()))))
 
 
 def write_config(tmp: Path, metrics_port: int, web_port: int, workers: int = 1) -> Path:
@@ -87,42 +65,6 @@ url = "synthetic://?people=15&style=overcast&seed=4"
     return cfg
 
 
-def children_of(pid: int) -> dict[str, int]:
-    """argv-tail -> pid of the supervisor's child processes."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and b"streamer.cli" in argv:
-            stage = argv[argv.index(b"streamer.cli") + 1].decode()
-            if stage == "ingest":
-                stage += ":" + argv[argv.index(b"--camera") + 1].decode()
-            elif stage == "infer" and b"--shard" in argv:
-                stage += ":" + argv[argv.index(b"--shard") + 1].decode()
-            out[stage] = int(proc.name)
-    return out
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except OSError as exc:
-            last_exc = exc
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} ({last_exc})")
-
-
 @contextlib.contextmanager
 def crowdwatch_run(tmp_path: Path, workers: int = 1):
     """`crowdwatch run --no-adapt` on two synthetic cameras: (process, metrics port, web port)."""
@@ -139,16 +81,7 @@ def crowdwatch_run(tmp_path: Path, workers: int = 1):
     try:
         yield proc, mport, wport
     finally:
-        # find the children before the supervisor goes: orphans would be re-parented and lost
-        kids = children_of(proc.pid).values() if proc.poll() is None else ()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in kids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_run(proc)
 
 
 @pytest.fixture
@@ -179,16 +112,16 @@ def test_run_counts_restarts_and_stops(running):
     assert value(m, "crowd_close_pairs", camera="east") is not None
 
     # kill infer: the supervisor restarts it; ingest processes keep running
-    before = children_of(proc.pid)
+    before = stage_pids(proc.pid)
     assert {"infer", "ingest:east", "ingest:west"} <= set(before), before
     os.kill(before["infer"], signal.SIGKILL)
-    wait_for(lambda: children_of(proc.pid).get("infer") not in (None, before["infer"]), 30, "a new infer process")
+    wait_for(lambda: stage_pids(proc.pid).get("infer") not in (None, before["infer"]), 30, "a new infer process")
     wait_for(lambda: (value(scrape(port), "crowd_frames_total", camera="east", stage="infer") or 0) >= 2, 60, "frames after the restart")
-    after = children_of(proc.pid)
+    after = stage_pids(proc.pid)
     assert after["ingest:east"] == before["ingest:east"] and after["ingest:west"] == before["ingest:west"]
 
     # SIGTERM: clean shutdown, children gone
-    kids = children_of(proc.pid)
+    kids = stage_pids(proc.pid)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     for pid in kids.values():
@@ -223,16 +156,16 @@ def test_two_workers_split_the_cameras_and_one_killed_leaves_the_other_counting(
         wait_for(lambda: all(r["seq"] is not None for r in web_results(wport).values()), 30, "results of both cameras in the overlay")
         assert set(web_results(wport)) == {"east", "west"}
 
-        before = children_of(proc.pid)
+        before = stage_pids(proc.pid)
         assert {"infer", "infer:1", "web", "ingest:east", "ingest:west"} == set(before), before
         west, seq = frames(port + 1, "west"), web_results(wport)["west"]["seq"]
         os.kill(before["infer"], signal.SIGKILL)
         # worker 0 is replaced (1 s backoff, start-up, model) and east counts again on the new one ...
-        wait_for(lambda: children_of(proc.pid).get("infer") not in (None, before["infer"]) and frames(port, "east") >= 1, 90,
+        wait_for(lambda: stage_pids(proc.pid).get("infer") not in (None, before["infer"]) and frames(port, "east") >= 1, 90,
                  "east counting again on a new worker 0")
         # ... while west went on counting on worker 1 all along, in the metrics and in the overlay
         assert frames(port + 1, "west") >= west + 2 and web_results(wport)["west"]["seq"] > seq
-        after = children_of(proc.pid)
+        after = stage_pids(proc.pid)
         assert after["infer:1"] == before["infer:1"] and after["ingest:west"] == before["ingest:west"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0

@@ -17,17 +17,10 @@ from streamer.sources import Source, SourceConfig, SourceStats
 from streamer.sources.testclip import write_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ is not a package
-from rtsp_server import RtspServer, unavailable_reason  # noqa: E402
+from rtsp_server import RtspServer  # noqa: E402
 from test_sources import Consumer  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def rtsp_ready() -> None:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no GStreamer RTSP server: {reason}")
 
 
 @pytest.fixture(scope="module")

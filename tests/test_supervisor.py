@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamer import pdeath
+from tests.conftest import child_pids, free_port, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,27 +40,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Running (a zombie waiting for init to reap it counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _children(ppid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
-                    out.append(int(proc.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
 @pytest.mark.skipif(not pdeath.available(), reason="needs Linux prctl(PR_SET_PDEATHSIG)")
 def test_sigkill_of_the_supervisor_takes_every_child_with_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -68,7 +48,7 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(tmp_path):
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # infer, web, 2 ingest, 1 adaptation job
-            kids = _children(proc.pid)
+            kids = child_pids(proc.pid)
             if len(kids) >= 5:
                 break
             time.sleep(0.2)
@@ -76,9 +56,9 @@ def test_sigkill_of_the_supervisor_takes_every_child_with_it(tmp_path):
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_pid_alive(p) for p in kids):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in kids):
             time.sleep(0.1)
-        assert [p for p in kids if _pid_alive(p)] == [], "children outlived the SIGKILLed supervisor"
+        assert [p for p in kids if pid_alive(p)] == [], "children outlived the SIGKILLed supervisor"
     finally:
         _kill_all(proc, kids)
 
@@ -89,7 +69,7 @@ def _kill_all(proc: subprocess.Popen, kids: list[int]) -> None:
         proc.kill()
         proc.wait()
     for pid in kids:
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -150,7 +130,7 @@ def test_a_sigstopped_stage_is_replaced_within_60_s(monkeypatch, tmp_path, victi
         t0 = time.monotonic()
         assert _wait(lambda: child.proc is not None and child.proc.pid != old, 60), f"{victim} was not replaced within 60 s"
         assert time.monotonic() - t0 < 60 and child.stalls == 1
-        assert not _pid_alive(old)
+        assert not pid_alive(old)
         others = [c for c in built if c is not child]
         assert all(c.restarts == 0 and c.stalls == 0 for c in others)  # only the stopped stage was touched
     finally:
@@ -168,19 +148,11 @@ def _crowdwatch_run(tmp_path, server: dict, registry: Path, timeout=120):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _free_port() -> int:
-    import socket as socketlib
-
-    with socketlib.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_non_transient_start_errors_stop_with_one_clear_line_and_no_retry(tmp_path):
     import socket as socketlib
 
     # a missing registry is caught when the config loads, before any stage starts (exit 2, as for any bad config)
-    ports = {"metrics_port": _free_port(), "web_port": _free_port()}
+    ports = {"metrics_port": free_port(), "web_port": free_port()}
     out = _crowdwatch_run(tmp_path, ports, tmp_path / "no-such-registry")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         f"crowdwatch run: {tmp_path / 'config.toml'}: model.registry: expected a model registry folder "
@@ -194,7 +166,7 @@ def test_non_transient_start_errors_stop_with_one_clear_line_and_no_retry(tmp_pa
     with socketlib.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        ports = {"metrics_port": busy.getsockname()[1], "web_port": _free_port()}
+        ports = {"metrics_port": busy.getsockname()[1], "web_port": free_port()}
         out = _crowdwatch_run(tmp_path, ports, REPO / "models")
     fatal = [ln for ln in out.stderr.splitlines() if ln.startswith("crowdwatch run:")]
     assert out.returncode == 1 and len(fatal) == 1, out.stderr
@@ -269,12 +241,12 @@ RUN_WITH_SLEEPERS = textwrap.dedent("""
 def _stages(ppid: int) -> dict[str, int]:
     """The supervisor's children by stage name (infer, infer:1, web, ingest:CAMERA) -> pid."""
     out = {}
-    for pid in _children(ppid):
+    for pid in child_pids(ppid):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[3:]
         except OSError:
             continue
-        if argv and _pid_alive(pid):
+        if argv and pid_alive(pid):
             name = argv[0]
             for flag in ("--shard", "--camera"):
                 if flag in argv:
@@ -292,7 +264,7 @@ def _site_config(path: Path, ports: tuple[int, int], cameras: dict[str, str], wo
 
 def test_sighup_restarts_only_the_stages_the_config_change_touches(tmp_path):
     cfg = tmp_path / "config.toml"
-    ports = (_free_port(), _free_port())  # nothing listens there: the stages are sleepers
+    ports = (free_port(), free_port())  # nothing listens there: the stages are sleepers
     _site_config(cfg, ports, {"east": "shard = 0", "west": "shard = 1", "north": "shard = 1"})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = open(tmp_path / "out.log", "w")  # closed below
@@ -327,7 +299,7 @@ def test_sighup_restarts_only_the_stages_the_config_change_touches(tmp_path):
 
         # a camera removed, one added on worker 0
         before, after = reload({"east": "shard = 0", "west": "shard = 1\nfps = 2", "south": "shard = 0"})
-        assert "ingest:north" not in after and not _pid_alive(before["ingest:north"])
+        assert "ingest:north" not in after and not pid_alive(before["ingest:north"])
         assert {n for n in before if n in after and before[n] != after[n]} == {"infer", "infer:1", "web"}
         assert after["ingest:east"] == before["ingest:east"] and after["ingest:west"] == before["ingest:west"]
 
@@ -344,7 +316,7 @@ def test_sighup_restarts_only_the_stages_the_config_change_touches(tmp_path):
         before, after = reload({"east": "shard = 0", "west": "shard = 1\nfps = 2", "south": "shard = 0"}, workers=3)
         assert {n for n in before if before[n] != after[n]} == {"web"} and "infer:2" in after
     finally:
-        kids = _children(proc.pid)
+        kids = child_pids(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout=30)

@@ -212,6 +212,8 @@ def top(**changes: object) -> list:
         (with_header(GOOD, kind="result"), "bad_kind"),
         (with_header(GOOD, kind="pickle"), "bad_kind"),
         (with_header(GOOD, kind=_DELETE), "bad_kind"),
+        (with_header(GOOD, kind=[]), "bad_kind"),  # found by the fuzz of tests/test_reliability.py: it raised TypeError
+        (with_header(GOOD, kind={}), "bad_kind"),
         (top(body=[1, 2]), "bad_kind"),
         (with_header(GOOD, seq=_DELETE), "missing_field"),
         (top(parts=_DELETE), "missing_field"),
