@@ -127,7 +127,7 @@ var = "{tmp}/var"
 run = "{tmp}/run"
 [model]
 registry = "{REPO / 'models'}"
-providers = ["CPUExecutionProvider"]
+providers = {json.dumps(args.providers.split(","))}
 [defaults]
 fps = {args.fps}
 width = {bw}
@@ -301,6 +301,8 @@ def main() -> None:
     p.add_argument("--size", default="1280x720")
     p.add_argument("--fps", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=1, help="[server] infer_workers: inference worker processes")
+    p.add_argument("--providers", default="CPUExecutionProvider",
+                   help="[model] providers, comma-separated ONNX Runtime provider names (a GPU node: CUDAExecutionProvider,CPUExecutionProvider)")
     p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
                    help="instead of the capacity sweep: run --cameras cameras this long and sample each stage's memory")
     p.add_argument("--cameras", type=int, default=2, help="--soak: synthetic cameras")
