@@ -149,3 +149,30 @@ def scrape(port: int, timeout: float = 2.0) -> dict[tuple[str, tuple], float]:
 def value(metrics: dict[tuple[str, tuple], float], name: str, **labels: str) -> float | None:
     """One sample of a scrape, or None when it is not exported."""
     return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+def site_toml(root: Path, metrics_port: int, web_port: int, cameras: str, *, server: str = "", sections: str = "",
+              registry: Path | None = None) -> str:
+    """A small `crowdwatch run` site under ``root``: 320x256 cameras at 2 fps on the CPU, no adaptation.
+
+    ``server`` adds lines to [server], ``sections`` whole tables, ``cameras`` the [cameras.*] tables.
+    """
+    return f"""
+[server]
+metrics_port = {metrics_port}
+web_port = {web_port}
+{server}
+{sections}
+[paths]
+var = "{root / 'var'}"
+run = "{root / 'run'}"
+[model]
+registry = "{registry or REPO / 'models'}"
+providers = ["CPUExecutionProvider"]
+[defaults]
+fps = 2
+width = 320
+height = 256
+[defaults.adapt]
+enabled = false
+{cameras}"""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from crowdwatch import logs
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, site_toml
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -107,27 +107,10 @@ def test_run_in_a_container_logs_json_lines_from_every_stage(tmp_path):
     if not (REPO / "models" / "base" / "current").is_file():
         pytest.fail("the shipped base model is missing from models/base")
     cfg = tmp_path / "config.toml"
-    cfg.write_text(f"""
-[server]
-metrics_port = {free_port()}
-web_port = {free_port()}
-[paths]
-var = "{tmp_path / 'var'}"
-run = "{tmp_path / 'run'}"
-[model]
-registry = "{REPO / 'models'}"
-providers = ["CPUExecutionProvider"]
-[log]
-file_max_bytes = "1MiB"
-[defaults]
-fps = 2
-width = 320
-height = 256
-[defaults.adapt]
-enabled = false
+    cfg.write_text(site_toml(tmp_path, free_port(), free_port(), """
 [cameras.east]
 url = "synthetic://?people=10&style=day&seed=3"
-""")
+""", sections='[log]\nfile_max_bytes = "1MiB"'))
     env = {k: v for k, v in os.environ.items() if k not in (logs.FORMAT_ENV, logs.LEVEL_ENV)} | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt", "--log-level", "info"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, kill_run, scrape, stage_pids, value, wait_for
+from tests.conftest import REPO, free_port, kill_run, scrape, site_toml, stage_pids, value, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,30 +38,14 @@ def write_config(tmp: Path, metrics_port: int, web_port: int, workers: int = 1) 
     cfg = tmp / "config.toml"
     # with two workers, east is served by worker 0 and west by worker 1
     shards = ("", "") if workers == 1 else ("shard = 0", "shard = 1")
-    cfg.write_text(f"""
-[server]
-metrics_port = {metrics_port}
-web_port = {web_port}
-infer_workers = {workers}
-[paths]
-var = "{tmp / 'var'}"
-run = "{tmp / 'run'}"
-[model]
-registry = "{models}"
-providers = ["CPUExecutionProvider"]
-[defaults]
-fps = 2
-width = 320
-height = 256
-[defaults.adapt]
-enabled = false
+    cfg.write_text(site_toml(tmp, metrics_port, web_port, f"""
 [cameras.east]
 url = "synthetic://?people=40&style=day&seed=3"
 {shards[0]}
 [cameras.west]
 url = "synthetic://?people=15&style=overcast&seed=4"
 {shards[1]}
-""")
+""", server=f"infer_workers = {workers}", registry=models))
     return cfg
 
 

@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, kill_run, pid_alive, scrape, stage_pids, value, wait_for
+from tests.conftest import REPO, free_port, kill_run, pid_alive, scrape, site_toml, stage_pids, value, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -129,25 +129,7 @@ class Site:
 
     def write_config(self) -> None:
         door = f'[cameras.door]\nurl = "{self.rtsp.url}"\n[cameras.door.thresholds]\npeople = 0\n' if self.rtsp else ""
-        self.cfg.write_text(f"""
-[server]
-metrics_port = {self.mport}
-web_port = {self.wport}
-stall_restart = "{STALL_RESTART_S}s"
-[log]
-files = false
-[paths]
-var = "{self.root / 'var'}"
-run = "{self.root / 'run'}"
-[model]
-registry = "{self.root / 'models'}"
-providers = ["CPUExecutionProvider"]
-[defaults]
-fps = 2
-width = 320
-height = 256
-[defaults.adapt]
-enabled = false
+        self.cfg.write_text(site_toml(self.root, self.mport, self.wport, f"""
 [cameras.east]
 url = "synthetic://?people=40&style=day&seed=3"
 [cameras.east.thresholds]
@@ -158,7 +140,7 @@ url = "synthetic://?people=15&style=overcast&seed=4"
 min_interval_s = 0
 dedup_threshold = 0
 min_free_bytes = 0
-{door}""")
+{door}""", server=f'stall_restart = "{STALL_RESTART_S}s"', sections="[log]\nfiles = false", registry=self.root / "models"))
 
     def start(self) -> None:
         limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))) if self.disk == "rlimit" else None

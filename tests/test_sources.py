@@ -470,17 +470,24 @@ def test_http_mp4_is_read_and_its_end_means_reconnect(clips, http_server):
     assert pts[:3] == [0.0, 0.04, 0.08] and pts[100] == 0.0
 
 
+class _Multipart(http.server.BaseHTTPRequestHandler):
+    """A quiet handler that answers GET with the headers of an MJPEG stream."""
+
+    def log_message(self, *args):
+        pass
+
+    def start_stream(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+
+
 def _mjpeg_handler(parts: int, interval_s: float, good: int | None = None) -> type[http.server.BaseHTTPRequestHandler]:
     """MJPEG over http, `parts` parts `interval_s` apart; after `good` parts, noise that never decodes."""
 
-    class Mjpeg(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Mjpeg(_Multipart):
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
+            self.start_stream()
             rng = np.random.default_rng(0)
             try:
                 for i in range(parts):
@@ -528,14 +535,9 @@ def test_stall_watchdog_reconnects_when_packets_flow_but_nothing_decodes(http_se
 
 
 def test_read_timeout_breaks_a_silent_connection(http_server):
-    class Silent(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Silent(_Multipart):
         def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-            self.end_headers()
+            self.start_stream()
             self.wfile.flush()
             time.sleep(3)  # then nothing: a server that hangs
 
