@@ -526,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format, serving=True,
+    config = load_stage_config("crowdwatch infer", args.config, args.log_level, args.log_format,
                                instance=str(args.shard) if args.shard else None)
     if config is None:
         return 2  # an invalid config, or no registry/model/GPU for it: crowdwatch run does not restart it either

@@ -336,7 +336,7 @@ def apply_config(children: dict[str, Child], old: Config, new: Config, config_pa
 def reload_config(config_path: Path) -> Config | None:
     """The config file read again, or None (logged) when it does not load or this machine cannot serve it."""
     try:
-        config = load_config(config_path, serving=True)
+        config = load_config(config_path, stage="supervisor")
     except (ConfigError, OSError) as exc:
         logs.event(log, "config_reload_failed", "config not reloaded, the running one stays: %s", exc, level=logging.ERROR)
         return None
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-format", default=None, choices=["auto", "json", "text"],
                    help="default: $CROWDWATCH_LOG_FORMAT, else [log] format (auto: json unless stdout is a terminal)")
     args = p.parse_args(argv)
-    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor", serving=True)
+    config = load_stage_config("crowdwatch run", args.config, args.log_level, args.log_format, stage="supervisor")
     if config is None:
         return 2
     for warning in config.warnings:  # e.g. a camera file that is not there yet: its ingest retries

@@ -16,7 +16,6 @@ the names in ``[transport.curve]`` of ``--config``.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import zmq
 
+from adapt.store.atomic import atomic_write
 from crowdwatch.config import CurveConfig, command_config
 from crowdwatch.config.transport import KEY_FILES, ROLE_KEYS
 
@@ -51,10 +51,9 @@ def generate(folder: Path, *, force: bool = False) -> dict[str, bytes]:
 
 
 def _write(path: Path, content: bytes) -> None:
-    path.unlink(missing_ok=True)  # a new file, so that the mode applies
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)  # no newline: Secret keys and environment values take the file as it is
+    # mode 0600 (a temp file renamed over the old one: a crash never leaves half an allow-list);
+    # no newline: Secret keys and environment values take the file as it is
+    atomic_write(path, content)
 
 
 def add_client(folder: Path, name: str, *, force: bool = False) -> bytes:

@@ -56,7 +56,11 @@ class ConfigWarning(ConfigError):
         if unknown:
             raise ValueError(f"stops must name stages from {STAGES}, found {sorted(unknown)}")
         self.stops = frozenset(stops) | (SERVING if serving else frozenset())
-        self.serving = SERVING <= self.stops
+
+    @property
+    def serving(self) -> bool:
+        """It stops ``crowdwatch run`` and ``infer``."""
+        return SERVING <= self.stops
 
     def stops_text(self) -> str:
         """The commands that refuse to start with it, e.g. "crowdwatch run and infer"; "" when none."""

@@ -108,12 +108,11 @@ def parse_config(
 
 
 def load_config(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, serving: bool = False, stage: str | None = None
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None, stage: str | None = None
 ) -> Config:
     """Read and validate a TOML config file; raises ConfigError on any problem, and the first ConfigWarning
     that stops ``stage`` (``supervisor`` for crowdwatch run, ``infer``, ``ingest``, ``web``: no registry, no model,
-    no GPU for the providers, no CURVE keys for its side). ``serving`` without a stage is the whole service
-    (``supervisor``)."""
+    no GPU for the providers, no CURVE keys for its side)."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -123,7 +122,6 @@ def load_config(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", "valid TOML", Found(str(exc)), str(p)) from None
     config = parse_config(data, str(p), base_dir=p.resolve().parent, environ=environ)
-    stage = stage or ("supervisor" if serving else None)
     blocking = [w for w in config.warnings if stage in w.stops]
     if blocking:
         raise blocking[0]
@@ -157,7 +155,7 @@ def command_config(prog: str, path: str | os.PathLike[str] | None) -> Config | N
 
 def load_stage_config(
     prog: str, path: Path, log_level: str | None = None, log_format: str | None = None, *,
-    stage: str | None = None, camera: str | None = None, serving: bool = False, instance: str | None = None,
+    stage: str | None = None, camera: str | None = None, instance: str | None = None,
 ) -> Config | None:
     """What every long-running stage does first: load the config, set up logging (``crowdwatch.logs``).
 
@@ -175,7 +173,7 @@ def load_stage_config(
 
     stage = stage or prog.removeprefix("crowdwatch ")
     try:
-        config = load_config(path, serving=serving, stage=stage)
+        config = load_config(path, stage=stage)
     except (ConfigError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return None
