@@ -13,7 +13,7 @@ import pytest
 
 import adapt.store.buffer as buffer_mod
 from adapt.data.images import load_image
-from adapt.store.buffer import SKIP_REASONS, FrameBuffer, frame_name, thumb_distance, thumbnail
+from adapt.store.buffer import SKIP_REASONS, FrameBuffer, capture_seconds, frame_name, thumb_distance, thumbnail
 from adapt.store.names import InvalidCameraName
 from crowdwatch.config import BufferSettings
 
@@ -143,6 +143,8 @@ def test_frame_names_sort_lexically_in_time_order(tmp_path):
     assert names == [frame_name(t) for t in times]
     assert [int(n[:-4]) for n in names] == times
     assert buf.frames() == [buf.dir / n for n in names]
+    assert capture_seconds(buf.frames()).tolist() == [t / S for t in times]  # the scene model's timeline
+    assert capture_seconds([*buf.frames(), buf.dir / "IMG_1.jpg"]) is None  # a folder of photos has none
 
 
 def test_restart_resumes_counts_and_the_interval(tmp_path):

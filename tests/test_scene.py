@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from adapt.scene.background import estimate_background
+from adapt.scene.background import estimate_background, frame_spans
 from adapt.scene.composite import composite, walk_map
 from adapt.scene.geometry import PersonSizes, fit_camera, row_person_px, size_line
 from adapt.scene.model import SceneModel, build_scene_model
@@ -41,6 +41,30 @@ def test_the_empty_scene_is_recovered_from_frames_with_people(clip):
     plain = np.abs(np.median(frames, 0).astype(np.int16) - empty).max(-1)
     assert (err > 30).mean() < 0.01
     assert (err > 30).mean() <= (plain > 30).mean()
+
+
+def test_each_frame_counts_for_the_time_it_stands_for(clip):
+    """A buffer's frames are unevenly spaced (an imported clip keeps a burst of consecutive frames, then
+    every second or third): a person standing through a 2 s burst of 50 frames, then 30 clear frames over
+    30 s, is not the empty scene, though the burst holds most of the frames."""
+    frames, scene, _ = clip
+    empty = render(scene, [], np.random.default_rng(0)).image
+    rng = np.random.default_rng(1)
+    shots = np.repeat(empty[None], 80, 0).astype(np.int16) + rng.normal(0, 2, (80, *empty.shape)).round().astype(np.int16)
+    shots[:50, 100:160, 140:170] = (40, 30, 30)  # the person standing through the burst
+    shots = shots.clip(0, 255).astype(np.uint8)
+    times = np.concatenate([np.arange(50) * 0.04, 2.0 + np.arange(30) * 1.0])
+    ghost = np.abs(estimate_background(shots).image.astype(np.int16) - empty).max(-1)[100:160, 140:170]
+    timed = np.abs(estimate_background(shots, times).image.astype(np.int16) - empty).max(-1)[100:160, 140:170]
+    assert (ghost > 30).mean() > 0.9  # counted frame by frame, the burst outvotes the clear frames
+    assert (timed > 30).mean() < 0.01
+    with pytest.raises(ValueError, match="increasing capture times"):
+        estimate_background(shots, times[::-1])
+
+
+def test_frame_spans_are_half_the_gaps_either_side():
+    assert frame_spans(np.array([0.0, 1.0, 3.0, 4.0])).tolist() == [1.0, 1.5, 1.5, 1.0]
+    assert frame_spans(np.array([5.0])).tolist() == [0.0]
 
 
 def test_the_scene_model_finds_where_people_walk_and_how_big_they_are(clip):

@@ -33,6 +33,7 @@ from adapt.scene.geometry import (
     size_line,
 )
 from adapt.scene.motion import MotionStats, motion_stats
+from adapt.store.buffer import capture_seconds
 from adapt.synth.camera import Camera
 
 MIN_FRAMES = 30  # fewer frames than this cannot separate people from background
@@ -205,14 +206,18 @@ def lighting_groups(frames: np.ndarray) -> np.ndarray:
 
 
 def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
-                      calibration: tuple[np.ndarray, np.ndarray] | None = None) -> SceneModel:
+                      calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                      times: np.ndarray | None = None) -> SceneModel:
     """The scene model of (T, H, W, 3) uint8 frames of one fixed camera, in time order.
+
+    ``times`` are the frames' capture times in seconds (default: one second apart).
 
     ``calibration`` is the camera's configured (image points at these frames'
     scale, ground points in metres): it sizes people when none were seen moving,
     and is checked against the sizes of those who were.
     """
     T, H, W, _ = frames.shape
+    times = np.arange(T, dtype=np.float64) if times is None else np.asarray(times, np.float64)
     problems: list[str] = []
     if T < min_frames:
         problems.append(f"too short: {T} frames, a scene model needs at least {min_frames}")
@@ -228,7 +233,7 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
         if sel.sum() < 2:
             groups[sel] = 0 if g else groups[sel]
             continue
-        bg = estimate_background(frames[sel])
+        bg = estimate_background(frames[sel], times[sel])
         backgrounds.append(bg)
         fg[sel] = foreground(frames[sel], bg.image, bg.threshold)
         groups[sel] = len(backgrounds) - 1
@@ -286,8 +291,11 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
     return SceneModel(backgrounds, motion, cam, source, resid, horizon, walk, groups, problems, notes, moving, fill)
 
 
-def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> np.ndarray:
-    """Up to ``max_frames`` frames spread over ``paths``, fitted into ``max_side``; all must share one size."""
+def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int = 1024) -> tuple[np.ndarray, np.ndarray | None]:
+    """Up to ``max_frames`` frames spread over ``paths``, fitted into ``max_side``; all must share one size.
+
+    Also their capture times in seconds when the paths are buffer frames (named by capture time), else None.
+    """
     from adapt.data.crowd_dataset import fit_max_side
     from adapt.data.images import load_image
 
@@ -304,4 +312,4 @@ def load_frames(paths: list[Path], max_frames: int = MAX_FRAMES, max_side: int =
         if img.shape != size:
             raise ValueError(f"{p}: frame size {img.shape[1]}x{img.shape[0]} differs from {size[1]}x{size[0]}: not one fixed camera")
         frames.append(img)
-    return np.stack(frames)
+    return np.stack(frames), capture_seconds(pick)

@@ -63,11 +63,11 @@ def prepare_scene(paths: list[Path], folder: Path, max_side: int, n_composites: 
     """
     from adapt.data.images import load_image
 
-    frames = load_frames(paths, max_side=max_side)
+    frames, times = load_frames(paths, max_side=max_side)
     if calibration is not None:
         scale = frames.shape[2] / load_image(paths[0]).shape[1]
         calibration = (np.asarray(calibration[0], np.float64) * scale, np.asarray(calibration[1], np.float64))
-    model = build_scene_model(frames, calibration=calibration)
+    model = build_scene_model(frames, calibration=calibration, times=times)
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder)
     comp_dir = held_dir = None

@@ -95,6 +95,14 @@ def frame_name(capture_ns: int) -> str:
     return f"{capture_ns:020d}.jpg"
 
 
+def capture_seconds(paths: list[Path]) -> np.ndarray | None:
+    """Capture times in seconds of buffer frames, from their names; None if any name is not a buffer frame's."""
+    stems = [Path(p).stem for p in paths]
+    if not stems or not all(len(s) == 20 and s.isdigit() for s in stems):
+        return None
+    return np.array([int(s) for s in stems], np.float64) / NS_PER_S
+
+
 class _Counters:
     """Accepted / skipped counts; one per buffer (cumulative) and one per fill call."""
 
