@@ -36,10 +36,10 @@ from crowdwatch import logs
 from crowdwatch.config import CameraConfig, Config, load_stage_config
 from crowdwatch.fit import Fit
 from crowdwatch.geometry import point_outside
+from crowdwatch.handshake import REFUSED
 from crowdwatch.httpbase import Access, AccessError, Limits
 from crowdwatch.result import Result
 from crowdwatch.wire import (
-    REFUSED,
     AdaptationRun,
     CurveServer,
     FrameMessage,
