@@ -32,11 +32,9 @@ is the ``reason`` label of ``crowd_frames_dropped_total``.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -52,6 +50,7 @@ import zmq.auth
 from crowdwatch.config.names import CAMERA_NAME_RE
 from crowdwatch.config.transport import CurveKeys
 from crowdwatch.fit import Fit
+from crowdwatch.handshake import FAILED, Monitor, RefusalWatch, Throttle, server_refusal
 from crowdwatch.result import CameraName, Count, NonNegative, Result
 
 SCHEMA_VERSION = 2
@@ -445,17 +444,8 @@ def decode_inbound(
 # On by default for tcp:// (crowdwatch.config.transport.CurveConfig): infer, which binds, is the
 # CURVE server and admits only the client keys on its allow-list; ingest, web and adapt connect
 # as clients. Keys come from environment variables. A refused connection is counted by reason
-# (REFUSED) and logged, at most once a minute per reason and client.
-
-REFUSED = ("not_allowed", "bad_handshake")
-"""Why a CURVE server refused a connection: ``not_allowed``, a client key not on the allow-list;
-``bad_handshake``, a handshake that failed: a client without CURVE, one holding another server
-public key, or a connection closed before its handshake (a port scan, a TCP health check). Which
-side of a plaintext client notices first is a race, so there is no reliable reason of its own; the
-log line says "does not use CURVE" when libzmq could tell."""
-
-_HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-LOG_EVERY_S = 60.0
+# (REFUSED) and logged, at most once a minute per reason and client, by infer; a client learns
+# that it was refused through its RefusalWatch (crowdwatch/handshake.py).
 
 
 def client_curve(transport: Any) -> CurveKeys | None:
@@ -470,18 +460,6 @@ def server_curve(transport: Any) -> tuple[CurveKeys, frozenset[bytes]] | None:
     if not transport.curve_on:
         return None
     return transport.curve.server_keys(), transport.curve.allowed_clients()
-
-
-def _refusal(event: int, value: int) -> tuple[str, str]:
-    """(reason, what the log line says) of a monitor event."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return "not_allowed", "its CURVE key is not on the allow-list"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
-        return "bad_handshake", "the client does not use CURVE"
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return "bad_handshake", "the CURVE handshake failed (does the client hold this server's public key?)"
-    return "bad_handshake", ("the connection closed during the handshake (a client without CURVE or with another server "
-                             "public key, or a plain TCP connection)")  # fmt: skip
 
 
 class CurveServer:
@@ -501,11 +479,8 @@ class CurveServer:
         self.allowed = frozenset(allowed)
         self.on_refused = on_refused
         self.log = log or logging.getLogger("crowdwatch.curve")
-        self._said: dict[tuple[str, ...], tuple[float, int]] = {}  # (reason, ...) -> (last line, refusals since)
-        self._said_lock = threading.Lock()  # the ZAP thread and the watch thread both log
-        self._monitors: list[tuple[zmq.Socket, zmq.Socket, str]] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._throttle = Throttle()  # the ZAP thread and the watch thread both log
+        self._monitor = Monitor(FAILED, self._handshake_failed)
         self._peer = "?"
         server = self
 
@@ -528,71 +503,28 @@ class CurveServer:
         return False
 
     def _say(self, key: tuple[str, ...], msg: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._said_lock:
-            last, since = self._said.get(key, (-math.inf, 0))
-            if now - last < LOG_EVERY_S:
-                self._said[key] = (last, since + 1)
-                return
-            if len(self._said) > 1000:  # many keys or peers: forget the old ones
-                self._said.clear()
-            self._said[key] = (now, 0)
-        more = f" ({since} more since the last line)" if since else ""
-        self.log.warning(msg + more, *args, extra={"event": "transport_refused"})
+        more = self._throttle(key)
+        if more is not None:
+            self.log.warning(msg + more, *args, extra={"event": "transport_refused"})
 
     def watch(self, sock: zmq.Socket, name: str) -> None:
         """Count the handshakes ``sock`` (a bound CURVE socket) fails, as ``name`` (frames, results)."""
-        if self._thread is not None:
-            raise RuntimeError("watch every socket before start()")
-        self._monitors.append((sock, sock.get_monitor_socket(_HANDSHAKE_EVENTS), name))
+        self._monitor.watch(sock, name)
 
     def start(self) -> CurveServer:
-        self._thread = threading.Thread(target=self._run, name="curve-refusals", daemon=True)
-        self._thread.start()
+        self._monitor.start()
         return self
 
-    def _run(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
-        poller = zmq.Poller()
-        names = {}
-        for _, mon, name in self._monitors:
-            poller.register(mon, zmq.POLLIN)
-            names[mon] = name
-        try:
-            while not self._stop.is_set():
-                for mon, _ in poller.poll(200):
-                    try:
-                        ev = recv_monitor_message(mon, flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        continue
-                    except zmq.ZMQError:  # the watched socket closed
-                        poller.unregister(mon)
-                        continue
-                    if not ev["event"] & _HANDSHAKE_EVENTS:
-                        continue
-                    reason, text = _refusal(ev["event"], ev["value"])
-                    if self.on_refused is not None:
-                        self.on_refused(names[mon], reason)
-                    if reason != "not_allowed":  # the ZAP handler said that one, with the key and the address
-                        self._say((reason, names[mon]), "refused a connection on the %s socket (%s): %s", names[mon],
-                                  ev["endpoint"].decode(errors="replace"), text)  # fmt: skip
-        finally:
-            for _, mon, _ in self._monitors:
-                mon.close(linger=0)
+    def _handshake_failed(self, name: str, ev: dict[str, Any]) -> None:
+        reason, text = server_refusal(ev["event"], ev["value"])
+        if self.on_refused is not None:
+            self.on_refused(name, reason)
+        if reason != "not_allowed":  # the ZAP handler said that one, with the key and the address
+            self._say((reason, name), "refused a connection on the %s socket (%s): %s", name, ev["endpoint"].decode(errors="replace"), text)
 
     def stop(self) -> None:
         """Stop watching (before the sockets close) and stop the ZAP handler."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        else:
-            for _, mon, _ in self._monitors:
-                mon.close(linger=0)
-        for sock, _, _ in self._monitors:
-            if not sock.closed:
-                with contextlib.suppress(zmq.ZMQError):
-                    sock.disable_monitor()
+        self._monitor.stop()
         self.auth.stop()
 
 
@@ -600,6 +532,8 @@ class CurveServer:
 
 SocketKind = Literal["push", "pull", "pub", "sub"]
 _KINDS = {"push": zmq.PUSH, "pull": zmq.PULL, "pub": zmq.PUB, "sub": zmq.SUB}
+# infer's socket that a client of each kind connects to (the ``socket`` of a refusal)
+_SERVER_SOCKET = {"push": "frames", "sub": "results"}
 
 
 def open_socket(
@@ -611,11 +545,13 @@ def open_socket(
     hwm: int = 4,
     curve: CurveKeys | None = None,
     max_part_bytes: int = MAX_PART_BYTES,
+    watch: RefusalWatch | None = None,
 ) -> zmq.Socket:
     """A socket with bounded queues, no linger, and CURVE when keys are given.
 
-    The binding side is the CURVE server. ipc:// socket directories are created
-    with mode 0700 (the socket file is the access control within a host).
+    The binding side is the CURVE server. A CURVE client is watched by ``watch``
+    (before it connects) for the server refusing it. ipc:// socket directories
+    are created with mode 0700 (the socket file is the access control within a host).
     """
     if kind not in _KINDS:
         raise ValueError(f"socket kind must be one of {sorted(_KINDS)}, found {kind!r}")
@@ -642,6 +578,8 @@ def open_socket(
                 sock.curve_secretkey = curve.secret
                 sock.curve_publickey = curve.public
                 sock.curve_serverkey = curve.server_public
+                if watch is not None:
+                    watch.watch(sock, _SERVER_SOCKET.get(kind, kind))
         if endpoint.startswith("ipc://") and bind:
             Path(endpoint[6:]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         (sock.bind if bind else sock.connect)(endpoint)
@@ -651,9 +589,10 @@ def open_socket(
     return sock
 
 
-def subscribe(ctx: zmq.Context, endpoints: Sequence[str], *, hwm: int = 4, curve: CurveKeys | None = None) -> zmq.Socket:
+def subscribe(ctx: zmq.Context, endpoints: Sequence[str], *, hwm: int = 4, curve: CurveKeys | None = None,
+              watch: RefusalWatch | None = None) -> zmq.Socket:  # fmt: skip
     """One SUB socket that receives from every endpoint (each inference worker's results)."""
-    sock = open_socket(ctx, "sub", endpoints[0], bind=False, hwm=hwm, curve=curve)
+    sock = open_socket(ctx, "sub", endpoints[0], bind=False, hwm=hwm, curve=curve, watch=watch)
     try:
         for other in endpoints[1:]:
             sock.connect(other)
@@ -673,20 +612,24 @@ def send_parts(sock: zmq.Socket, parts: Iterable[Buffer]) -> bool:
     return True
 
 
-def send_once(endpoint: str, parts: Sequence[Buffer], curve: CurveKeys | None = None, linger_s: float = 2.0) -> bool:
+def send_once(endpoint: str, parts: Sequence[Buffer], curve: CurveKeys | None = None, linger_s: float = 2.0,
+              log: logging.Logger | None = None) -> bool:  # fmt: skip
     """Send one message from a short-lived PUSH socket, for a process that has one thing to say.
 
     It is delivered within ``linger_s`` (a connection and, with CURVE, a
     handshake) or dropped: whoever sends must never wait on a receiver.
-    False: it could not even be queued.
+    False: it could not even be queued, or the CURVE server refused this
+    client (logged to ``log``, as every client's refusal is).
     """
+    started = time.monotonic()
     ctx = zmq.Context()
     try:
-        sock = open_socket(ctx, "push", endpoint, bind=False, hwm=1, curve=curve)
-        try:
-            return send_parts(sock, parts)
-        finally:
-            sock.close(linger=int(linger_s * 1000))
+        with RefusalWatch(log=log, background=False) as watch:  # closes its monitor socket, even if the connect failed
+            sock = open_socket(ctx, "push", endpoint, bind=False, hwm=1, curve=curve, watch=watch)
+            try:
+                return send_parts(sock, parts) and watch.settle(linger_s) is None
+            finally:
+                sock.close(linger=int(max(0.0, linger_s - (time.monotonic() - started)) * 1000))
     finally:
         ctx.term()
 

@@ -23,9 +23,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config.names import validate_camera_name
+from crowdwatch.handshake import REFUSED
 from crowdwatch.httpbase import REFUSALS, Access, GuardedHandler, GuardedServer, Limits
 from crowdwatch.result import Result
-from crowdwatch.wire import ADAPTATION_RESULTS, IGNORED, REFUSED, AdaptationRun
+from crowdwatch.wire import ADAPTATION_RESULTS, IGNORED, AdaptationRun
 
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -126,7 +127,11 @@ class Metrics:
             "crowd_http_refused", "HTTP requests or connections refused (crowdwatch/httpbase.py)", ["stage", "reason"], registry=r
         )
         self.transport_refusals = Counter(
-            "crowd_transport_refused", "ZeroMQ connections a CURVE server refused (crowdwatch.wire.REFUSED)", ["stage", "socket", "reason"], registry=r
+            "crowd_transport_refused", "ZeroMQ connections a CURVE server refused (crowdwatch.handshake.REFUSED)", ["stage", "socket", "reason"], registry=r
+        )
+        self.client_refusals = Counter(
+            "crowd_transport_client_refused", "This stage's ZeroMQ connections that the CURVE server refused (crowdwatch.handshake.REFUSED)",
+            ["stage", "socket", "reason"], registry=r,
         )
         self.ignored = Counter(
             "crowd_wire_ignored", "Parts of received messages discarded while the message was kept", cam + ["stage", "what"], registry=r
@@ -271,10 +276,18 @@ class Metrics:
         self.http_refusals.labels(_label(stage, "stage"), reason).inc()
 
     def transport_refused(self, stage: str, socket: str, reason: str, n: int = 1) -> None:
-        """Count a connection refused by a CURVE server (``crowdwatch.wire.REFUSED``); n=0 creates the series."""
+        """Count a connection refused by a CURVE server (``crowdwatch.handshake.REFUSED``); n=0 creates the series."""
+        self._refusal(self.transport_refusals, stage, socket, reason, n)
+
+    def transport_client_refused(self, stage: str, socket: str, reason: str, n: int = 1) -> None:
+        """Count a connection of this stage (a CURVE client) that its server refused; n=0 creates the series."""
+        self._refusal(self.client_refusals, stage, socket, reason, n)
+
+    @staticmethod
+    def _refusal(counter: Counter, stage: str, socket: str, reason: str, n: int) -> None:
         if reason not in REFUSED:
             raise ValueError(f"reason must be one of {REFUSED}, found {reason!r}")
-        self.transport_refusals.labels(_label(stage, "stage"), _label(socket, "socket"), reason).inc(n)
+        counter.labels(_label(stage, "stage"), _label(socket, "socket"), reason).inc(n)
 
     def wire_ignored(self, stage: str, what: str, camera: str) -> None:
         """Count a discarded part of a kept message (``crowdwatch.wire.IGNORED``: unknown or clamped stats, truth)."""

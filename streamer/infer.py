@@ -36,10 +36,10 @@ from crowdwatch import logs
 from crowdwatch.config import CameraConfig, Config, load_stage_config
 from crowdwatch.fit import Fit
 from crowdwatch.geometry import point_outside
+from crowdwatch.handshake import REFUSED
 from crowdwatch.httpbase import Access, AccessError, Limits
 from crowdwatch.result import Result
 from crowdwatch.wire import (
-    REFUSED,
     AdaptationRun,
     CurveServer,
     FrameMessage,
@@ -270,6 +270,7 @@ class CameraState:
     last_frame: float = 0.0
     stats: dict[str, int] = field(default_factory=dict)   # last cumulative source counters seen
     up: bool = False
+    counting: bool = False  # a result since it came up (the first_result line is said once per up)
 
 
 class InferStage:
@@ -410,7 +411,7 @@ class InferStage:
             stall = self.config.cameras[cam].thresholds.stall_s
             limit = min(stall, max(5.0, 3.0 / self.config.cameras[cam].fps))
             if st.up and now - st.last_frame > limit:
-                st.up = False
+                st.up = st.counting = False
                 self.metrics.camera_up(cam, False)
                 logs.event(log, "camera_down", "%s: no frame for %.0f s", cam, now - st.last_frame, camera=cam, level=logging.WARNING)
 
@@ -445,7 +446,12 @@ class InferStage:
             )  # fmt: skip
             self.metrics.observe(result, now=now)
             self.metrics.frame(STAGE, f.camera)
-            self.state[f.camera].last_frame = time.monotonic()
+            st = self.state[f.camera]
+            st.last_frame = time.monotonic()
+            if not st.counting:  # camera_up says frames arrive; this, that they are counted
+                st.counting = True
+                logs.event(log, "first_result", "%s: counting, %.1f people (model %s)", f.camera, figures.count, backend.version,
+                           camera=f.camera)  # fmt: skip
             if not send_parts(self.results, encode_result(result, quality)):
                 self.metrics.drop(STAGE, "results_hwm", f.camera)
             self._tap(f)

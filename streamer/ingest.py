@@ -20,6 +20,7 @@ from pathlib import Path
 import zmq
 
 from crowdwatch.config import CameraConfig, load_stage_config
+from crowdwatch.handshake import RefusalWatch
 from crowdwatch.wire import FrameMessage, client_curve, encode_frame, open_socket, send_parts
 from streamer.heartbeat import Heartbeat
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
@@ -52,23 +53,25 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
     stats = SourceStats()
     source = Source(source_config(cam), stats)  # SourceError (a URL that cannot work) before any socket
     ctx = ctx or zmq.Context.instance()
-    sock = open_socket(ctx, "push", endpoint, bind=False, hwm=hwm, curve=curve)
-    stop_watcher = threading.Thread(target=lambda: (stop.wait(), source.close()), daemon=True)
-    stop_watcher.start()
-    hwm_drops = 0
-    try:
-        for frame in source.frames():
-            msg = FrameMessage(
-                camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image, fit=frame.fit,
-                truth=frame.meta.get("truth"), stats=counters(stats, hwm_drops),
-            )
-            if not send_parts(sock, encode_frame(msg, jpeg_quality)):
-                hwm_drops += 1
-            if stop.is_set():
-                break
-    finally:
-        source.close()
-        sock.close(linger=0)
+    # ingest has no /metrics of its own (its counters travel in its frames): a refusal is its log line
+    with RefusalWatch(log=log) as watch:
+        sock = open_socket(ctx, "push", endpoint, bind=False, hwm=hwm, curve=curve, watch=watch)
+        stop_watcher = threading.Thread(target=lambda: (stop.wait(), source.close()), daemon=True)
+        stop_watcher.start()
+        hwm_drops = 0
+        try:
+            for frame in source.frames():
+                msg = FrameMessage(
+                    camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image, fit=frame.fit,
+                    truth=frame.meta.get("truth"), stats=counters(stats, hwm_drops),
+                )
+                if not send_parts(sock, encode_frame(msg, jpeg_quality)):
+                    hwm_drops += 1
+                if stop.is_set():
+                    break
+        finally:
+            source.close()
+            sock.close(linger=0)
 
 
 def print_calibration(cam: CameraConfig) -> int:

@@ -45,6 +45,7 @@ import zmq
 
 from adapt.store.runs import read_runs, record_run
 from crowdwatch import logs
+from crowdwatch.handshake import RefusalWatch
 from crowdwatch.wire import CurveKeys, LatestReceiver, decode_result, subscribe
 from streamer.pdeath import die_with_parent
 
@@ -99,21 +100,26 @@ class UncertaintyFeed:
         """Read results until ``stop``; the socket lives and dies in this thread."""
         ctx = zmq.Context()
         try:
-            sock = subscribe(ctx, self.endpoints, hwm=self.hwm, curve=self.curve)
-        except zmq.ZMQError as exc:
-            log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", ", ".join(self.endpoints), exc)
-            ctx.term()
-            return
-        try:
-            rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
-            while not (stop.is_set() or self._closed.is_set()):
-                rx.drain(timeout_ms=200)
-                for result in rx.take():
-                    with self._lock:
-                        self._latest[result.camera] = (result.figures.uncertainty, self.clock())
+            with RefusalWatch(log=log) as watch:  # crowdwatch run has no /metrics of its own: a refusal is its log line
+                try:
+                    sock = subscribe(ctx, self.endpoints, hwm=self.hwm, curve=self.curve, watch=watch)
+                except zmq.ZMQError as exc:
+                    log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", ", ".join(self.endpoints), exc)
+                    return
+                try:
+                    self._read(sock, stop)
+                finally:
+                    sock.close(linger=0)
         finally:
-            sock.close(linger=0)
             ctx.term()
+
+    def _read(self, sock: zmq.Socket, stop: threading.Event) -> None:
+        rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
+        while not (stop.is_set() or self._closed.is_set()):
+            rx.drain(timeout_ms=200)
+            for result in rx.take():
+                with self._lock:
+                    self._latest[result.camera] = (result.figures.uncertainty, self.clock())
 
     def _dropped(self, reason: str, camera: str | None) -> None:
         if reason == "overflow":

@@ -434,6 +434,11 @@ def fatal_error(children: dict[str, Child] | list[Child]) -> str | None:
     return None
 
 
+def how_they_ended(children: dict[str, Child]) -> str:
+    """Each stage's exit status once stopped ("infer 0, web 0, ingest:east -9"), for the service_stopped line."""
+    return ", ".join(f"{c.name} {'not running' if c.proc is None else c.proc.returncode}" for c in children.values())
+
+
 def supervise(config: Config, config_path: Path, stop: threading.Event, tick_s: float = 0.5, with_scheduler: bool = True,
               reload: threading.Event | None = None) -> dict[str, Child]:
     """Run until ``stop``, or until a child exits with a non-transient code (see :func:`fatal_error`).
@@ -512,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.event(log, "service_started", "%d cameras, %d infer workers; live page http://%s:%s/ ; metrics http://%s:%s/metrics%s; "
                "SIGHUP reloads the config", len(config.cameras), s.infer_workers, s.web_host, s.web_port, s.metrics_host, ports, files)
     children = supervise(config, args.config, stop, with_scheduler=not args.no_adapt, reload=reload)
+    logs.event(log, "service_stopped", "stopped: %s", how_they_ended(children))
     fatal = fatal_error(children)
     if fatal is not None:
         print(fatal, file=sys.stderr, flush=True)

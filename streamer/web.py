@@ -47,6 +47,7 @@ import zmq
 from prometheus_client.exposition import choose_encoder
 
 from crowdwatch.config import CameraConfig, Config, InvalidCameraName, load_stage_config, validate_camera_name
+from crowdwatch.handshake import REFUSED, RefusalWatch
 from crowdwatch.httpbase import Access, GuardedHandler, GuardedServer, Limits
 from crowdwatch.result import Figures, Result
 from crowdwatch.wire import LatestReceiver, WireError, client_curve, decode_result, subscribe
@@ -448,6 +449,7 @@ class WebServer:
         self._static = {k: v for k, v in static.items() if Path(k).suffix in STATIC_TYPES}
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
+        self._watch: RefusalWatch | None = None
         self._receiver: Receiver | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -468,8 +470,13 @@ class WebServer:
         endpoints = self.config.results_endpoints()  # one per inference worker
         endpoint = ", ".join(endpoints)
         self._ctx = zmq.Context()
+        curve = client_curve(t)
+        if curve is not None:  # at 0 from the start, so increase() sees the first refusal
+            for reason in REFUSED:
+                self.metrics.transport_client_refused(STAGE, "results", reason, 0)
+        self._watch = RefusalWatch(lambda socket, reason: self.metrics.transport_client_refused(STAGE, socket, reason), log=log)
         try:
-            self._sock = subscribe(self._ctx, endpoints, hwm=t.hwm, curve=client_curve(t))
+            self._sock = subscribe(self._ctx, endpoints, hwm=t.hwm, curve=curve, watch=self._watch)
             s = self.settings
             access = s.access if s.access is not None else Access.for_bind(s.host, self.config.server.auth_token_env)
             self._httpd = GuardedServer((s.host, s.port), self._handler_class(), access=access,
@@ -506,6 +513,9 @@ class WebServer:
         self._close_zmq()
 
     def _close_zmq(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None

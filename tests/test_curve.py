@@ -10,11 +10,13 @@ warns at every start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,21 @@ from crowdwatch.config import ConfigError, load_config, load_stage_config, parse
 from crowdwatch.config.errors import ConfigWarning
 from crowdwatch.config.transport import CurveKeys
 from crowdwatch.fit import Fit
-from crowdwatch.wire import REFUSED, CurveServer, FrameMessage, client_curve, encode_frame, open_socket, send_parts, server_curve
+from crowdwatch.handshake import REFUSED, RefusalWatch
+from crowdwatch.wire import (
+    AdaptationRun,
+    CurveServer,
+    FrameMessage,
+    client_curve,
+    decode_inbound,
+    encode_adaptation,
+    encode_frame,
+    encode_result,
+    open_socket,
+    send_once,
+    send_parts,
+    server_curve,
+)
 from streamer.cli import main as cli
 from streamer.exporter import Metrics
 
@@ -395,3 +411,159 @@ def test_infer_takes_frames_from_allowed_clients_only_and_counts_the_others(curv
     assert sub.poll(5000) and not eavesdropper.poll(500)
     for sock in (stranger, plain, eavesdropper, push, sub):
         sock.close(linger=0)
+
+
+# --------------------------------------------------------------------------- a client that infer refuses learns it
+
+
+@contextlib.contextmanager
+def infer_sockets(ctx: zmq.Context, config: Any, *, allow: bool) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
+    """infer's two CURVE sockets at the config's endpoints, admitting the environment's client key only if ``allow``."""
+    keys, allowed = server_curve(config.transport)  # type: ignore[misc]
+    guard = CurveServer(ctx, allowed if allow else [zmq.curve_keypair()[0]])
+    pull = open_socket(ctx, "pull", config.transport.frames, bind=True, curve=keys)
+    pub = open_socket(ctx, "pub", config.transport.results, bind=True, curve=keys)
+    guard.watch(pull, "frames")
+    guard.watch(pub, "results")
+    guard.start()
+    try:
+        yield pull, pub
+    finally:
+        guard.stop()
+        pull.close(linger=0)
+        pub.close(linger=0)
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "transport_refused" and r.levelno == logging.ERROR]
+
+
+def terminates(ctx: zmq.Context, timeout: float = 5.0) -> bool:
+    """ctx.term() returns: every socket, monitor sockets included, was closed."""
+    t = threading.Thread(target=ctx.term, daemon=True)
+    t.start()
+    t.join(timeout)
+    return not t.is_alive()
+
+
+@pytest.fixture
+def no_monitor_left() -> Iterator[None]:
+    yield
+    assert [t.name for t in threading.enumerate() if t.name == "zmq-monitor"] == []
+
+
+def start_ingest(config: Any) -> Callable[[], None]:
+    from streamer.ingest import run_ingest
+
+    ctx, stop = zmq.Context(), threading.Event()
+    t = config.transport
+    thread = threading.Thread(target=run_ingest, args=(config.cameras["lobby"], t.frames, t.hwm, None, stop, client_curve(t)),
+                              kwargs={"ctx": ctx}, daemon=True)  # fmt: skip
+    thread.start()
+    return lambda: (stop.set(), thread.join(10), terminates(ctx))
+
+
+def start_web(config: Any) -> Callable[[], None]:
+    from streamer.web import WebServer, WebSettings
+
+    return WebServer(config, WebSettings(port=0)).start().stop
+
+
+def start_uncertainty_feed(config: Any) -> Callable[[], None]:
+    from streamer.scheduler import UncertaintyFeed
+
+    stop = threading.Event()
+    thread = UncertaintyFeed([config.transport.results], {"lobby": 10.0}, curve=client_curve(config.transport)).start(stop)
+    return lambda: (stop.set(), thread.join(10))
+
+
+def start_announcement(config: Any) -> Callable[[], None]:
+    sent: list[bool] = []
+    parts = encode_adaptation(AdaptationRun("lobby", time.time(), "succeeded"))
+    thread = threading.Thread(target=lambda: sent.append(send_once(config.transport.frames, parts, client_curve(config.transport),
+                                                                   log=logging.getLogger("crowdwatch.adapt"))), daemon=True)  # fmt: skip
+    thread.start()
+    return lambda: (thread.join(10), sent == [False] or pytest.fail(f"send_once said {sent}, not False"))
+
+
+CLIENTS = {"ingest": start_ingest, "web": start_web, "uncertainty feed": start_uncertainty_feed, "adapt announcement": start_announcement}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_client_that_infer_refuses_logs_one_line_saying_what_to_check(
+        client: str, tmp_path: Path, keys: dict[str, str], ctx: zmq.Context, caplog: pytest.LogCaptureFixture,
+        no_monitor_left: None) -> None:  # fmt: skip
+    config = parse_config(site(tmp_path), base_dir=tmp_path)
+    endpoint = config.transport.frames if client in ("ingest", "adapt announcement") else config.transport.results
+    with infer_sockets(ctx, config, allow=False) as (pull, _), caplog.at_level(logging.ERROR):
+        stop = CLIENTS[client](config)
+        try:
+            assert wait_for(lambda: refusal_lines(caplog)), f"{client} logged no refusal"
+            assert not pull.poll(300)  # nothing got through
+        finally:
+            stop()
+    (line,) = refusal_lines(caplog)
+    assert line.getMessage().startswith(f"the CURVE server at {endpoint} refused this client's connection to its "
+                                        f"{'frames' if endpoint == config.transport.frames else 'results'} socket (not_allowed): "
+                                        "this client's public key (transport.curve.client_public_env) is not on infer's allow-list")  # fmt: skip
+    assert keys["CROWDWATCH_CURVE_CLIENT_SECRET"] not in line.getMessage()
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_web_counts_the_refusals_of_its_subscription(allow: bool, tmp_path: Path, keys: dict[str, str], ctx: zmq.Context,
+                                                     caplog: pytest.LogCaptureFixture, no_monitor_left: None) -> None:  # fmt: skip
+    from streamer.web import WebServer, WebSettings
+    from tests.test_web import make_result
+
+    config = parse_config(site(tmp_path), base_dir=tmp_path)
+
+    def count(reason: str) -> float | None:
+        labels = {"stage": "web", "socket": "results", "reason": reason}
+        return web.metrics.registry.get_sample_value("crowd_transport_client_refused_total", labels)
+
+    with infer_sockets(ctx, config, allow=allow) as (_, pub), caplog.at_level(logging.ERROR):
+        web = WebServer(config, WebSettings(port=0)).start()
+        try:
+            if allow:  # it subscribed: a result gets through, and nothing was refused
+                assert wait_for(lambda: send_parts(pub, encode_result(make_result("lobby"))) and web.store.received > 0)
+            else:
+                assert wait_for(lambda: count("not_allowed") == 1)
+        finally:
+            web.stop()
+    assert count("not_allowed") == (0 if allow else 1) and count("bad_handshake") == 0  # both exported from the start
+    assert len(refusal_lines(caplog)) == (0 if allow else 1)
+
+
+def test_an_allowed_announcement_is_delivered_without_a_word(tmp_path: Path, keys: dict[str, str], ctx: zmq.Context,
+                                                             caplog: pytest.LogCaptureFixture, no_monitor_left: None) -> None:  # fmt: skip
+    config = parse_config(site(tmp_path), base_dir=tmp_path)
+    with infer_sockets(ctx, config, allow=True) as (pull, _), caplog.at_level(logging.ERROR):
+        run = AdaptationRun("lobby", time.time(), "succeeded")
+        assert send_once(config.transport.frames, encode_adaptation(run), client_curve(config.transport))
+        assert pull.poll(5000) and decode_inbound(pull.recv_multipart()) == run
+    assert refusal_lines(caplog) == []
+
+
+def test_a_client_with_the_wrong_server_key_is_refused_again_and_again_but_said_once_a_minute(
+        ctx: zmq.Context, caplog: pytest.LogCaptureFixture, no_monitor_left: None) -> None:  # fmt: skip
+    server_pub, server_sec = zmq.curve_keypair()
+    client_pub, client_sec = zmq.curve_keypair()
+    guard = CurveServer(ctx, [client_pub])
+    pull = open_socket(ctx, "pull", "tcp://127.0.0.1:0", bind=True, curve=CurveKeys(server_pub, server_sec))
+    endpoint = pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+    refused: list[tuple[str, str]] = []
+    try:
+        with caplog.at_level(logging.ERROR), RefusalWatch(lambda socket, reason: refused.append((socket, reason))) as watch:
+            push = open_socket(ctx, "push", endpoint, bind=False, curve=CurveKeys(client_pub, client_sec, zmq.curve_keypair()[0]),
+                               watch=watch)  # fmt: skip
+            try:
+                assert wait_for(lambda: len(refused) >= 3)  # libzmq tries again after this kind of refusal
+            finally:
+                push.close(linger=0)
+    finally:
+        guard.stop()
+        pull.close(linger=0)
+    assert set(refused) == {("frames", "bad_handshake")}
+    (line,) = refusal_lines(caplog)
+    assert f"the CURVE server at {endpoint} refused" in line.getMessage()
+    assert "check that transport.curve.server_public_env holds infer's public key" in line.getMessage()

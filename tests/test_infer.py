@@ -1,5 +1,6 @@
 """The inference stage in one process: real sockets, the real registry, a real (small) model."""
 
+import logging
 import shutil
 import time
 
@@ -136,8 +137,9 @@ def test_the_loop_beats_even_without_frames(stage):
     assert len(beats) >= 3 and not t.is_alive()
 
 
-def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
+def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage, caplog):
     s, metrics, push, sub, tmp = stage
+    caplog.set_level(logging.INFO, logger="crowdwatch.infer")
     img = np.zeros((96, 128, 3), dtype=np.uint8)
     push.send_multipart(encode_frame(FrameMessage("lobby", 1, time.time_ns(), img, fit=FIT, truth=3.0)))
     deadline = time.monotonic() + 20
@@ -156,6 +158,9 @@ def test_a_stalled_camera_stops_exporting_its_crowd_figures(stage):
         s.step()
     assert sample(metrics, "crowd_camera_up", camera="lobby") == 1
     assert sample(metrics, "crowd_people", camera="lobby") is not None
+    # the log says the same: frames arrive, they are counted (once per up), they stop, they come back
+    events = [r.event for r in caplog.records if getattr(r, "camera", None) == "lobby" and getattr(r, "event", None)]
+    assert events == ["camera_up", "first_result", "camera_down", "camera_up", "first_result"]
 
 
 def _serve_until(s, metrics, camera, frames_before, timeout=20.0):

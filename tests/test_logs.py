@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from crowdwatch import logs
-from tests.conftest import REPO, free_port, site_toml
+from tests.conftest import REPO, child_pids, free_port, site_toml
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
 
@@ -99,59 +100,106 @@ def test_relay_keeps_a_childs_stage_camera_and_event(monkeypatch):
 
 # --------------------------------------------------------------------------- crowdwatch run
 
+CAMERAS = ("east", "west")
+RUN_S = 90  # at most, for the stages to come up and count (about 5 s on a shared two-core machine)
+
+
+def container_argv() -> list[str]:
+    """A container of fresh user, PID and mount namespaces (what Docker makes, less the image and the network),
+    or a clean skip saying why this machine cannot make one."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    # root in the container is this user; --kill-child: the container dies with unshare, whatever happens to the test
+    argv = [unshare, "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "--kill-child"]
+    probe = subprocess.run([*argv, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare cannot make user, PID and mount namespaces here: {probe.stderr.strip() or probe.returncode}")
+    return argv
+
+
+def init_pid(proc: subprocess.Popen, container: bool) -> int:
+    """The pid of what `docker stop` signals: PID 1 of the container (unshare's one child), else `crowdwatch run` itself."""
+    if not container:
+        return proc.pid
+    kids = child_pids(proc.pid)
+    assert len(kids) == 1, f"unshare has children {kids}"
+    return kids[0]
 
 
 @pytest.mark.slow
-def test_run_in_a_container_logs_json_lines_from_every_stage(tmp_path):
-    """stdout is a pipe (as in a container): every stage's lines arrive there as JSON, with the key set."""
+@pytest.mark.parametrize("container", [False, True], ids=["pipe", "container"])
+def test_run_logs_json_lines_from_every_stage_to_stdout_and_stops_on_sigterm(tmp_path, container):
+    """stdout is a pipe, as under Docker, and no --log-format is given: every stage's lines arrive there as JSON with
+    the one key set; camera_up and first_result show up for each camera; SIGTERM to the container's init ends it all.
+
+    In the container variant `crowdwatch run` is PID 1 of fresh user, PID and mount namespaces (unshare), as
+    under `docker run` without --init: no Docker daemon, image or network namespace is involved."""
     if not (REPO / "models" / "base" / "current").is_file():
         pytest.fail("the shipped base model is missing from models/base")
+    prefix = container_argv() if container else []
     cfg = tmp_path / "config.toml"
-    cfg.write_text(site_toml(tmp_path, free_port(), free_port(), """
-[cameras.east]
-url = "synthetic://?people=10&style=day&seed=3"
-""", sections='[log]\nfile_max_bytes = "1MiB"'))
+    cfg.write_text(site_toml(tmp_path, free_port(), free_port(), "".join(f"""
+[cameras.{cam}]
+url = "synthetic://?people={5 + 5 * i}&style=day&seed={i}"
+""" for i, cam in enumerate(CAMERAS)), sections='[log]\nfile_max_bytes = "1MiB"'))
     env = {k: v for k, v in os.environ.items() if k not in (logs.FORMAT_ENV, logs.LEVEL_ENV)} | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt", "--log-level", "info"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    seen: dict[str, dict] = {}
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "streamer.cli", "run", "--config", str(cfg), "--no-adapt", "--log-level", "info"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: ([lines.put(x) for x in proc.stdout], lines.put(None)), daemon=True).start()  # type: ignore[union-attr]
+    records: list[dict] = []
     other: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        want = {"supervisor", "ingest", "infer", "web"}
-        while time.monotonic() < deadline and not (want <= seen.keys() and "camera_up" in {r["event"] for r in seen.values()}):
-            try:
-                line = lines.get(timeout=1)
-            except queue.Empty:
-                assert proc.poll() is None, f"crowdwatch run exited: {proc.stderr.read()}"  # type: ignore[union-attr]
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                other.append(line)
-                continue
-            assert tuple(rec) == logs.KEYS, rec
-            seen.setdefault(rec["stage"], rec)
-            if rec["event"] == "camera_up":
-                seen["camera_up"] = rec
-        assert want <= seen.keys(), f"stages seen: {sorted(seen)}; non-JSON lines: {other[:5]}"
-        assert seen["camera_up"]["stage"] == "infer" and seen["camera_up"]["camera"] == "east"
-        assert seen["ingest"]["camera"] == "east"
-        assert other == [], other[:5]
-        # the children got the level and format, and their rotated files exist
-        cmdlines = [Path(f"/proc/{p.name}/cmdline").read_bytes() for p in Path("/proc").iterdir() if p.name.isdigit()
-                    and f"--config\0{cfg}".encode() in _read(p / "cmdline")]
-        assert cmdlines and all(b"--log-level\0INFO\0--log-format\0json" in c for c in cmdlines if b"streamer.cli\0run" not in c)
-        assert {"infer.log", "web.log", "ingest-east.log", "supervisor.log"} <= {p.name for p in (tmp_path / "var" / "log").iterdir()}
-    finally:
-        proc.send_signal(signal.SIGTERM)
+
+    def read(timeout: float) -> bool:
+        """One stdout line into records (or other); False at the end of stdout or after ``timeout`` s."""
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            line = lines.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        if line is None:
+            return False
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            other.append(line)
+        return True
+
+    def seen() -> set[tuple]:
+        """(stage, camera) of every line, and ("event", name, camera) of every event."""
+        return {(r.get("stage"), r.get("camera")) for r in records} | {("event", r.get("event"), r.get("camera")) for r in records}
+
+    want = {("supervisor", None), ("infer", None), ("web", None)} | {("ingest", cam) for cam in CAMERAS}
+    want |= {("event", event, cam) for cam in CAMERAS for event in ("camera_up", "first_result")}  # both from infer
+    try:
+        deadline = time.monotonic() + RUN_S
+        while time.monotonic() < deadline and not want <= seen():
+            if not read(1.0):
+                assert proc.poll() is None, f"crowdwatch run exited: {proc.stderr.read()}"  # type: ignore[union-attr]
+        assert want <= seen(), f"missing {sorted(want - seen(), key=str)}; non-JSON lines: {other[:5]}"
+        # the children got the level and the format that auto chose, and their rotated files exist
+        cmdlines = [c for c in map(_read, Path("/proc").glob("[0-9]*/cmdline")) if f"--config\0{cfg}".encode() in c]
+        assert cmdlines and all(b"--log-level\0INFO\0--log-format\0json" in c for c in cmdlines if b"streamer.cli\0run" not in c)
+        assert {"infer.log", "web.log", "supervisor.log", *(f"ingest-{c}.log" for c in CAMERAS)} <= {p.name for p in (tmp_path / "var" / "log").iterdir()}
+
+        init = init_pid(proc, container)
+        if container:  # crowdwatch run is PID 1 of its own PID namespace
+            nspid = next(x for x in Path(f"/proc/{init}/status").read_text().splitlines() if x.startswith("NSpid:"))
+            assert nspid.split()[-1] == "1" and b"streamer.cli\0run" in _read(Path(f"/proc/{init}/cmdline")), nspid
+        os.kill(init, signal.SIGTERM)  # what `docker stop` sends
+        while read(30.0):
+            pass
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # in a container, --kill-child takes init and the namespace with it
             proc.wait()
+    assert other == [], other[:5]
+    assert all(tuple(r) == logs.KEYS for r in records), [r for r in records if tuple(r) != logs.KEYS][:3]
+    assert records[-1]["stage"] == "supervisor" and records[-1]["event"] == "service_stopped", records[-3:]
+    stages = ["infer", "web", *(f"ingest:{c}" for c in CAMERAS)]
+    assert records[-1]["message"] == "stopped: " + ", ".join(f"{s} 0" for s in stages)  # each stopped by itself, none killed
+    assert [c for c in map(_read, Path("/proc").glob("[0-9]*/cmdline")) if f"--config\0{cfg}".encode() in c] == []
 
 
 def _read(path: Path) -> bytes:

@@ -52,7 +52,7 @@ def record_run(var: Path, camera: str, result: str, *, reason: str, detail: str,
 
     try:
         endpoint = config.endpoint("frames", config.shard_of(camera))
-        send_once(endpoint, encode_adaptation(AdaptationRun(camera, record["time"], result)), client_curve(config.transport))  # type: ignore[arg-type]
+        send_once(endpoint, encode_adaptation(AdaptationRun(camera, record["time"], result)), client_curve(config.transport), log=log)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - no key, a bad endpoint, a zmq error: the job's outcome stands
         log.warning("%s: the %s run is recorded but could not be announced to infer: %s", camera, result, exc)
 
