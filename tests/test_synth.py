@@ -195,7 +195,8 @@ def test_dataset_round_trip_and_worker_independence(tmp_path):
         lab = json.loads((tmp_path / "a" / "labels" / f"IMG_{i}.json").read_text())
         assert lab["image"] == f"IMG_{i}.jpg" and (lab["width"], lab["height"]) == (128, 96)
         assert lab["style"] == meta["images"][i - 1]["style"]
-        ref = render_sample(image_seed(21, i), 128, 96, lab["style"], (0, 25))
+        entry = meta["images"][i - 1]
+        ref = render_sample(image_seed(21, i), 128, 96, lab["style"], (0, 25), entry["scene"], entry["empty"])
         np.testing.assert_allclose(np.array(lab["points"]).reshape(-1, 2), ref.points, atol=1e-3)
         np.testing.assert_allclose(lab["head_sizes"], ref.head_sizes, atol=1e-3)
         pts, sizes = read_shanghaitech_mat(tmp_path / "a" / "ground-truth" / f"GT_IMG_{i}.mat")

@@ -49,6 +49,26 @@ def _styles(text: str) -> list[str]:
     return names
 
 
+def _kinds(text: str) -> list[str]:
+    from adapt.synth.kinds import KINDS
+
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in KINDS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"scene kind(s) must be among {', '.join(KINDS)}, found {text!r}")
+    return names
+
+
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, found {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, found {text!r}")
+    return v
+
+
 def _formats(text: str) -> list[str]:
     from adapt.synth.writers import FORMATS
 
@@ -88,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
     p.add_argument("--styles", type=_styles, default=["day"], help=f"comma list from: {', '.join(STYLES)} (default day)")
     p.add_argument("--count", type=_count, default=(0, 300), help="people per image, LO:HI (default 0:300)")
+    p.add_argument("--scenes", type=_kinds, default=["street"], dest="kinds",
+                   help="comma list of scene kinds from: street, packed, tribune (default street)")
+    p.add_argument("--empty", type=_share, default=None, metavar="SHARE",
+                   help="share of images without people, hard negatives (default 0.1)")
     p.add_argument("--format", type=_formats, default=["shanghaitech", "json"], dest="formats",
                    help="comma list from: shanghaitech, json (default both)")
     p.add_argument("--workers", type=_positive, default=1, help="processes (default 1)")
@@ -120,20 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: --contact-sheet must name a .png file, found {str(args.contact_sheet)!r}", file=sys.stderr)
         return 2
 
-    from adapt.synth.writers import contact_sheet, write_dataset
+    from adapt.synth.writers import EMPTY_SHARE, check_count, contact_sheet, write_dataset
 
     w, h = args.size
+    empty = EMPTY_SHARE if args.empty is None else args.empty
     try:
+        check_count(args.kinds, args.styles, w, h, args.count[1])
         if args.out is not None:
             meta = write_dataset(args.out, args.n, args.seed, w, h, args.styles, args.count, args.formats,
-                                 workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
+                                 workers=args.workers, progress=not args.quiet, overwrite=args.overwrite,
+                                 kinds=args.kinds, empty=empty)
             if not args.quiet:
-                print(f"wrote {meta['n']} images ({meta['total_heads']} heads) to {args.out}")
+                print(f"wrote {meta['n']} images ({meta['total_heads']} heads, {meta['empty_images']} empty) to {args.out}")
         if args.contact_sheet is not None:
             import cv2
 
             sheet = contact_sheet(args.seed, w, h, args.styles, args.count, k=args.sheet_images,
-                                  thumb_scale=args.sheet_scale, points=args.sheet_points)
+                                  thumb_scale=args.sheet_scale, points=args.sheet_points, kinds=args.kinds, empty=empty)
             args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(args.contact_sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_PNG_COMPRESSION, 9]):

@@ -123,9 +123,15 @@ class Person:
     phase: float  # gait phase, radians
     appearance: Appearance
     speed: float = 1.3  # m/s; 0 means standing
-    pose: int = 0  # 0 walking/standing, 1 using a phone (one forearm raised)
+    pose: int = 0  # POSE_WALK, POSE_PHONE, POSE_SEATED or POSE_CHEER
     child: bool = False
     group: int = -1  # id of the group the person walks with (-1: alone)
+    z: float = 0.0  # height of the floor the person stands or sits on (a tribune step), metres
+
+
+# poses: walking or standing; one forearm raised to a phone; seated (tribunes); both arms up (rallies, stands)
+POSE_WALK, POSE_PHONE, POSE_SEATED, POSE_CHEER = range(4)
+SEAT_FRAC = 0.26  # seat height as a fraction of standing height (0.44 m for 1.7 m)
 
 
 def sample_heights(rng: np.random.Generator, n: int, child_prob: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +149,7 @@ def sample_height(rng: np.random.Generator, child_prob: float = 0.06) -> tuple[f
 
 def make_person(rng: np.random.Generator, x: float, y: float, *, height_m: float | None = None,
                 heading: float | None = None, speed: float | None = None, child: bool | None = None,
-                group: int = -1) -> Person:
+                group: int = -1, pose: int | None = None, z: float = 0.0) -> Person:
     """A person at ground (x, y) with random appearance; unspecified attributes are sampled."""
     if height_m is None:
         h, c = sample_height(rng, 0.06 if child is None else float(child))
@@ -157,8 +163,8 @@ def make_person(rng: np.random.Generator, x: float, y: float, *, height_m: float
         phase=float(rng.uniform(0, 2 * math.pi)),
         appearance=sample_appearance(rng, c),
         speed=float(speed),
-        pose=int(rng.random() < (0.1 if speed == 0 else 0.04)),
-        child=c, group=group,
+        pose=int(rng.random() < (0.1 if speed == 0 else 0.04)) if pose is None else int(pose),
+        child=c, group=group, z=float(z),
     )
 
 
@@ -197,7 +203,10 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
     hd = np.array([p.heading for p in people])
     amp = np.clip(np.array([p.speed for p in people]) / 1.4, 0.0, 1.25)
     build = np.array([p.appearance.build for p in people])
-    phone = np.array([p.pose == 1 for p in people])
+    pose = np.array([p.pose for p in people])
+    phone = pose == POSE_PHONE
+    seated = pose == POSE_SEATED
+    cheer = pose == POSE_CHEER
     skirt = np.array([p.appearance.bottom_kind == 2 for p in people])
     bag = np.array([p.appearance.bag for p in people])
     rh = head_radius_m(H)
@@ -236,6 +245,9 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
         if sgn < 0:
             eps = np.where(phone, 1.9, eps)
             psi = np.where(phone, 0.25, psi)
+        # seated hands rest in the lap; cheering arms point up, a little apart
+        eps = np.where(seated, 1.1, np.where(cheer, 0.15, eps))
+        psi = np.where(seated, 0.35, np.where(cheer, 2.75 + 0.2 * np.sin(ph + off), psi))
         L[:, sh] = np.stack([zero, sgn * (sw - 0.01 * H), top_z - 0.015 * H], -1)
         L[:, el] = L[:, sh] + np.stack([ua * np.sin(psi), sgn * 0.03 * H, -ua * np.cos(psi)], -1)
         L[:, wr] = L[:, el] + np.stack([fa * np.sin(psi + eps), sgn * 0.01 * H, -fa * np.cos(psi + eps)], -1)
@@ -267,17 +279,36 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
     sb = _box_local(0.0, 0.035 * H, 0.035 * H, 0.07 * H, 0.065 * H, hip_top - 0.03 * H, hip_top + 0.1 * H, n)
     sb[:, :, 1] += (sw + 0.045 * H)[:, None]
     L[:, BAGBOX:BAGBOX + 8] = np.where((bag == 1)[:, None, None], bp, np.where((bag == 2)[:, None, None], hb, sb))
+    if seated.any():
+        _sit(L, np.nonzero(seated)[0], H, hip_z - drop, ankle_z)
 
     # local -> world
     c, s = np.cos(hd)[:, None], np.sin(hd)[:, None]
     W = np.empty_like(L)
     W[..., 0] = np.array([p.x for p in people])[:, None] + c * L[..., 0] - s * L[..., 1]
     W[..., 1] = np.array([p.y for p in people])[:, None] + s * L[..., 0] + c * L[..., 1]
-    W[..., 2] = L[..., 2]
+    W[..., 2] = L[..., 2] + np.array([p.z for p in people])[:, None]
     # points towards the light, for highlights
     W[:, HEAD_HI] = W[:, HEAD] + 0.4 * rh[:, None] * sun_dir[None, :]
     W[:, TORSO_HI] = W[:, NECK] + 0.2 * sun_dir[None, :]
     return W
+
+
+def _sit(L: np.ndarray, s: np.ndarray, H: np.ndarray, hip_z: np.ndarray, ankle_z: np.ndarray) -> None:
+    """Seat people `s` of local skeletons L: the body drops onto a seat, thighs forward, shins down to the floor."""
+    h = H[s]
+    lower = hip_z[s] - SEAT_FRAC * h
+    L[s, :, 2] -= lower[:, None]
+    L[s, FEET, 2] = 0.0  # the floor stays where it is
+    for hip, knee, ankle, toe in ((HIP_L, KN_L, AN_L, TO_L), (HIP_R, KN_R, AN_R, TO_R)):
+        L[s, knee] = L[s, hip] + np.stack([0.245 * h, np.zeros(len(s)), np.zeros(len(s))], -1)
+        L[s, ankle] = L[s, knee] + np.stack([0.03 * h, np.zeros(len(s)), ankle_z[s] - L[s, knee, 2]], -1)
+        L[s, toe] = L[s, ankle] + np.stack([0.075 * h, np.zeros(len(s)), -0.025 * h], -1)
+    # a seated pelvis is the lap: as deep as the thighs, not as tall
+    pel = L[s, PELVIS:PELVIS + 8]
+    pel[:, :, 0] = np.where(pel[:, :, 0] > 0, 0.2 * h[:, None], pel[:, :, 0])
+    pel[:, :4, 2] = (SEAT_FRAC * h - 0.02 * h)[:, None]
+    L[s, PELVIS:PELVIS + 8] = pel
 
 
 # -- batch of projected, shaded figures -----------------------------------------------
@@ -288,9 +319,10 @@ _LIMBS = [
     (AN_L, TO_L, 0.05), (AN_R, TO_R, 0.05), (SH_L, EL_L, 0.058), (SH_R, EL_R, 0.058),
     (EL_L, WR_L, 0.045), (EL_R, WR_R, 0.045), (NECK, HEAD, 0.065), (SHC_L, SHC_R, 0.118),
     (LH0, LH1, None), (BRIM0, BRIM1, None), (HIP_L, AN_L, 0.075), (HIP_R, AN_R, 0.075),
+    (SH_L, WR_L, 0.05), (SH_R, WR_R, 0.05),
 ]
 (THIGH_L, THIGH_R, SHIN_L, SHIN_R, SHOE_L, SHOE_R, UARM_L, UARM_R, FARM_L, FARM_R, NECK_L, SHOULDERS,
- LONG_HAIR, BRIM, LEG_L, LEG_R) = range(len(_LIMBS))
+ LONG_HAIR, BRIM, LEG_L, LEG_R, ARM_L, ARM_R) = range(len(_LIMBS))
 _LA = np.array([a for a, _, _ in _LIMBS])
 _LB = np.array([b for _, b, _ in _LIMBS])
 _LA_L, _LB_L = _LA.tolist(), _LB.tolist()
@@ -304,6 +336,7 @@ _DJ_L = _DJ.tolist()
 LV_BASE, LV_HI, LV_HEAD, LV_HEAD_HI = 0, 1, 2, 3  # then 4..9: bag box faces (BOX_FACES order)
 _ONE = float(1 << SHIFT)
 LOD_TINY_PX = 16.0  # people shorter than this are drawn as a few blobs
+LOD_SMALL_PX = 40.0  # and shorter than this as straight limbs, a torso and a head: a packed crowd's people
 
 
 def _box_visible(corners_w: np.ndarray, normals: np.ndarray, cam_c: np.ndarray) -> np.ndarray:
@@ -339,7 +372,7 @@ class FigureBatch:
         rh = self.head_radius = head_radius_m(H)
         self.head_diam_px = 2 * rh * f / dpos[:, HEAD]
         top = W[:, FEET].copy()
-        top[:, 2] = H
+        top[:, 2] += H
         uv_top, _ = cam.project(top)
         self.height_px = np.linalg.norm(uv_top - self.uv[:, FEET], axis=1)
 
@@ -378,21 +411,21 @@ class FigureBatch:
 
         self.colors = self._color_tables(people, normals, dpos[:, FEET])
         self.q = np.round(self.uv * _ONE).astype(np.int32)
-        # plain-Python copies for the per-person drawing loop (numpy scalars are slow there)
-        self.ql = self.q.tolist()
+        # plain-Python copies for the per-person drawing loop (numpy scalars are slow there); the big
+        # per-joint and per-colour tables are converted person by person, as each is drawn
         self.lw = np.maximum(1, np.rint(self.limb_px)).astype(int).tolist()
         hw = self.limb_px * 0.45
         hw[:, SHOULDERS] = self.limb_px[:, SHOULDERS] * 0.5
-        self.lwh = np.maximum(1, np.rint(hw)).astype(int).tolist()
+        self.lwh = np.maximum(1, np.rint(hw)).astype(int)
         off = self.sun_img[:, None, :] * self.limb_px[:, :, None] * 0.22
         off[:, SHOULDERS] *= 0.18 / 0.22
-        self.hoff = np.rint(off * _ONE).astype(int).tolist()
+        self.hoff = np.rint(off * _ONE).astype(int)
         self.ldep = self.limb_depth.tolist()
         self.drad = np.maximum(1, np.rint(self.disc_px * _ONE)).astype(int).tolist()
         self.lit = look.sun_rgb.max() > 0.08 and not look.style.thermal
 
-    def _color_tables(self, people: list[Person], normals: np.ndarray, dist: np.ndarray) -> list:
-        """[person][material][light level] -> cv2 colour; fogged and graded per person."""
+    def _color_tables(self, people: list[Person], normals: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        """(person, material, light level, RGB 0-255); fogged and graded per person."""
         look = self.look
         n = len(people)
         if look.style.thermal:
@@ -409,19 +442,20 @@ class FigureBatch:
         tab = alb[:, :, None, :] * lv[:, None, :, :]  # (N, 8, 10, 3)
         t = np.exp(-dist / look.fog_distance_m)[:, None, None, None]
         tab = tab * t + look.fog_rgb * (1.0 - t)
-        tab = look.grade(tab.reshape(-1, 3)).reshape(tab.shape) * 255.0
-        return tab.tolist()
+        return look.grade(tab.reshape(-1, 3)).reshape(tab.shape) * 255.0
 
     # -- drawing ----------------------------------------------------------------------
     def ops(self, i: int) -> list[tuple]:
         """Drawing operations of person i, back to front: (depth, kind, args...)."""
         p = self.people[i]
         app = p.appearance
-        C = self.colors[i]
-        q = self.q[i]
-        ql, lw, lwh, hoff, ldep, drad = self.ql[i], self.lw[i], self.lwh[i], self.hoff[i], self.ldep[i], self.drad[i]
-        out: list[tuple] = []
         hp = self.height_px[i]
+        small = hp < LOD_SMALL_PX
+        # a small figure uses a few materials at two light levels; a full one all of them
+        C = self.colors[i, :, :4 if small else 10].tolist()
+        q = self.q[i]
+        ql, lw, ldep, drad = q.tolist(), self.lw[i], self.ldep[i], self.drad[i]
+        out: list[tuple] = []
 
         def line(k: int, mat: int, bias: float = 0.0) -> None:
             a, b = ql[_LA_L[k]], ql[_LB_L[k]]
@@ -440,8 +474,22 @@ class FigureBatch:
             hair = self.away[i] or app.hair_style == 1
             disc(D_HEAD, HAIR if hair else SKIN, LV_HEAD)
             return out
+        if small:
+            legs = BOTTOM if app.bottom_kind == 0 else SKIN
+            line(LEG_L, legs)
+            line(LEG_R, legs)
+            line(ARM_L, TOP, 0.02)
+            line(ARM_R, TOP, 0.02)
+            dt = float(self.depth[i, TORSO:TORSO + 8].mean())
+            out.append((dt, 2, cv2.convexHull(q[TORSO:TORSO + 8]), C[TOP][LV_BASE]))
+            line(SHOULDERS, TOP)
+            out[-1] = (dt - 1e-4,) + out[-1][1:]
+            out.sort(key=lambda o: -o[0])
+            self._head(i, app, line, disc)
+            return out
 
         hi = hp >= 36 and self.lit
+        lwh, hoff = self.lwh[i].tolist(), self.hoff[i].tolist()
 
         def limb(k: int, mat: int, bias: float = 0.0, depth: float | None = None) -> None:
             line(k, mat, bias)
@@ -479,10 +527,14 @@ class FigureBatch:
         line(NECK_L, SKIN, -0.5)  # behind the torso top, under the head
         out.sort(key=lambda o: -o[0])
 
-        # head: skin sphere, a lit cap towards the light, then hair (or a cap) seen from the camera's side
         if app.hair_style == 1:
             line(LONG_HAIR, HAIR)
             out.insert(0, out.pop())
+        self._head(i, app, line, disc)
+        return out
+
+    def _head(self, i: int, app: Appearance, line, disc) -> None:
+        """Head ops, drawn last: skin sphere, a lit cap towards the light, then hair (or a cap) seen from the camera's side."""
         disc(D_HEAD, SKIN, LV_HEAD)
         if self.disc_px[i, D_HEAD] >= 3:
             disc(D_HEAD_HI, SKIN, LV_HEAD_HI)
@@ -493,7 +545,6 @@ class FigureBatch:
             disc(D_CROP if app.hair_style == 2 else D_HAIR, HAIR, LV_HEAD)
             if self.away[i]:
                 disc(D_HEAD_BACK, HAIR, LV_HEAD)
-        return out
 
     def _pattern(self, i: int, out: list, depth: float) -> None:
         """Stripes, a chest print or an open jacket on the torso side facing the camera most."""
@@ -507,7 +558,7 @@ class FigureBatch:
         face = self.uv[i, TORSO + BOX_FACES[best]]
         b0, b1, t1, t0 = face
         hpx = float(np.linalg.norm((t0 + t1) / 2 - (b0 + b1) / 2))
-        col = self.colors[i][TOP2][LV_BASE]
+        col = self.colors[i, TOP2, LV_BASE].tolist()
         if app.top_pattern == 1 and hpx >= 8:
             for fr in (0.2, 0.45, 0.7):
                 p, r = (b0 + (t0 - b0) * fr) * _ONE, (b1 + (t1 - b1) * fr) * _ONE

@@ -21,11 +21,12 @@ from .camera import Camera
 from .crowd import LAYOUTS, sample_crowd
 from .draw import SHIFT
 from .effects import apply_effects
+from .kinds import check_kind, sample_kind_scene
 from .people import FEET, HEAD, FigureBatch, Person
-from .scene import Scene, apply_shadow_mask, sample_scene
+from .scene import Scene, apply_shadow_mask
 from .styles import get_style
 
-RENDERER_VERSION = "crowdwatch-synth-2"
+RENDERER_VERSION = "crowdwatch-synth-3"
 VISIBLE_FRACTION = 0.5
 _LAYOUT_WEIGHTS = {"mixed": 0.4, "uniform": 0.2, "clustered": 0.2, "flow": 0.15, "queue": 0.05}
 
@@ -51,6 +52,7 @@ def _fx(p: np.ndarray) -> np.ndarray:
 def _people_shadows(scene: Scene, people: list[Person]) -> np.ndarray | None:
     """uint8 coverage of the people's sun shadows and contact shadows on the ground."""
     look, cam = scene.look, scene.camera
+    people = [p for p in people if p.z == 0.0]  # people on stands shade the steps, not the ground: not modelled
     if look.style.thermal or not people:
         return None
     n = len(people)
@@ -141,16 +143,23 @@ def pick_layout(rng: np.random.Generator) -> str:
     return names[int(np.searchsorted(np.cumsum(w) / w.sum(), rng.random(), side="right"))]
 
 
-def render_sample(seed: int, width: int, height: int, style: str, count_range: tuple[int, int]) -> Render:
-    """One labelled sample, fully determined by its arguments: new scene, crowd and effects."""
+def render_sample(seed: int, width: int, height: int, style: str, count_range: tuple[int, int], kind: str = "street",
+                  empty: bool = False) -> Render:
+    """One labelled sample, fully determined by its arguments: new scene, crowd and effects.
+
+    The crowd size is drawn from count_range and the scene of `kind` is chosen to hold it; an `empty`
+    sample keeps that scene and leaves everybody out (a hard negative with zero labels)."""
     lo, hi = int(count_range[0]), int(count_range[1])
     if lo < 0 or hi < lo:
         raise ValueError(f"count range must satisfy 0 <= lo <= hi, found {count_range}")
     get_style(style)
+    check_kind(kind)
     rng = np.random.default_rng(seed)
-    scene = sample_scene(rng, width, height, style)
     n = int(rng.integers(lo, hi + 1))
-    layout = pick_layout(rng)
+    scene = sample_kind_scene(rng, width, height, style, kind, n)
+    if empty or n == 0:
+        return render(scene, [], rng)
+    layout = {"packed": "packed", "tribune": "seated"}.get(kind) or pick_layout(rng)
     assert layout in LAYOUTS
     people = sample_crowd(rng, scene, n, layout)
     return render(scene, people, rng)

@@ -252,7 +252,7 @@ _WALL_COLORS = np.array(
      (0.72, 0.62, 0.48), (0.45, 0.45, 0.47), (0.88, 0.8, 0.68), (0.62, 0.66, 0.7)],
     dtype=np.float32,
 )
-_SIGN_COLORS = np.array(
+SIGN_COLORS = np.array(
     [(0.85, 0.15, 0.12), (0.95, 0.8, 0.2), (0.15, 0.35, 0.75), (0.95, 0.95, 0.95), (0.1, 0.55, 0.35),
      (0.9, 0.45, 0.1), (0.2, 0.2, 0.22)],
     dtype=np.float32,
@@ -297,7 +297,7 @@ def sample_facade_blocks(rng: np.random.Generator, length: float, height_range: 
         bay=rng.uniform(2.0, 4.0, b),
         floor_h=floor_h,
         ground_h=rng.uniform(3.5, 5.0, b),
-        sign=_SIGN_COLORS[rng.integers(len(_SIGN_COLORS), size=b)],
+        sign=SIGN_COLORS[rng.integers(len(SIGN_COLORS), size=b)],
         lit=lit,
         seed=int(rng.integers(0, 1 << 30)),
         interior=interior,
@@ -343,15 +343,15 @@ def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray
     interior = np.array([0.18, 0.16, 0.15], np.float32) * (1 + noise(s, z, fp, 0.5, fb.seed + 4, 2.0) * 0.3)[:, None]
     wall = _mix(wall, interior, shop_glass.astype(np.float32))
     wall = _mix(wall, fb.sign[blk], sign_band.astype(np.float32))
-    wall = _mix(wall, _ink(fb.sign[blk]), (sign_band * lettering(s, z, gh - 1.0, gh - 0.25, fp, fb.seed + 7)).astype(np.float32))
+    wall = _mix(wall, sign_ink(fb.sign[blk]), (sign_band * lettering(s, z, gh - 1.0, gh - 0.25, fp, fb.seed + 7)).astype(np.float32))
     # some window bays carry banners and billboards instead: saturated colour and lettering
     panel_p = 0.35 * hash2(blk, np.zeros_like(blk), fb.seed + 6) ** 2
     panel = win * (hash2(cell_i, cell_j, fb.seed + 5) < panel_p)
     if panel.any():
-        colour = _SIGN_COLORS[(hash2(cell_i, cell_j, fb.seed + 8) * len(_SIGN_COLORS)).astype(np.int64)]
+        colour = SIGN_COLORS[(hash2(cell_i, cell_j, fb.seed + 8) * len(SIGN_COLORS)).astype(np.int64)]
         z0 = gh + cell_j * fh + sill
         text = lettering(s, z, z0 + 0.1 * wh, z0 + 0.9 * wh, fp, fb.seed + 9, char_h=0.3)
-        wall = _mix(wall, _mix(colour, _ink(colour), text.astype(np.float32)), panel.astype(np.float32))
+        wall = _mix(wall, _mix(colour, sign_ink(colour), text.astype(np.float32)), panel.astype(np.float32))
     if fb.lit > 0 or fb.interior:
         glow = 0.5 if fb.interior else fb.lit
         emis = emis + (shop_glass * glow)[:, None] * np.array([1.0, 0.9, 0.7], np.float32) * 0.6
@@ -362,7 +362,7 @@ def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray
     return np.clip(wall, 0, 1).astype(np.float32), emis.astype(np.float32)
 
 
-def _ink(colour: np.ndarray) -> np.ndarray:
+def sign_ink(colour: np.ndarray) -> np.ndarray:
     """Lettering colour that reads on a sign: white on dark signs, near black on light ones."""
     light = (colour @ np.array([0.3, 0.59, 0.11], np.float32)) > 0.5
     return np.where(light[:, None], np.float32(0.08), np.float32(0.95)).astype(np.float32)
