@@ -20,12 +20,14 @@ import cv2
 import numpy as np
 
 from . import distractors as dx
+from . import furniture as fu
 from .buildings import Facade, facade_hits, sample_walls
 from .camera import Camera, sample_camera
 from .effects import EffectParams, sample_effects
+from .facades import shade_facade
 from .ground import GroundLayout, sample_layout
 from .styles import Look, Style, get_style, sample_look
-from .textures import noise, noise_texture, shade_ceiling, shade_facade, sky_color
+from .textures import noise, noise_texture, shade_ceiling, sky_color
 from .tribune import Stand, shade_stand, stand_hits, stand_normal
 
 MIN_HEAD_PX = 1.0  # a head smaller than a pixel is no countable person: never placed, never labelled
@@ -438,6 +440,26 @@ def sample_ground_by_pixel(rng: np.random.Generator, scene: Scene, k: int, heigh
     return np.concatenate(out)[:k] if out else np.zeros((0, 2))
 
 
+def _place_furniture(rng: np.random.Generator, scene: Scene, yaw: float, scatter, row, near_wall) -> None:
+    """Bikes in racks, café tables, boards and shrubs by the shops, hedges and cones (furniture.py)."""
+    kind = scene.layout.kind
+    near_wall(int(rng.integers(0, 4)), lambda x, y: fu.make_aframe(rng, x, y, yaw + rng.uniform(-1.0, 1.0)))
+    near_wall(int(rng.integers(0, 3)), lambda x, y: fu.make_topiary(rng, x, y))
+    if rng.random() < 0.15:
+        scatter(int(rng.integers(2, 7)), lambda x, y: fu.make_cone(rng, x, y))
+    if not scene.style.outdoor:
+        return
+    if rng.random() < 0.35:
+        scatter(int(rng.integers(1, 3)), lambda x, y: fu.make_bike_rack(rng, x, y, yaw, int(rng.integers(3, 11))))
+    if kind in ("plaza", "pedestrian") and rng.random() < 0.3:
+        sp = rng.uniform(2.8, 3.6)
+        c_line = float(rng.uniform(-10, 10))
+        for k in range(int(rng.integers(1, 3))):
+            row(c_line + k * sp, sp, lambda x, y: fu.make_parasol(rng, x, y, yaw), 0.1)
+    if kind in ("park", "plaza") and rng.random() < 0.4:
+        row(float(rng.uniform(-12, 12)), rng.uniform(6.0, 12.0), lambda x, y: fu.make_hedge(rng, x, y, yaw), 0.5)
+
+
 def _place_distractors(rng: np.random.Generator, scene: Scene) -> list[dx.Distractor]:
     cam, look, lay = scene.camera, scene.look, scene.layout
     r = scene.region
@@ -476,7 +498,18 @@ def _place_distractors(rng: np.random.Generator, scene: Scene) -> list[dx.Distra
             if dep[0] > 0.5 and -margin <= uv[0, 0] < cam.width + margin and -margin <= uv[0, 1] < cam.height + margin:
                 add(make(float(x), float(y)))
 
+    def near_wall(n: int, make) -> None:
+        # in front of a building, where shops put their boards and shrubs
+        pts = sample_ground_in_view(rng, scene, 40 * n, margin, 0.0, box)
+        for f in scene.facades:
+            if not len(pts):
+                return
+            d = f.signed_distance(pts[:, 0], pts[:, 1])
+            for x, y in pts[(d > 1.0) & (d < 3.5)][:n]:
+                add(make(float(x), float(y)))
+
     yaw_street = lay.angle
+    _place_furniture(rng, scene, yaw_street, scatter, row, near_wall)
     if not scene.style.outdoor:
         if rng.random() < 0.6:
             sp = rng.uniform(6.0, 11.0)
