@@ -1,8 +1,9 @@
 """Scene kinds: which place a render shows, with a camera chosen so that the place holds the crowd.
 
 - ``street``: the elevated street, plaza and hall views of ``sample_scene``
-  (ShanghaiTech B, fixed pedestrian cameras); a camera is redrawn until its
-  countable ground holds the crowd with room to spare.
+  (ShanghaiTech B, fixed pedestrian cameras), and a share seen from head
+  height at a row of shop fronts (TUD-Stadtmitte); a camera is redrawn until
+  its countable ground holds the crowd with room to spare.
 - ``packed``: a crowd packed edge to edge seen from a high camera: a rally
   square outdoors, a concourse or station hall indoors. The camera height is
   solved so that the countable ground holds the crowd at a drawn density of
@@ -36,6 +37,7 @@ from .view import HEX_DENSITY, capacity, in_view, view_area
 
 KINDS = ("street", "packed", "tribune")
 DENSE_MIN_HEAD_PX = 2.0  # the far heads of packed crowds and stands: the smallest ShanghaiTech A marks
+SHOPFRONT_SHARE = 0.15  # outdoor street views from head height at a row of shop fronts
 STREET_FILL = 0.5  # random placement jams at about half of hexagonal packing: street views keep that much room
 _TRIES = 30  # camera draws before a kind gives up on a crowd size (max_people keeps this out of reach)
 _PACKED_RHO = (1.3, 3.3)  # mean people per m^2 of a packed crowd (denser knots, thinner lanes around it)
@@ -74,11 +76,22 @@ def sample_kind_scene(rng: np.random.Generator, width: int, height: int, style: 
 
 
 def _street(rng: np.random.Generator, width: int, height: int, style: Style, n: int) -> Scene | None:
-    cam = sample_camera(rng, width, height)
+    shops = None
+    if style.outdoor and rng.random() < SHOPFRONT_SHARE:
+        cam, shops = _shopfront_camera(rng, width, height), float(rng.uniform(8.0, 25.0))
+    else:
+        cam = sample_camera(rng, width, height)
     if n > STREET_FILL * HEX_DENSITY * view_area(cam, 1.0):
         return None
-    scene = build_scene(rng, cam, style)
+    scene = build_scene(rng, cam, style, shops_at_m=shops)
     return scene if n <= STREET_FILL * capacity(scene) else None
+
+
+def _shopfront_camera(rng: np.random.Generator, width: int, height: int) -> Camera:
+    """A camera at about head height looking along a shopping street at the shop fronts (TUD-Stadtmitte)."""
+    focal = (width / 2.0) / math.tan(math.radians(rng.uniform(45.0, 75.0)) / 2.0)
+    return Camera(width, height, float(rng.uniform(1.8, 3.5)), float(rng.uniform(2.0, 12.0)), focal,
+                  float(np.clip(rng.normal(0.0, 1.0), -3.0, 3.0)))
 
 
 # -- packed -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import distractors as dx
 from . import furniture as fu
-from .buildings import Facade, facade_hits, sample_walls
+from .buildings import Facade, facade_hits, make_facade, sample_walls
 from .camera import Camera, sample_camera
 from .effects import EffectParams, sample_effects
 from .facades import shade_facade
@@ -122,12 +122,12 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, style: str |
 
 def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, with_distractors: bool = True,
                 with_buildings: bool = True, min_head_px: float = MIN_HEAD_PX, thin_out: bool = True,
-                kind: str = "street", walls_behind: bool = False) -> Scene:
+                kind: str = "street", walls_behind: bool = False, shops_at_m: float | None = None) -> Scene:
     """A scene for a given camera (used by tests and by callers with a known calibration).
 
     ``thin_out`` lets the crowd region sometimes end before the far end of the view (street scenes);
     packed crowds fill the view to the smallest countable head instead, with any walls behind them
-    (``walls_behind``)."""
+    (``walls_behind``). ``shops_at_m`` puts a row of shop fronts that far ahead, facing the camera."""
     style = get_style(style)
     look = sample_look(rng, style)
     region = _visible_region(camera, min_head_px)
@@ -139,14 +139,17 @@ def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, wi
 
     facades: list[Facade] = []
     ceiling = None
-    if with_buildings:
+    if shops_at_m is not None:
+        lit = float(rng.uniform(0.2, 0.6)) if look.lamps_on else 0.0
+        facades = [make_facade(rng, np.array([0.0, shops_at_m]), float(rng.normal(0.0, 0.2)), 300.0, (8.0, 25.0), (5.0, 16.0), lit)]
+    elif with_buildings:
         near, far = (region.y1, region.y1 + 0.3 * (region.y1 - region.y0)) if walls_behind else (region.y0, region.y1)
         facades, ceiling = sample_walls(rng, camera, style, look, near, far, max(abs(region.x0), abs(region.x1)), angle)
-        # the crowd stays in front of the walls
-        for f in facades:
-            far = f.signed_distance(np.array([0.0]), np.array([region.y1]))[0]
-            if far < 0:
-                region.y1 = max(region.y0 + 1.0, region.y1 + far)
+    # the crowd stays in front of the walls
+    for f in facades:
+        far = f.signed_distance(np.array([0.0]), np.array([region.y1]))[0]
+        if far < 0:
+            region.y1 = max(region.y0 + 1.0, region.y1 + far)
     # sometimes the crowd thins out before the far end of the view
     if thin_out and rng.random() < 0.3:
         region.y1 = region.y0 + (region.y1 - region.y0) * rng.uniform(0.5, 1.0)
