@@ -17,7 +17,7 @@ import math
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .people import POSE_CHEER, POSE_PHONE, POSE_SEATED, POSE_WALK, Person, make_person, sample_heights
+from .people import POSE_CHEER, POSE_PHONE, POSE_SEATED, POSE_WALK, Person, make_people, sample_heights
 from .scene import Scene
 from .textures import noise
 from .view import HEX_DENSITY, MIN_SPACING_M, countable_area, view_flags
@@ -109,8 +109,7 @@ def _packed_people(rng: np.random.Generator, scene: Scene, x: np.ndarray, y: np.
         cheer = rng.uniform(0.0, 0.3)
         u = rng.random(k)
         pose = np.where(u < cheer, POSE_CHEER, np.where(u < cheer + 0.05, POSE_PHONE, POSE_WALK))
-    return [make_person(rng, x[i], y[i], height_m=h[i], child=bool(kids[i]), heading=hd[i], speed=speed[i], pose=int(pose[i]))
-            for i in range(k)]
+    return make_people(rng, x, y, h, kids, hd, speed, pose)
 
 
 def seated_crowd(rng: np.random.Generator, scene: Scene, n: int) -> list[Person]:
@@ -128,10 +127,6 @@ def seated_crowd(rng: np.random.Generator, scene: Scene, n: int) -> list[Person]
     seed = int(rng.integers(0, 1 << 30))
     weight = np.exp(rng.uniform(0.3, 1.5) * _field(x, y, seed, rng.uniform(5.0, 20.0)))
     take = _pick(rng, weight, head_in, body_in, n)
-    cheer = rng.uniform(0.0, 0.5)
-    out = []
-    for i in take:
-        pose = (POSE_CHEER if rng.random() < cheer else POSE_WALK) if standing[i] else POSE_SEATED
-        out.append(make_person(rng, x[i], y[i], height_m=h[i], child=bool(kids[i]), heading=face[i] + rng.normal(0, 0.2),
-                               speed=0.0, pose=pose, z=z[i]))
-    return out
+    k = len(take)
+    pose = np.where(standing[take], np.where(rng.random(k) < rng.uniform(0.0, 0.5), POSE_CHEER, POSE_WALK), POSE_SEATED)
+    return make_people(rng, x[take], y[take], h[take], kids[take], face[take] + rng.normal(0, 0.2, k), np.zeros(k), pose, z[take])

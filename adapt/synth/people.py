@@ -80,35 +80,38 @@ _BAG_CUM = _cum((0.55, 0.2, 0.13, 0.12))
 _HEAT = np.array([0.97, 0.72, 0.72, 0.72, 0.66, 0.5, 0.3, 0.6])
 
 
-def _draw(cum: np.ndarray, u: float) -> int:
-    return int(min(np.searchsorted(cum, u, side="right"), len(cum) - 1))
+def _draw(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
 
 
 def sample_appearance(rng: np.random.Generator, child: bool = False) -> Appearance:
-    """Clothing, skin, hair and accessories; one block of random numbers per person (hot path)."""
-    u = rng.random(28)
-    z = rng.standard_normal((8, 3))
-    cols = np.empty((8, 3))
+    """Clothing, skin, hair and accessories of one person (street crowds draw them one by one)."""
+    return sample_appearances(rng, np.array([child]))[0]
+
+
+def sample_appearances(rng: np.random.Generator, child: np.ndarray) -> list[Appearance]:
+    """Appearances of len(child) people from one block of random numbers: thousands at the cost of a few."""
+    n = len(child)
+    u = rng.random((n, 28))
+    z = rng.standard_normal((n, 8, 3))
+    cols = np.empty((n, 8, 3))
     # skin tones skewed towards the lighter end (the target cameras are in East Asia and Europe)
-    cols[0] = _SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * (u[0] ** 1.8)
+    cols[:, 0] = _SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * (u[:, :1] ** 1.8)
     for k in range(1, 8):
         table, cum, jit = _MATERIAL_PALETTES[k]
-        c = table[_draw(cum, u[k])]
+        c = table[_draw(cum, u[:, k])]
         # brightness varies freely, hue only a little (random per-channel shifts turn crowds pastel)
-        cols[k] = c * (0.8 + 0.35 * u[8 + k]) + z[k] * jit * 0.4 * (0.3 + c)
-    cols[1:] = np.clip(cols[1:], 0.02, 0.98)
-    heat = _HEAT * (0.85 + 0.15 * u[16])
-    heat[2:6] *= 0.85 + 0.25 * u[17:21]
-    return Appearance(
-        colors=cols,
-        heat=np.clip(heat, 0, 1),
-        hair_style=_draw(_HAIR_STYLE_CUM, u[21]),
-        top_pattern=_draw(_PATTERN_CUM, u[22]),
-        long_sleeves=bool(u[23] < 0.45),
-        bottom_kind=_draw(_BOTTOM_KIND_CUM, u[24]),
-        bag=_draw(_BAG_CUM, u[25]) if not child else 0,
-        build=float((0.88 + 0.27 * u[26]) * (0.9 if child else 1.0)),
-    )
+        cols[:, k] = c * (0.8 + 0.35 * u[:, 8 + k, None]) + z[:, k] * jit * 0.4 * (0.3 + c)
+    cols[:, 1:] = np.clip(cols[:, 1:], 0.02, 0.98)
+    heat = _HEAT * (0.85 + 0.15 * u[:, 16, None])
+    heat[:, 2:6] *= 0.85 + 0.25 * u[:, 17:21]
+    heat = np.clip(heat, 0, 1)
+    hair, pattern = _draw(_HAIR_STYLE_CUM, u[:, 21]).tolist(), _draw(_PATTERN_CUM, u[:, 22]).tolist()
+    bottom, bag = _draw(_BOTTOM_KIND_CUM, u[:, 24]).tolist(), np.where(child, 0, _draw(_BAG_CUM, u[:, 25])).tolist()
+    sleeves = (u[:, 23] < 0.45).tolist()
+    build = ((0.88 + 0.27 * u[:, 26]) * np.where(child, 0.9, 1.0)).tolist()
+    return [Appearance(colors=cols[i], heat=heat[i], hair_style=hair[i], top_pattern=pattern[i], long_sleeves=sleeves[i],
+                       bottom_kind=bottom[i], bag=bag[i], build=build[i]) for i in range(n)]
 
 
 # -- person -------------------------------------------------------------------------
@@ -166,6 +169,19 @@ def make_person(rng: np.random.Generator, x: float, y: float, *, height_m: float
         pose=int(rng.random() < (0.1 if speed == 0 else 0.04)) if pose is None else int(pose),
         child=c, group=group, z=float(z),
     )
+
+
+def make_people(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, height_m: np.ndarray, child: np.ndarray,
+                heading: np.ndarray, speed: np.ndarray, pose: np.ndarray, z: np.ndarray | float = 0.0) -> list[Person]:
+    """People at ground points (x, y) with everything but appearance and gait phase given, in one batch."""
+    n = len(x)
+    phase = rng.uniform(0, 2 * math.pi, n).tolist()
+    apps = sample_appearances(rng, np.asarray(child, bool))
+    cols = [np.asarray(a, np.float64).tolist() for a in (x, y, height_m, heading, speed)]
+    zs = np.broadcast_to(np.asarray(z, np.float64), (n,)).tolist()
+    kids, poses = np.asarray(child, bool).tolist(), np.asarray(pose, np.int64).tolist()
+    return [Person(x=cols[0][i], y=cols[1][i], height_m=cols[2][i], heading=cols[3][i], phase=phase[i], appearance=apps[i],
+                   speed=cols[4][i], pose=poses[i], child=kids[i], z=zs[i]) for i in range(n)]
 
 
 def head_radius_m(height_m: np.ndarray | float) -> np.ndarray | float:
@@ -421,6 +437,8 @@ class FigureBatch:
         off[:, SHOULDERS] *= 0.18 / 0.22
         self.hoff = np.rint(off * _ONE).astype(int)
         self.ldep = self.limb_depth.tolist()
+        self.torso_depth = self.depth[:, TORSO:TORSO + 8].mean(1).tolist()
+        self.pelvis_depth = self.depth[:, PELVIS:PELVIS + 8].mean(1).tolist()
         self.drad = np.maximum(1, np.rint(self.disc_px * _ONE)).astype(int).tolist()
         self.lit = look.sun_rgb.max() > 0.08 and not look.style.thermal
 
@@ -480,7 +498,7 @@ class FigureBatch:
             line(LEG_R, legs)
             line(ARM_L, TOP, 0.02)
             line(ARM_R, TOP, 0.02)
-            dt = float(self.depth[i, TORSO:TORSO + 8].mean())
+            dt = self.torso_depth[i]
             out.append((dt, 2, cv2.convexHull(q[TORSO:TORSO + 8]), C[TOP][LV_BASE]))
             line(SHOULDERS, TOP)
             out[-1] = (dt - 1e-4,) + out[-1][1:]
@@ -513,8 +531,8 @@ class FigureBatch:
             limb(fa, TOP if app.long_sleeves else SKIN, 0.02)
             disc(hand, SKIN, LV_BASE, float(self.depth[i, _DJ[hand]]) - 0.021)
         # pelvis / skirt and torso as rounded hulls; shoulders as a capsule on top
-        dt = float(self.depth[i, TORSO:TORSO + 8].mean())
-        out.append((float(self.depth[i, PELVIS:PELVIS + 8].mean()), 2, cv2.convexHull(q[PELVIS:PELVIS + 8]), C[BOTTOM][LV_BASE]))
+        dt = self.torso_depth[i]
+        out.append((self.pelvis_depth[i], 2, cv2.convexHull(q[PELVIS:PELVIS + 8]), C[BOTTOM][LV_BASE]))
         out.append((dt, 2, cv2.convexHull(q[TORSO:TORSO + 8]), C[TOP][LV_BASE]))
         limb(SHOULDERS, TOP, depth=dt - 1e-4)
         if app.bag:
@@ -588,7 +606,7 @@ class FigureBatch:
         cv2.fillConvexPoly(ids, cv2.convexHull(q[TORSO:TORSO + 8]), body, lt, SHIFT)
         for k in (LEG_L, LEG_R):
             a, b = q[_LA[k]], q[_LB[k]]
-            cv2.line(ids, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), body, max(1, int(round(self.limb_px[i, k]))), lt, SHIFT)
+            cv2.line(ids, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), body, self.lw[i][k], lt, SHIFT)
         c = self.uv[i, HEAD]
         r = float(self.head_diam_px[i]) / 2
         cq = q[HEAD]
