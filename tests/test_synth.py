@@ -345,3 +345,16 @@ def test_cli_refuses_impossible_dense_requests(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("crowdwatch synth: error:") and message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_range_recipe_parses_and_its_sets_can_be_rendered():
+    from adapt.synth.writers import _check
+    from adapt.training.train import load_recipe
+
+    cfg = load_recipe("range")
+    assert cfg.crop % 32 == 0 and cfg.batch_size % cfg.model["masks"] == 0
+    assert {k for spec in cfg.synth for k in spec["scenes"]} == {"street", "packed", "tribune"}
+    for spec in cfg.synth:  # the renderer's own checks, counts against what each kind holds at the size included
+        _check(spec["n"], spec["width"], spec["height"], spec["styles"], tuple(spec["count"]), ["shanghaitech"],
+               spec["workers"], spec["scenes"], spec["empty"])
+        assert spec["empty"] > 0

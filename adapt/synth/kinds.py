@@ -156,9 +156,11 @@ def _stand_at(st: Stand, distance: float, aim: float, hfov: float) -> Stand:
 
 
 def _seats_in_view(cam: Camera, st: Stand) -> int:
-    x, y, z = st.seats()
+    """About how many seats show a countable head: every seat of a row, or a sample of ~100 times as many."""
+    stride = max(1, int((st.u1 - st.u0) / st.seat_w / 100))
+    x, y, z = st.seats(stride)
     head_in, _ = in_view(cam, DENSE_MIN_HEAD_PX, x, y, np.full(len(x), 1.7), z, True)
-    return int(head_in.sum())
+    return int(head_in.sum()) * stride
 
 
 _DISTANCES = np.geomspace(6.0, 400.0, 14)  # metres from the camera to the stand's front edge
@@ -211,6 +213,9 @@ def _tribune(rng: np.random.Generator, width: int, height: int, style: Style, n:
     if found is None:
         return None
     cam, st = found
+    x, y, z = st.seats()
+    if in_view(cam, DENSE_MIN_HEAD_PX, x, y, np.full(len(x), 1.7), z, True)[0].sum() < n:
+        return None  # the solve counts a sample of the seats; all of them must hold the crowd
     look = sample_look(rng, style)
     pitch = sample_ground_material(rng, "grass" if style.outdoor else "tiles")
     layout = GroundLayout("pitch", st.yaw, pitch)

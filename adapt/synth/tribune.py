@@ -84,13 +84,14 @@ class Stand:
         q = np.mod(u - self.u0, period)
         return np.floor(q / self.seat_w), q >= self.aisle_every * self.seat_w
 
-    def seats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """World (x, y, floor z) of every seat: centred on its place, a little behind the tread's middle."""
+    def seats(self, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World (x, y, floor z) of every seat (every stride-th along a row): centred on its place, a little
+        behind the tread's middle."""
         period = self.aisle_every * self.seat_w + self.aisle_w
         blocks = np.arange(int(math.ceil((self.u1 - self.u0) / period)))
         k = np.arange(self.aisle_every)
         u = (self.u0 + blocks[:, None] * period + (k[None, :] + 0.5) * self.seat_w).ravel()
-        u = u[u < self.u1]
+        u = u[u < self.u1][::stride]
         w = (np.arange(self.rows) + 0.55) * self.row_depth
         uu, ww = np.meshgrid(u, w)
         x, y = self.to_world(uu.ravel(), ww.ravel())
