@@ -167,7 +167,7 @@ _DISTANCES = np.geomspace(6.0, 400.0, 14)  # metres from the camera to the stand
 
 
 def _tribune_rig(rng: np.random.Generator, width: int, height: int):
-    """A drawn stand and camera optics; returns setup(distance) -> (camera, stand) aimed across the pitch."""
+    """A drawn stand and camera optics; returns setup(distance, zoom) -> (camera, stand) aimed across the pitch."""
     yaw = float(np.clip(rng.normal(0.0, 0.2), -0.45, 0.45))
     st0 = sample_stand(rng, 20.0, yaw, 0.0)
     hfov = math.radians(rng.uniform(25.0, 75.0))
@@ -176,22 +176,29 @@ def _tribune_rig(rng: np.random.Generator, width: int, height: int):
     cam_h = float(rng.uniform(0.15, 1.5) * st0.top_z + 2.0)
     aim = float(rng.uniform(0.25, 0.75))
 
-    def setup(dist: float) -> tuple[Camera, Stand]:
-        st = _stand_at(st0, dist, aim, hfov)
+    def setup(dist: float, zoom: float = 1.0) -> tuple[Camera, Stand]:
+        st = _stand_at(st0, dist, aim, hfov / zoom)
         x, y = st.to_world(np.array([0.0]), np.array([aim * st.depth]))
         tz = float(st.floor_z(aim * st.depth)) + SEATED_HEAD_M
         tilt = math.degrees(math.atan2(cam_h - tz, float(np.hypot(x[0], y[0]))))
-        return Camera(width, height, cam_h, tilt, focal, roll), st
+        return Camera(width, height, cam_h, tilt, focal * zoom, roll), st
 
     return setup
 
 
 def _tribune_camera(rng: np.random.Generator, width: int, height: int, need: float) -> tuple[Camera, Stand] | None:
-    """The nearest distance whose view shows `need` countable seats (heads as large as the crowd allows)."""
+    """The nearest distance whose view shows `need` countable seats (heads as large as the crowd allows);
+    a small crowd that the nearest view already outnumbers is framed tighter with a longer lens instead."""
     setup = _tribune_rig(rng, width, height)
+    zoom = 1.0
+    for _ in range(4):
+        near = _seats_in_view(*setup(float(_DISTANCES[0]), zoom))
+        if near <= 1.3 * need:
+            break
+        zoom *= min(4.0, math.sqrt(near / need))
     lo = None
     for d in _DISTANCES:
-        if _seats_in_view(*setup(float(d))) >= need:
+        if _seats_in_view(*setup(float(d), zoom)) >= need:
             hi = float(d)
             break
         lo = float(d)
@@ -200,11 +207,11 @@ def _tribune_camera(rng: np.random.Generator, width: int, height: int, need: flo
     if lo is not None:
         for _ in range(8):
             mid = math.sqrt(lo * hi)
-            if _seats_in_view(*setup(mid)) >= need:
+            if _seats_in_view(*setup(mid, zoom)) >= need:
                 hi = mid
             else:
                 lo = mid
-    return setup(hi)
+    return setup(hi, zoom)
 
 
 def _tribune(rng: np.random.Generator, width: int, height: int, style: Style, n: int) -> Scene | None:

@@ -123,16 +123,19 @@ def capacity(scene: Scene) -> int:
 
 
 def check_room(scene: Scene, n: int) -> None:
-    """Refuse a crowd of n that this view cannot show: no countable head anywhere, or no room for n."""
+    """Refuse a crowd of n that this view cannot show: no head anywhere as wide as the scene's min_head_px,
+    or no room for n."""
     if n <= 0:
         return
-    cam = scene.camera
-    big = largest_head_px(cam)
-    if big < scene.min_head_px:
-        raise ValueError(f"no head in this {cam.width}x{cam.height} view is {scene.min_head_px:g} px wide "
-                         f"(the largest is {big:.2f} px): raise the image size or bring the camera closer")
     cap = capacity(scene)
-    if n > cap:
-        where = "countable seats" if scene.stands else f"countable ground at {MIN_SPACING_M} m spacing"
-        raise ValueError(f"n = {n} people do not fit: this {cam.width}x{cam.height} view holds at most {cap} "
-                         f"({where}, heads of at least {scene.min_head_px:g} px)")
+    if n <= cap:
+        return
+    cam = scene.camera
+    if not scene.stands:
+        big = largest_head_px(cam)
+        if big < scene.min_head_px:
+            raise ValueError(f"no head in this {cam.width}x{cam.height} view is {scene.min_head_px:g} px wide "
+                             f"(the largest is {big:.2f} px): raise the image size or bring the camera closer")
+    where = "countable seats" if scene.stands else f"countable ground at {MIN_SPACING_M} m spacing"
+    raise ValueError(f"n = {n} people do not fit: this {cam.width}x{cam.height} view holds at most {cap} "
+                     f"({where}, heads of at least {scene.min_head_px:g} px)")
