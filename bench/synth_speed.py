@@ -3,6 +3,8 @@
     python bench/synth_speed.py [--size 1024x768] [--scenes packed,tribune] [--count 300:3000] [--n 24]
                                 [--styles day,overcast,dusk,indoor] [--workers 2]
 
+0. With --stream N: `walk` + `render` of N frames on one cached scene (what a
+   synthetic:// camera does), CPU seconds per frame.
 1. Per render, in this process: `render_sample` (new camera, scene, crowd and
    effects every image) for images 1..n of the dataset (seed 0, ...). Its CPU
    seconds are what a free core would take: 60 / CPU seconds is renders per
@@ -33,7 +35,12 @@ def main() -> None:
     p.add_argument("--n", type=int, default=24, help="images in each part")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream", type=int, default=0, help="also time N frames of walk + render on one cached scene")
     args = p.parse_args()
+    import numpy as np
+
+    from adapt.synth import render, sample_crowd, walk
+    from adapt.synth.kinds import sample_kind_scene
     from adapt.synth.render import render_sample
     from adapt.synth.writers import image_kind, image_seed, image_style, write_dataset
 
@@ -42,6 +49,19 @@ def main() -> None:
     kinds, styles = args.scenes.split(","), args.styles.split(",")
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+
+    if args.stream:
+        rng = np.random.default_rng(args.seed)
+        n = (lo + hi) // 2
+        scene = sample_kind_scene(rng, w, h, styles[0], kinds[0], n)
+        people = sample_crowd(rng, scene, n, {"packed": "packed", "tribune": "seated"}.get(kinds[0], "mixed"))
+        c0 = time.process_time()
+        for _ in range(args.stream):
+            people = walk(scene, people, 0.1, rng)
+            r = render(scene, people, rng)
+        per = (time.process_time() - c0) / args.stream
+        print(f"walk + render, one {kinds[0]} {styles[0]} scene, {n} people ({r.count} labelled): CPU {per:.3f} s/frame "
+              f"-> {1 / per:.1f} frames/s per free core")
 
     cpu, wall, heads = [], [], []
     for i in range(1, args.n + 1):
