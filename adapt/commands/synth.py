@@ -41,62 +41,50 @@ def _count(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _styles(text: str) -> list[str]:
+def _names(text: str, known, label: str) -> list[str]:
+    """A comma list whose every name is one of `known`."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in STYLES]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown style(s) {', '.join(bad) or repr(text)}; known: {', '.join(STYLES)}")
+    if not names or any(s not in known for s in names):
+        raise argparse.ArgumentTypeError(f"{label} must be among {', '.join(known)}, found {text!r}")
     return names
+
+
+def _styles(text: str) -> list[str]:
+    return _names(text, STYLES, "style(s)")
 
 
 def _kinds(text: str) -> list[str]:
     from adapt.synth.kinds import KINDS
 
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in KINDS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"scene kind(s) must be among {', '.join(KINDS)}, found {text!r}")
-    return names
-
-
-def _share(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, found {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, found {text!r}")
-    return v
+    return _names(text, KINDS, "scene kind(s)")
 
 
 def _formats(text: str) -> list[str]:
     from adapt.synth.writers import FORMATS
 
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in FORMATS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"format must be among {', '.join(FORMATS)}, found {text!r}")
-    return names
+    return _names(text, FORMATS, "format")
+
+
+def _number(text: str, cast, lo: float, hi: float, expected: str):
+    try:
+        v = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}") from None
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
+    return v
+
+
+def _share(text: str) -> float:
+    return _number(text, float, 0.0, 1.0, "a share between 0 and 1")
 
 
 def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return v
+    return _number(text, int, 1, float("inf"), "a positive integer")
 
 
 def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}")
-    return v
+    return _number(text, int, 0, float("inf"), "an integer >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
