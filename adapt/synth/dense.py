@@ -83,7 +83,9 @@ def packed_crowd(rng: np.random.Generator, scene: Scene, n: int) -> list[Person]
     x, y = x[ok], y[ok]
     # knots and thinner lanes; sometimes the crowd ends along a line (a cordon, the edge of a square)
     weight = np.exp(rng.uniform(0.5, 1.5) * _field(x, y, int(rng.integers(0, 1 << 30)), rng.uniform(4.0, 12.0)))
-    if rng.random() < 0.35:
+    # the far end of a gathering thins out instead of stopping on a line
+    weight *= np.clip((r.y1 - y) / (0.15 * (r.y1 - r.y0)), 0.05, 1.0)
+    if rng.random() < 0.25:
         e = rng.uniform(-math.pi, math.pi)
         off = (x - mx) * math.cos(e) + (y - my) * math.sin(e)
         weight = np.where(off > np.quantile(off, rng.uniform(0.6, 0.9)), weight * 0.01, weight)

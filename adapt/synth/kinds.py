@@ -7,7 +7,7 @@
 - ``packed``: a crowd packed edge to edge seen from a high camera: a rally
   square outdoors, a concourse or station hall indoors. The camera height is
   solved so that the countable ground holds the crowd at a drawn density of
-  1.3-3.3 people per m^2: small crowds are seen close, thousands far away,
+  1.8-3.8 people per m^2: small crowds are seen close, thousands far away,
   their heads down to ``DENSE_MIN_HEAD_PX``.
 - ``tribune``: spectators in the seats of a stadium stand seen across the
   pitch; the distance is solved so that the seats in view hold the crowd at a
@@ -40,13 +40,22 @@ DENSE_MIN_HEAD_PX = 2.0  # the far heads of packed crowds and stands: the smalle
 SHOPFRONT_SHARE = 0.15  # outdoor street views from head height at a row of shop fronts
 STREET_FILL = 0.5  # random placement jams at about half of hexagonal packing: street views keep that much room
 _TRIES = 30  # camera draws before a kind gives up on a crowd size (max_people keeps this out of reach)
-_PACKED_RHO = (1.3, 3.3)  # mean people per m^2 of a packed crowd (denser knots, thinner lanes around it)
+_PACKED_ELEVATION_DEG = 10.0  # the crowd ends where the view grazes it lower than this: behind, heads hide heads
+_PACKED_RHO = (1.8, 3.8)  # mean people per m^2 of a packed crowd (denser knots, thinner lanes around it)
 _OCCUPANCY = (0.55, 1.0)  # share of the seats in view that are taken
+# the share of a dense crowd's heads that stay labelled behind the people in front (a first guess: the crowd is
+# then topped up or thinned to the count, render.dense_crowd)
+VISIBLE_GUESS = {"street": 1.0, "packed": 0.75, "tribune": 0.97}
 LIMIT_RULES = {  # what bounds each kind's crowd, for refusals
     "street": "half of hexagonal packing at 0.5 m spacing on the ground where heads are at least 1 px",
-    "packed": "up to 3.3 people per m^2 on the ground where heads are at least 2 px",
+    "packed": "up to 3.8 people per m^2 on the ground where heads are at least 2 px",
     "tribune": "the seats in view where heads are at least 2 px, at the drawn occupancy",
 }
+
+
+def scene_size(kind: str, n: int) -> int:
+    """How many heads a scene must hold for n of them to be labelled."""
+    return math.ceil(n / VISIBLE_GUESS[kind])
 
 
 def check_kind(kind: str) -> str:
@@ -100,7 +109,7 @@ def _shopfront_camera(rng: np.random.Generator, width: int, height: int) -> Came
 def _packed_optics(rng: np.random.Generator, width: int, indoor: bool) -> tuple[float, float, float]:
     """(tilt, focal length, roll) of a high camera over a packed crowd."""
     # mostly oblique, as crowd photographs are; now and then nearly straight down
-    tilt = float(15.0 + (30.0 if indoor else 45.0) * rng.random() ** 1.6)
+    tilt = float(10.0 + (35.0 if indoor else 45.0) * rng.random() ** 2)
     focal = (width / 2.0) / math.tan(math.radians(rng.uniform(40.0, 80.0)) / 2.0)
     return tilt, focal, float(np.clip(rng.normal(0.0, 1.0), -3.0, 3.0))
 
@@ -109,13 +118,22 @@ def _packed_heights(indoor: bool) -> tuple[float, float]:
     return 3.0, (25.0 if indoor else 120.0)
 
 
+def _packed_reach(cam_h: float) -> float:
+    """Metres out to which a camera this high sees the crowd from at least _PACKED_ELEVATION_DEG above."""
+    return (cam_h - 1.6) / math.tan(math.radians(_PACKED_ELEVATION_DEG))
+
+
+def _packed_area(cam: Camera) -> float:
+    return view_area(cam, DENSE_MIN_HEAD_PX, max_ground_m=_packed_reach(cam.height_m))
+
+
 def _packed_camera(optics: tuple[float, float, float], width: int, height: int, need_m2: float, indoor: bool) -> Camera | None:
     """The camera height at which the countable ground covers need_m2 (within a few per cent), or None."""
     tilt, focal, roll = optics
     h_lo, h_hi = _packed_heights(indoor)
     h = 10.0
     for _ in range(8):
-        area = view_area(Camera(width, height, h, tilt, focal, roll), DENSE_MIN_HEAD_PX)
+        area = _packed_area(Camera(width, height, h, tilt, focal, roll))
         if area <= 0:
             h = max(h_lo, h * 0.5)
             continue
@@ -125,7 +143,7 @@ def _packed_camera(optics: tuple[float, float, float], width: int, height: int, 
             break
         h = nxt
     cam = Camera(width, height, h, tilt, focal, roll)
-    return cam if view_area(cam, DENSE_MIN_HEAD_PX) >= 0.97 * need_m2 else None
+    return cam if _packed_area(cam) >= 0.97 * need_m2 else None
 
 
 def _packed(rng: np.random.Generator, width: int, height: int, style: Style, n: int) -> Scene | None:
@@ -135,7 +153,8 @@ def _packed(rng: np.random.Generator, width: int, height: int, style: Style, n: 
         cam = _packed_camera(_packed_optics(rng, width, not style.outdoor), width, height, need, not style.outdoor)
         if cam is None:
             return None
-        scene = build_scene(rng, cam, style, min_head_px=DENSE_MIN_HEAD_PX, thin_out=False, kind="packed", walls_behind=True)
+        scene = build_scene(rng, cam, style, min_head_px=DENSE_MIN_HEAD_PX, thin_out=False, kind="packed", walls_behind=True,
+                            max_ground_m=_packed_reach(cam.height_m))
         got = capacity(scene) / HEX_DENSITY
         if n <= rho * got * 1.03:
             return scene
@@ -250,9 +269,10 @@ def _tribune(rng: np.random.Generator, width: int, height: int, style: Style, n:
 
 @cache
 def max_people(kind: str, width: int, height: int, outdoor: bool = True) -> int:
-    """The largest crowd a kind promises at this image size: the 25th percentile, over 24 fixed draws of
-    the kind's camera, of the most each draw can hold. A crowd this large fits a random draw about three
-    times in four, so _TRIES draws practically never all fail."""
+    """The largest labelled crowd a kind promises at this image size: the 25th percentile, over 24 fixed
+    draws of the kind's camera, of the most each draw can hold, times the share expected to stay visible.
+    A crowd this large fits a random draw about three times in four, so _TRIES draws practically never
+    all fail."""
     check_kind(kind)
     rng = np.random.default_rng(12345)
     best = []
@@ -262,10 +282,10 @@ def max_people(kind: str, width: int, height: int, outdoor: bool = True) -> int:
         elif kind == "packed":
             rho = rng.uniform(*_PACKED_RHO)
             tilt, focal, roll = _packed_optics(rng, width, not outdoor)
-            best.append(rho * max(view_area(Camera(width, height, h, tilt, focal, roll), DENSE_MIN_HEAD_PX)
+            best.append(rho * max(_packed_area(Camera(width, height, h, tilt, focal, roll))
                                   for h in np.geomspace(*_packed_heights(not outdoor), 24)))
         else:
             occ = rng.uniform(*_OCCUPANCY)
             setup = _tribune_rig(rng, width, height)
             best.append(occ * max(_seats_in_view(*setup(float(d))) for d in _DISTANCES))
-    return int(np.percentile(best, 25))
+    return int(np.percentile(best, 25) * VISIBLE_GUESS[kind])

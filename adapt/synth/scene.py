@@ -122,15 +122,18 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, style: str |
 
 def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, with_distractors: bool = True,
                 with_buildings: bool = True, min_head_px: float = MIN_HEAD_PX, thin_out: bool = True,
-                kind: str = "street", walls_behind: bool = False, shops_at_m: float | None = None) -> Scene:
+                kind: str = "street", walls_behind: bool = False, shops_at_m: float | None = None,
+                max_ground_m: float = 400.0) -> Scene:
     """A scene for a given camera (used by tests and by callers with a known calibration).
 
     ``thin_out`` lets the crowd region sometimes end before the far end of the view (street scenes);
     packed crowds fill the view to the smallest countable head instead, with any walls behind them
-    (``walls_behind``). ``shops_at_m`` puts a row of shop fronts that far ahead, facing the camera."""
+    (``walls_behind``) and no farther than ``max_ground_m``. ``shops_at_m`` puts a row of shop fronts that
+    far ahead, facing the camera."""
     style = get_style(style)
     look = sample_look(rng, style)
     region = _visible_region(camera, min_head_px)
+    region.y1 = max(region.y0 + 1.0, min(region.y1, max_ground_m))
     mid = camera.pixel_to_ground(np.array([[camera.cx, camera.cy]]))[0]
     if not np.isfinite(mid).all():
         mid = np.array([0.0, (region.y0 + region.y1) / 2])
@@ -143,7 +146,7 @@ def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, wi
         lit = float(rng.uniform(0.2, 0.6)) if look.lamps_on else 0.0
         facades = [make_facade(rng, np.array([0.0, shops_at_m]), float(rng.normal(0.0, 0.2)), 300.0, (8.0, 25.0), (5.0, 16.0), lit)]
     elif with_buildings:
-        near, far = (region.y1, region.y1 + 0.3 * (region.y1 - region.y0)) if walls_behind else (region.y0, region.y1)
+        near, far = (region.y1, region.y1 + 0.1 * (region.y1 - region.y0)) if walls_behind else (region.y0, region.y1)
         facades, ceiling = sample_walls(rng, camera, style, look, near, far, max(abs(region.x0), abs(region.x1)), angle)
     # the crowd stays in front of the walls
     for f in facades:

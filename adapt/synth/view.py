@@ -51,9 +51,10 @@ def in_view(cam: Camera, min_head_px: float, x: np.ndarray, y: np.ndarray, h: np
     return head_in, body_in | head_in
 
 
-def view_area(cam: Camera, min_head_px: float, grid: int = 32) -> float:
-    """Square metres of ground (no walls or objects) where an adult's head is in the frame and countable:
-    the ground under a grid of image cells, each mapped through the plane at head height."""
+def view_area(cam: Camera, min_head_px: float, grid: int = 32, max_ground_m: float = math.inf) -> float:
+    """Square metres of ground (no walls or objects), nearer than max_ground_m, where an adult's head is in
+    the frame and countable: the ground under a grid of image cells, each mapped through the plane at head
+    height."""
     rh = float(head_radius_m(_ADULT_M))
     zc = _ADULT_M - rh
     gw, gh = grid, max(4, round(grid * cam.height / cam.width))
@@ -70,6 +71,8 @@ def view_area(cam: Camera, min_head_px: float, grid: int = 32) -> float:
     quad = 0.5 * np.abs((a[..., 0] - c[..., 0]) * (b[..., 1] - e[..., 1]) - (b[..., 0] - e[..., 0]) * (a[..., 1] - c[..., 1]))
     far = np.maximum(np.maximum(depth[:-1, :-1], depth[1:, :-1]), np.maximum(depth[:-1, 1:], depth[1:, 1:]))
     ok &= 2 * rh * cam.focal_px >= min_head_px * far
+    centre = 0.25 * (a + b + c + e)
+    ok &= np.hypot(centre[..., 0], centre[..., 1]) <= max_ground_m
     return float(np.where(ok, quad, 0.0).sum())
 
 
