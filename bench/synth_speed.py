@@ -63,16 +63,20 @@ def main() -> None:
         print(f"walk + render, one {kinds[0]} {styles[0]} scene, {n} people ({r.count} labelled): CPU {per:.3f} s/frame "
               f"-> {1 / per:.1f} frames/s per free core")
 
-    cpu, wall, heads = [], [], []
+    cpu, wall, heads, share = [], [], [], []
     for i in range(1, args.n + 1):
         t0, c0 = time.perf_counter(), time.process_time()
-        r = render_sample(image_seed(args.seed, i), w, h, image_style(args.seed, i, styles), (lo, hi), image_kind(args.seed, i, kinds))
+        seed = image_seed(args.seed, i)
+        r = render_sample(seed, w, h, image_style(args.seed, i, styles), (lo, hi), image_kind(args.seed, i, kinds))
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
         heads.append(r.count)
+        asked = int(np.random.default_rng(seed).integers(lo, hi + 1))  # render_sample's first draw
+        if asked:
+            share.append(r.count / asked)
     med = statistics.median(cpu)
     print(f"render_sample {w}x{h} {args.scenes} count {lo}:{hi}: {args.n} images, {statistics.mean(heads):.0f} labelled heads "
-          f"on average (max {max(heads)})")
+          f"on average (max {max(heads)}); labelled / requested {min(share):.2f}-{max(share):.2f} (median {statistics.median(share):.2f})")
     print(f"  CPU s/render median {med:.2f} (mean {statistics.mean(cpu):.2f}) -> {60 / med:.1f} renders/min per free core; "
           f"wall s/render median {statistics.median(wall):.2f}")
 
