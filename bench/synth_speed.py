@@ -42,11 +42,12 @@ def main() -> None:
     from adapt.synth import render, sample_crowd, walk
     from adapt.synth.kinds import sample_kind_scene
     from adapt.synth.render import render_sample
-    from adapt.synth.writers import image_kind, image_seed, image_style, write_dataset
+    from adapt.synth.writers import check_count, image_kind, image_seed, image_style, write_dataset
 
     w, h = (int(v) for v in args.size.split("x"))
     lo, hi = (int(v) for v in args.count.split(":"))
     kinds, styles = args.scenes.split(","), args.styles.split(",")
+    check_count(kinds, styles, w, h, hi)  # what crowdwatch synth would refuse is not measured
     print("command:", shlex.join([sys.executable, *sys.argv]))
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 

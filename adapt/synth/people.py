@@ -368,7 +368,8 @@ class FigureBatch:
     person is then a short loop of cv2 calls on plain Python numbers.
     """
 
-    def __init__(self, cam: Camera, look: Look, people: list[Person]):
+    def __init__(self, cam: Camera, look: Look, people: list[Person], ids_only: bool = False):
+        """ids_only: just what draw_ids needs (a label count without pixels), not colours or drawing ops."""
         self.cam, self.look, self.people = cam, look, people
         n = self.n = len(people)
         if n == 0:
@@ -399,6 +400,10 @@ class FigureBatch:
         wm[:, NECK_L] = 0.065 * H
         ld = 0.5 * (dpos[:, _LA] + dpos[:, _LB])
         self.limb_px = wm * f / ld
+        self.q = np.round(self.uv * _ONE).astype(np.int32)
+        self.lw = np.maximum(1, np.rint(self.limb_px)).astype(int).tolist()
+        if ids_only:
+            return
         self.limb_depth = np.minimum(self.depth[:, _LA], self.depth[:, _LB])
         self.disc_px = rh[:, None] * _DR[None, :] * f / dpos[:, _DJ]
         self.disc_px[:, [D_HAND_L, D_HAND_R]] = (0.045 * H)[:, None] * f / dpos[:, [WR_L, WR_R]]
@@ -426,10 +431,8 @@ class FigureBatch:
         self.torso_face_score = np.einsum("nfk,nfk->nf", normals[:, :4], v)
 
         self.colors = self._color_tables(people, normals, dpos[:, FEET])
-        self.q = np.round(self.uv * _ONE).astype(np.int32)
         # plain-Python copies for the per-person drawing loop (numpy scalars are slow there); the big
         # per-joint and per-colour tables are converted person by person, as each is drawn
-        self.lw = np.maximum(1, np.rint(self.limb_px)).astype(int).tolist()
         hw = self.limb_px * 0.45
         hw[:, SHOULDERS] = self.limb_px[:, SHOULDERS] * 0.5
         self.lwh = np.maximum(1, np.rint(hw)).astype(int)
