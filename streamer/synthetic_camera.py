@@ -34,14 +34,15 @@ class SyntheticStream:
     """One connection: frames at the camera's fps on its own clock (the Source paces them)."""
 
     def __init__(self, cfg: SourceConfig):
-        from adapt.synth import sample_crowd
+        from adapt.synth import capacity, sample_crowd
 
         self.opts = parse_options(cfg.url, cfg.camera)
         self.fps = cfg.fps
         self.scene = synthetic_scene(cfg.url, cfg.camera, cfg.width or 640, cfg.height or 480)
         # people get their own stream of randomness, independent of the scene's
         self.rng = np.random.default_rng((self.opts.seed, 1))
-        self.people = sample_crowd(self.rng, self.scene, self.opts.max_people, "mixed")
+        # as many as the view holds (the renderer refuses more); `truth` counts who is shown
+        self.people = sample_crowd(self.rng, self.scene, min(self.opts.max_people, capacity(self.scene)), "mixed")
         self.t0 = time.monotonic()
         self.closed = False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +12,9 @@ import scipy.io
 from adapt.commands.synth import main as synth_main
 from adapt.synth import STYLES, Camera, build_scene, make_person, render, render_sample, sample_camera, sample_crowd, sample_scene, walk
 from adapt.synth.crowd import view_flags
+from adapt.synth.kinds import DENSE_MIN_HEAD_PX, max_people, sample_kind_scene, scene_size
+from adapt.synth.people import POSE_SEATED, SEAT_FRAC, head_radius_m
+from adapt.synth.render import dense_crowd
 from adapt.synth.writers import image_seed, read_shanghaitech_mat, write_dataset, write_shanghaitech_mat
 
 W, H = 192, 144  # small frames keep the suite fast
@@ -195,7 +199,8 @@ def test_dataset_round_trip_and_worker_independence(tmp_path):
         lab = json.loads((tmp_path / "a" / "labels" / f"IMG_{i}.json").read_text())
         assert lab["image"] == f"IMG_{i}.jpg" and (lab["width"], lab["height"]) == (128, 96)
         assert lab["style"] == meta["images"][i - 1]["style"]
-        ref = render_sample(image_seed(21, i), 128, 96, lab["style"], (0, 25))
+        entry = meta["images"][i - 1]
+        ref = render_sample(image_seed(21, i), 128, 96, lab["style"], (0, 25), entry["scene"], entry["empty"])
         np.testing.assert_allclose(np.array(lab["points"]).reshape(-1, 2), ref.points, atol=1e-3)
         np.testing.assert_allclose(lab["head_sizes"], ref.head_sizes, atol=1e-3)
         pts, sizes = read_shanghaitech_mat(tmp_path / "a" / "ground-truth" / f"GT_IMG_{i}.mat")
@@ -236,3 +241,124 @@ def test_cli_rejects_bad_arguments(argv, tmp_path, capsys):
     assert synth_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("crowdwatch synth: error:") and "\n" not in err
+
+
+# -- dense scenes, empty scenes and refusals ---------------------------------------------------------
+
+
+def _dense(kind: str, n: int, seed: int, size=(640, 480), style="day", labels=True):
+    """A packed or stand scene for n labels (render_sample's path), or with exactly n heads placed in view."""
+    rng = np.random.default_rng(seed)
+    scene = sample_kind_scene(rng, size[0], size[1], style, kind, scene_size(kind, n) if labels else n)
+    layout = {"packed": "packed", "tribune": "seated"}[kind]
+    people = dense_crowd(rng, scene, n, layout) if labels else sample_crowd(rng, scene, n, layout)
+    return scene, people, render(scene, people, rng)
+
+
+def _head_centres(cam: Camera, people, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projected head centre and diameter of an upright or seated person, from the camera alone."""
+    p = [people[i] for i in index]
+    h = np.array([q.height_m for q in p])
+    rh = head_radius_m(h)
+    sit = np.array([q.pose == POSE_SEATED for q in p])
+    top = np.array([q.z for q in p]) + h * np.where(sit, 1 - (0.52 - SEAT_FRAC), 1.0) - rh
+    uv, depth = cam.project(np.column_stack([[q.x for q in p], [q.y for q in p], top]))
+    return uv, 2 * rh * cam.focal_px / depth
+
+
+@pytest.mark.parametrize("kind,n,seed", [("packed", 900, 1), ("tribune", 700, 2)])
+def test_dense_render_has_the_requested_count_and_exact_labels(kind, n, seed):
+    scene, people, r = _dense(kind, n, seed, labels=False)
+    head_in, _ = view_flags(scene, np.array([p.x for p in people]), np.array([p.y for p in people]),
+                            np.array([p.height_m for p in people]), np.array([p.z for p in people]),
+                            np.array([p.pose == POSE_SEATED for p in people]))
+    assert head_in.sum() == n  # sample_crowd: n heads placed in view, plus people cut off at the frame edges
+    scene, people, r = _dense(kind, n, seed)
+    assert 0.85 * n <= r.count <= 1.02 * n  # dense_crowd: topped up or thinned to about n labelled heads
+    assert np.all((r.points >= 0) & (r.points <= [scene.width - 1, scene.height - 1]))
+    assert r.head_sizes.min() >= DENSE_MIN_HEAD_PX * 0.97
+    uv, size = _head_centres(scene.camera, people, r.person_index)
+    # the label is the drawn head: at its projected centre, as wide as the head (walking adds a small bob)
+    assert np.median(np.hypot(*(r.points - uv).T)) < 0.15 * np.median(size) + 0.5
+    np.testing.assert_allclose(r.head_sizes, size, rtol=0.06)
+    if kind == "tribune":
+        assert all(p.z > 0 for p in people) and np.mean([p.pose == POSE_SEATED for p in people]) > 0.6
+
+
+def test_dense_kinds_are_deterministic_and_reach_thousands():
+    for kind in ("packed", "tribune"):
+        a = render_sample(5, 320, 240, "overcast", (200, 300), kind)
+        b = render_sample(5, 320, 240, "overcast", (200, 300), kind)
+        assert a.image.tobytes() == b.image.tobytes() and np.array_equal(a.points, b.points)
+    assert max_people("packed", 1024, 768) > 4000 and max_people("tribune", 1024, 768) > 2000
+
+
+def test_tiny_heads_are_labelled():
+    scene, people, r = _dense("packed", 3000, 3)
+    assert r.count > 2400
+    tiny = r.head_sizes < 3.0
+    assert tiny.sum() > 50 and r.head_sizes[tiny].min() >= 0.97 * DENSE_MIN_HEAD_PX
+    for seed in range(3):  # street scenes: down to a pixel, never below
+        s = render_sample(seed, 320, 240, "day", (100, 200))
+        assert s.count > 0 and s.head_sizes.min() >= 0.97
+
+
+def test_empty_scenes_have_zero_labels(tmp_path):
+    for kind in ("street", "packed", "tribune"):
+        r = render_sample(4, 320, 240, "day", (150, 200), kind, empty=True)
+        assert r.count == 0 and r.points.shape == (0, 2) and r.image.std() > 3
+    meta = write_dataset(tmp_path / "d", n=8, seed=3, width=96, height=64, styles=["day"], count_range=(5, 10),
+                         progress=False, empty=0.5)
+    empty = [m for m in meta["images"] if m["empty"]]
+    assert meta["empty_share"] == 0.5 and meta["empty_images"] == len(empty) and 0 < len(empty) < 8
+    for m in meta["images"]:
+        i = m["image"][4:-4]
+        lab = json.loads((tmp_path / "d" / "labels" / f"IMG_{i}.json").read_text())
+        pts, _ = read_shanghaitech_mat(tmp_path / "d" / "ground-truth" / f"GT_IMG_{i}.mat")
+        assert (len(lab["points"]) == 0 and len(pts) == 0) if m["empty"] else len(pts) == len(lab["points"]) > 0
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["scenes"] == ["street"]
+
+
+def test_impossible_requests_are_refused(tmp_path, monkeypatch):
+    cam = Camera(320, 240, height_m=4.0, tilt_deg=40.0, focal_px=300.0)
+    scene = _flat_scene(cam)
+    with pytest.raises(ValueError, match=r"n = 100000 people do not fit: this 320x240 view holds at most \d+"):
+        sample_crowd(np.random.default_rng(0), scene, 100_000)
+    far = _flat_scene(Camera(64, 48, height_m=300.0, tilt_deg=30.0, focal_px=40.0))
+    with pytest.raises(ValueError, match=r"no head in this 64x48 view is 1 px wide \(the largest is 0\.\d+ px\)"):
+        sample_crowd(np.random.default_rng(0), far, 5)
+    out = tmp_path / "never"
+    with pytest.raises(ValueError, match=r"count up to 50000 is more people than a 320x240 packed view holds \(at most \d+"):
+        write_dataset(out, n=3, seed=0, width=320, height=240, styles=["day"], count_range=(0, 50_000), progress=False,
+                      kinds=["packed"])
+    with pytest.raises(ValueError, match="n must be between 0 and 1,000,000"):
+        write_dataset(out, n=2_000_000, seed=0, width=320, height=240, styles=["day"], count_range=(0, 10), progress=False)
+    monkeypatch.setattr("adapt.synth.writers.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 5000, 5000))
+    with pytest.raises(ValueError, match=r"the dataset needs about .* GB and .* has 0\.0 GB free"):
+        write_dataset(out, n=10, seed=0, width=320, height=240, styles=["day"], count_range=(0, 10), progress=False)
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--count", "0:50000", "--scenes", "packed", "--size", "320x240"], "count up to 50000 is more people than a 320x240 packed view"),
+    (["--scenes", "stadium"], "scene kind(s) must be among street, packed, tribune"),
+    (["--empty", "1.5"], "expected a share between 0 and 1"),
+])
+def test_cli_refuses_impossible_dense_requests(argv, message, tmp_path, capsys):
+    assert synth_main(["--out", str(tmp_path / "x"), "--quiet", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("crowdwatch synth: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_range_recipe_parses_and_its_sets_can_be_rendered():
+    from adapt.synth.writers import _check
+    from adapt.training.train import load_recipe
+
+    cfg = load_recipe("range")
+    assert cfg.crop % 32 == 0 and cfg.batch_size % cfg.model["masks"] == 0
+    assert {k for spec in cfg.synth for k in spec["scenes"]} == {"street", "packed", "tribune"}
+    for spec in cfg.synth:  # the renderer's own checks, counts against what each kind holds at the size included
+        _check(spec["n"], spec["width"], spec["height"], spec["styles"], tuple(spec["count"]), ["shanghaitech"],
+               spec["workers"], spec["scenes"], spec["empty"])
+        assert spec["empty"] > 0

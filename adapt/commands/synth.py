@@ -41,42 +41,50 @@ def _count(text: str) -> tuple[int, int]:
     return lo, hi
 
 
-def _styles(text: str) -> list[str]:
+def _names(text: str, known, label: str) -> list[str]:
+    """A comma list whose every name is one of `known`."""
     names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in STYLES]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"unknown style(s) {', '.join(bad) or repr(text)}; known: {', '.join(STYLES)}")
+    if not names or any(s not in known for s in names):
+        raise argparse.ArgumentTypeError(f"{label} must be among {', '.join(known)}, found {text!r}")
     return names
+
+
+def _styles(text: str) -> list[str]:
+    return _names(text, STYLES, "style(s)")
+
+
+def _kinds(text: str) -> list[str]:
+    from adapt.synth.kinds import KINDS
+
+    return _names(text, KINDS, "scene kind(s)")
 
 
 def _formats(text: str) -> list[str]:
     from adapt.synth.writers import FORMATS
 
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in FORMATS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"format must be among {', '.join(FORMATS)}, found {text!r}")
-    return names
+    return _names(text, FORMATS, "format")
+
+
+def _number(text: str, cast, lo: float, hi: float, expected: str):
+    try:
+        v = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}") from None
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"expected {expected}, found {text!r}")
+    return v
+
+
+def _share(text: str) -> float:
+    return _number(text, float, 0.0, 1.0, "a share between 0 and 1")
 
 
 def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return v
+    return _number(text, int, 1, float("inf"), "a positive integer")
 
 
 def _non_negative(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}")
-    return v
+    return _number(text, int, 0, float("inf"), "an integer >= 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
     p.add_argument("--styles", type=_styles, default=["day"], help=f"comma list from: {', '.join(STYLES)} (default day)")
     p.add_argument("--count", type=_count, default=(0, 300), help="people per image, LO:HI (default 0:300)")
+    p.add_argument("--scenes", type=_kinds, default=["street"], dest="kinds",
+                   help="comma list of scene kinds from: street, packed, tribune (default street)")
+    p.add_argument("--empty", type=_share, default=None, metavar="SHARE",
+                   help="share of images without people, hard negatives (default 0.1)")
     p.add_argument("--format", type=_formats, default=["shanghaitech", "json"], dest="formats",
                    help="comma list from: shanghaitech, json (default both)")
     p.add_argument("--workers", type=_positive, default=1, help="processes (default 1)")
@@ -120,20 +132,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: --contact-sheet must name a .png file, found {str(args.contact_sheet)!r}", file=sys.stderr)
         return 2
 
-    from adapt.synth.writers import contact_sheet, write_dataset
+    from adapt.synth.writers import EMPTY_SHARE, check_count, contact_sheet, write_dataset
 
     w, h = args.size
+    empty = EMPTY_SHARE if args.empty is None else args.empty
     try:
+        check_count(args.kinds, args.styles, w, h, args.count[1])
         if args.out is not None:
             meta = write_dataset(args.out, args.n, args.seed, w, h, args.styles, args.count, args.formats,
-                                 workers=args.workers, progress=not args.quiet, overwrite=args.overwrite)
+                                 workers=args.workers, progress=not args.quiet, overwrite=args.overwrite,
+                                 kinds=args.kinds, empty=empty)
             if not args.quiet:
-                print(f"wrote {meta['n']} images ({meta['total_heads']} heads) to {args.out}")
+                print(f"wrote {meta['n']} images ({meta['total_heads']} heads, {meta['empty_images']} empty) to {args.out}")
         if args.contact_sheet is not None:
             import cv2
 
             sheet = contact_sheet(args.seed, w, h, args.styles, args.count, k=args.sheet_images,
-                                  thumb_scale=args.sheet_scale, points=args.sheet_points)
+                                  thumb_scale=args.sheet_scale, points=args.sheet_points, kinds=args.kinds, empty=empty)
             args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
             if not cv2.imwrite(str(args.contact_sheet), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR),
                                [cv2.IMWRITE_PNG_COMPRESSION, 9]):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .camera import Camera
+from .facades import FacadeBlocks, sample_facade_blocks
 from .styles import Look, Style
-from .textures import FacadeBlocks, sample_facade_blocks
 
 
 @dataclass(eq=False)

@@ -15,12 +15,15 @@ import math
 
 import numpy as np
 
-from .people import Person, head_radius_m, make_person, sample_heights
+from .dense import packed_crowd, seated_crowd
+from .people import Person, make_person, sample_heights
 from .scene import Scene, sample_ground_by_pixel, sample_ground_in_view
+from .view import MIN_SPACING_M, check_room, view_flags
 
-LAYOUTS = ("uniform", "clustered", "queue", "flow", "mixed")
-MIN_SPACING_M = 0.5  # centre to centre: at most ~4 people per square metre, a packed crowd
+# street layouts; "packed" fills the view edge to edge, "seated" fills the seats of a tribune (dense.py)
+LAYOUTS = ("uniform", "clustered", "queue", "flow", "mixed", "packed", "seated")
 _CELL = 0.5
+__all__ = ["LAYOUTS", "MIN_SPACING_M", "sample_crowd", "view_flags", "walk"]
 
 
 class _Occupancy:
@@ -42,23 +45,6 @@ class _Occupancy:
 
     def add(self, x: float, y: float) -> None:
         self.cells.setdefault((int(math.floor(x / _CELL)), int(math.floor(y / _CELL))), []).append((x, y))
-
-
-def view_flags(scene: Scene, x: np.ndarray, y: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(head centre inside the frame, some of the body inside the frame) for people at (x, y) of height h."""
-    cam = scene.camera
-    n = len(x)
-    rh = head_radius_m(h)
-    pts = np.concatenate([np.column_stack([x, y, h - rh]), np.column_stack([x, y, np.zeros(n)])])
-    uv, dep = cam.project(pts)
-    head, feet = uv[:n], uv[n:]
-    ok = (dep[:n] > 0.5) & (dep[n:] > 0.5)
-    W, H = cam.width, cam.height
-    head_in = ok & (head[:, 0] >= 0) & (head[:, 0] <= W - 1) & (head[:, 1] >= 0) & (head[:, 1] <= H - 1)
-    half_w = 0.25 * np.abs(feet[:, 1] - head[:, 1]) + 1
-    body_in = ok & (np.maximum(head[:, 0], feet[:, 0]) + half_w >= 0) & (np.minimum(head[:, 0], feet[:, 0]) - half_w <= W - 1) \
-        & (np.maximum(head[:, 1], feet[:, 1]) >= 0) & (np.minimum(head[:, 1], feet[:, 1]) <= H - 1)
-    return head_in, body_in | head_in
 
 
 class _Builder:
@@ -225,15 +211,23 @@ def _queues(b: _Builder, n: int) -> None:
 
 
 def sample_crowd(rng: np.random.Generator, scene: Scene, n: int, layout: str = "mixed") -> list[Person]:
-    """People on the scene's ground: n whose heads are in the frame (fewer if the ground is full),
-    plus any sampled person whose body but not head reaches into the frame (cut off at the edges)."""
+    """People on the scene's ground: n whose heads are in the frame (fewer if random placement fills the
+    ground first), plus any sampled person whose body but not head reaches into the frame (cut off at the
+    edges). A scene with stands seats its crowd whatever the layout.
+
+    Raises ValueError when the view cannot hold n people (view.check_room)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if n < 0:
         raise ValueError(f"crowd size must be >= 0, found {n}")
-    b = _Builder(rng, scene, n)
     if n == 0:
         return []
+    check_room(scene, n)
+    if scene.stands or layout == "seated":
+        return seated_crowd(rng, scene, n)
+    if layout == "packed":
+        return packed_crowd(rng, scene, n)
+    b = _Builder(rng, scene, n)
     if layout == "uniform":
         _uniform(b, n, flow=0.0)
     elif layout == "flow":

@@ -19,20 +19,23 @@ import numpy as np
 from .camera import Camera
 from .draw import BOX_FACES, Prim, box_corners, box_face_normals, draw_prim, prims_bbox
 from .styles import Look
+from .textures import hash2
 
 
 @dataclass(eq=False)
 class Part:
     """One 3D piece of an object: a box, a vertical/oblique pole (capsule) or a sphere."""
 
-    kind: str  # box | pole | sphere
+    kind: str  # box | pole | sphere | ring
     albedo: tuple[float, float, float]
     heat: float = 0.25  # thermal brightness
     corners: np.ndarray | None = None  # box: (8, 3)
-    a: np.ndarray | None = None  # pole ends / sphere centre
-    b: np.ndarray | None = None
+    a: np.ndarray | None = None  # pole ends / sphere or ring centre
+    b: np.ndarray | None = None  # ring: unit axis
     radius: float = 0.0
     emissive: float = 0.0  # glows (lamps at dusk): added light, not shaded
+    tube: float = 0.0  # ring: thickness of the tyre (metres)
+    text_seed: int = -1  # box: lettering on its side faces when >= 0 (signs, boards)
 
 
 @dataclass(eq=False)
@@ -60,12 +63,16 @@ _CAR_COLORS = [(0.9, 0.9, 0.9), (0.7, 0.71, 0.73), (0.08, 0.08, 0.09), (0.35, 0.
 _GLASS = (0.1, 0.12, 0.15)
 
 
-def _pole(a, b, r, albedo, heat=0.2, emissive=0.0) -> Part:
+def pole_part(a, b, r, albedo, heat=0.2, emissive=0.0) -> Part:
     return Part("pole", albedo, heat, a=np.asarray(a, float), b=np.asarray(b, float), radius=r, emissive=emissive)
 
 
-def _box(cx, cy, z0, z1, yaw, l, w, albedo, heat=0.25, top=1.0) -> Part:
-    return Part("box", albedo, heat, corners=box_corners(cx, cy, z0, z1, yaw, l, w, top))
+def box_part(cx, cy, z0, z1, yaw, l, w, albedo, heat=0.25, top=1.0, top_w=None, text_seed=-1) -> Part:
+    return Part("box", albedo, heat, corners=box_corners(cx, cy, z0, z1, yaw, l, w, top, top_w), text_seed=text_seed)
+
+
+def ring_part(centre, axis, r, tube, albedo, heat=0.3) -> Part:
+    return Part("ring", albedo, heat, a=np.asarray(centre, float), b=np.asarray(axis, float), radius=r, tube=tube)
 
 
 def make_car(rng: np.random.Generator, x: float, y: float, yaw: float) -> Distractor:
@@ -81,13 +88,13 @@ def make_car(rng: np.random.Generator, x: float, y: float, yaw: float) -> Distra
             wy = y + s * sa * L * 0.33 + c * sb * W * 0.45
             parts.append(Part("sphere", (0.05, 0.05, 0.05), 0.55, a=np.array([wx, wy, 0.32]), radius=0.32))
     if van:
-        parts.append(_box(x, y, 0.3, 1.95, yaw, L, W, col, 0.35, 0.96))
-        parts.append(_box(x + c * L * 0.38, y + s * L * 0.38, 1.0, 1.75, yaw, L * 0.2, W * 0.98, _GLASS, 0.3))
+        parts.append(box_part(x, y, 0.3, 1.95, yaw, L, W, col, 0.35, 0.96))
+        parts.append(box_part(x + c * L * 0.38, y + s * L * 0.38, 1.0, 1.75, yaw, L * 0.2, W * 0.98, _GLASS, 0.3))
     else:
-        parts.append(_box(x, y, 0.28, 0.95, yaw, L, W, col, 0.4, 0.98))
+        parts.append(box_part(x, y, 0.28, 0.95, yaw, L, W, col, 0.4, 0.98))
         off = -0.06 * L
-        parts.append(_box(x + c * off, y + s * off, 0.95, rng.uniform(1.38, 1.5), yaw, L * 0.5, W * 0.92, _GLASS, 0.3, 0.82))
-        parts.append(_box(x + c * off, y + s * off, 1.36, 1.42, yaw, L * 0.36, W * 0.78, col, 0.3))
+        parts.append(box_part(x + c * off, y + s * off, 0.95, rng.uniform(1.38, 1.5), yaw, L * 0.5, W * 0.92, _GLASS, 0.3, 0.82))
+        parts.append(box_part(x + c * off, y + s * off, 1.36, 1.42, yaw, L * 0.36, W * 0.78, col, 0.3))
     return Distractor("car", x, y, yaw, (L / 2, W / 2), parts)
 
 
@@ -99,9 +106,9 @@ def make_lamp(rng: np.random.Generator, x: float, y: float, yaw: float, look: Lo
     c, s = math.cos(yaw), math.sin(yaw)
     end = np.array([x + c * arm, y + s * arm, h])
     parts = [
-        _pole([x, y, 0], [x, y, h], rng.uniform(0.06, 0.1), col),
-        _pole([x, y, h], end, 0.04, col),
-        _pole(end, end - [0, 0, 0.25], 0.12, (0.85, 0.85, 0.8), 0.9 if look.lamps_on else 0.3, glow),
+        pole_part([x, y, 0], [x, y, h], rng.uniform(0.06, 0.1), col),
+        pole_part([x, y, h], end, 0.04, col),
+        pole_part(end, end - [0, 0, 0.25], 0.12, (0.85, 0.85, 0.8), 0.9 if look.lamps_on else 0.3, glow),
     ]
     return Distractor("lamp", x, y, yaw, (0.25, 0.25), parts, lamp=True)
 
@@ -111,8 +118,8 @@ def make_sign(rng: np.random.Generator, x: float, y: float, yaw: float) -> Distr
     col = [(0.1, 0.3, 0.7), (0.1, 0.45, 0.25), (0.8, 0.15, 0.1), (0.9, 0.9, 0.9)][rng.integers(4)]
     w = rng.uniform(0.4, 0.9)
     parts = [
-        _pole([x, y, 0], [x, y, h], 0.04, (0.5, 0.5, 0.52)),
-        _box(x, y, h - rng.uniform(0.4, 0.8), h, yaw, 0.05, w, col, 0.2),
+        pole_part([x, y, 0], [x, y, h], 0.04, (0.5, 0.5, 0.52)),
+        box_part(x, y, h - rng.uniform(0.4, 0.8), h, yaw, 0.05, w, col, 0.2, text_seed=int(rng.integers(1 << 20))),
     ]
     return Distractor("sign", x, y, yaw, (0.2, 0.2), parts)
 
@@ -120,7 +127,7 @@ def make_sign(rng: np.random.Generator, x: float, y: float, yaw: float) -> Distr
 def make_bollard(rng: np.random.Generator, x: float, y: float) -> Distractor:
     h = rng.uniform(0.6, 1.0)
     col = [(0.15, 0.15, 0.16), (0.55, 0.55, 0.56), (0.85, 0.7, 0.15)][rng.integers(3)]
-    return Distractor("bollard", x, y, 0.0, (0.15, 0.15), [_pole([x, y, 0], [x, y, h], rng.uniform(0.07, 0.13), col)])
+    return Distractor("bollard", x, y, 0.0, (0.15, 0.15), [pole_part([x, y, 0], [x, y, h], rng.uniform(0.07, 0.13), col)])
 
 
 def _canopy(rng: np.random.Generator, cx: float, cy: float, cz: float, R: float, n: int, green: np.ndarray) -> list[Part]:
@@ -139,7 +146,7 @@ def make_tree(rng: np.random.Generator, x: float, y: float) -> Distractor:
     trunk_h = rng.uniform(1.8, 3.5)
     R = rng.uniform(1.2, 3.2)
     green = np.array([rng.uniform(0.12, 0.25), rng.uniform(0.28, 0.42), rng.uniform(0.08, 0.16)])
-    parts = [_pole([x, y, 0], [x, y, trunk_h + R * 0.5], rng.uniform(0.1, 0.2), (0.3, 0.24, 0.18), 0.2)]
+    parts = [pole_part([x, y, 0], [x, y, trunk_h + R * 0.5], rng.uniform(0.1, 0.2), (0.3, 0.24, 0.18), 0.2)]
     parts += _canopy(rng, x, y, trunk_h + R, R, int(rng.integers(7, 15)), green)
     return Distractor("tree", x, y, 0.0, (0.35, 0.35), parts)
 
@@ -148,7 +155,7 @@ def make_planter(rng: np.random.Generator, x: float, y: float, yaw: float) -> Di
     L, W, h = rng.uniform(1.0, 3.5), rng.uniform(0.7, 1.4), rng.uniform(0.4, 0.9)
     col = [(0.6, 0.6, 0.58), (0.45, 0.32, 0.22), (0.3, 0.3, 0.32)][rng.integers(3)]
     green = np.array([rng.uniform(0.12, 0.3), rng.uniform(0.3, 0.45), rng.uniform(0.08, 0.18)])
-    parts = [_box(x, y, 0.0, h, yaw, L, W, col, 0.22)]
+    parts = [box_part(x, y, 0.0, h, yaw, L, W, col, 0.22)]
     c, s = math.cos(yaw), math.sin(yaw)
     for _ in range(int(rng.integers(2, 6))):
         t = rng.uniform(-0.4, 0.4) * L
@@ -164,32 +171,32 @@ def make_bench(rng: np.random.Generator, x: float, y: float, yaw: float) -> Dist
     c, s = math.cos(yaw), math.sin(yaw)
     bx, by = x + s * 0.22, y - c * 0.22  # backrest behind the seat
     parts = [
-        _box(x, y, 0.42, 0.48, yaw, L, 0.45, col, 0.2),
-        _box(bx, by, 0.5, 0.85, yaw, L, 0.05, col, 0.2),
+        box_part(x, y, 0.42, 0.48, yaw, L, 0.45, col, 0.2),
+        box_part(bx, by, 0.5, 0.85, yaw, L, 0.05, col, 0.2),
     ]
     for t in (-0.42, 0.42):
         lx, ly = x + c * t * L, y + s * t * L
-        parts.append(_pole([lx, ly, 0], [lx, ly, 0.42], 0.04, (0.15, 0.15, 0.15)))
+        parts.append(pole_part([lx, ly, 0], [lx, ly, 0.42], 0.04, (0.15, 0.15, 0.15)))
     return Distractor("bench", x, y, yaw, (L / 2, 0.3), parts)
 
 
 def make_bin(rng: np.random.Generator, x: float, y: float) -> Distractor:
     col = [(0.15, 0.3, 0.2), (0.3, 0.3, 0.32), (0.55, 0.45, 0.3), (0.1, 0.2, 0.45)][rng.integers(4)]
-    return Distractor("bin", x, y, 0.0, (0.3, 0.3), [_pole([x, y, 0], [x, y, 0.9], 0.25, col, 0.25)])
+    return Distractor("bin", x, y, 0.0, (0.3, 0.3), [pole_part([x, y, 0], [x, y, 0.9], 0.25, col, 0.25)])
 
 
 def make_pillar(rng: np.random.Generator, x: float, y: float, top: float) -> Distractor:
     w = rng.uniform(0.5, 1.1)
     col = tuple(np.array([0.82, 0.8, 0.76]) * rng.uniform(0.8, 1.05))
-    return Distractor("pillar", x, y, 0.0, (w / 2, w / 2), [_box(x, y, 0.0, top, 0.0, w, w, col, 0.3)])
+    return Distractor("pillar", x, y, 0.0, (w / 2, w / 2), [box_part(x, y, 0.0, top, 0.0, w, w, col, 0.3)])
 
 
 def make_kiosk(rng: np.random.Generator, x: float, y: float, yaw: float) -> Distractor:
     L, W = rng.uniform(1.5, 3.0), rng.uniform(1.2, 2.0)
     col = tuple(np.clip(rng.uniform(0.2, 0.9, 3), 0, 1))
-    parts = [_box(x, y, 0.0, 1.1, yaw, L, W, (0.75, 0.74, 0.7), 0.3),
-             _box(x, y, 1.1, 2.3, yaw, L * 0.9, W * 0.9, (0.2, 0.2, 0.22), 0.3),
-             _box(x, y, 2.3, 2.6, yaw, L * 1.05, W * 1.05, col, 0.3)]
+    parts = [box_part(x, y, 0.0, 1.1, yaw, L, W, (0.75, 0.74, 0.7), 0.3),
+             box_part(x, y, 1.1, 2.3, yaw, L * 0.9, W * 0.9, (0.2, 0.2, 0.22), 0.3),
+             box_part(x, y, 2.3, 2.6, yaw, L * 1.05, W * 1.05, col, 0.3)]
     return Distractor("kiosk", x, y, yaw, (L / 2, W / 2), parts)
 
 
@@ -218,6 +225,21 @@ def part_prims(part: Part, cam: Camera, look: Look) -> list[Prim]:
                 continue
             out.append(Prim("poly", uv[face], 0.0, _shade(look, part, normals[k], 0.9 + 0.1 * k / 5),
                             float(d[face].mean())))
+            if part.text_seed >= 0 and k < 4:
+                ink = Part("box", (0.05, 0.05, 0.05) if np.mean(part.albedo) > 0.5 else (0.92, 0.92, 0.9), part.heat * 1.3)
+                out += _glyphs(part.corners[face], uv[face], float(d[face].mean()), cam.focal_px,
+                               _shade(look, ink, normals[k]), part.text_seed + k)
+    elif part.kind == "ring":
+        axis = part.b / np.linalg.norm(part.b)
+        e1 = np.cross(axis, [0.0, 0.0, 1.0] if abs(axis[2]) < 0.9 else [1.0, 0.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(axis, e1)
+        t = np.linspace(0, 2 * np.pi, 20, endpoint=False)
+        uv, d = cam.project(part.a + part.radius * (np.cos(t)[:, None] * e1 + np.sin(t)[:, None] * e2))
+        if (d <= 0.2).any():
+            return out
+        dm = float(d.mean())
+        out.append(Prim("ring", uv, part.tube * cam.focal_px / dm, _shade(look, part, None), dm))
     elif part.kind == "pole":
         uv, d = cam.project(np.stack([part.a, part.b]))
         if (d <= 0.2).any():
@@ -241,6 +263,37 @@ def part_prims(part: Part, cam: Camera, look: Look) -> list[Prim]:
             lit = _shade(look, part, look.sun_dir * 0.8 + np.array([0, 0, 0.2]))
             out.append(Prim("disc", p2, r * 0.6, lit, float(d[0]) - 1e-3))
     return out
+
+
+def _glyphs(corners: np.ndarray, uv: np.ndarray, depth: float, focal: float, ink: np.ndarray, seed: int) -> list[Prim]:
+    """Block lettering on a box face (corners in BOX_FACES order: bottom edge, then top edge back): one to
+    three lines of 3 x 5 glyph cells, as small polygons; none where a glyph would be under 3 px tall."""
+    wid = float(np.linalg.norm(corners[1] - corners[0]))
+    hgt = float(np.linalg.norm(corners[3] - corners[0]))
+    if wid < 0.3 or hgt < 0.15:
+        return []
+    lines = 1 + seed % 3
+    ch = min(hgt / (lines + 0.6), 0.6 * wid)
+    if ch * focal / depth < 3.0:
+        return []
+    cw = 0.65 * ch
+    n = int(wid * 0.9 / cw)
+    ci, line, gx, gz = (a.ravel() for a in np.meshgrid(np.arange(n), np.arange(lines), np.arange(3), np.arange(5), indexing="ij"))
+    on = (hash2(ci * 4 + gx, gz + 8 * line, seed) < 0.45) & (hash2(ci, line, seed + 1) >= 0.15)
+    ci, line, gx, gz = ci[on], line[on], gx[on], gz[on]
+    a0 = ((wid - n * cw) / 2 + ci * cw + (0.12 + gx * 0.25) * cw) / wid
+    a1 = a0 + 0.25 * cw / wid
+    top = (hgt - (lines - 1) * ch * 1.15 - ch) / 2 + (lines - 1 - line) * ch * 1.15
+    b0 = (top + (0.12 + (4 - gz) * 0.15) * ch) / hgt
+    b1 = b0 + 0.15 * ch / hgt
+    P0, P1, P2, P3 = uv
+
+    def at(a, b):
+        return ((1 - b)[:, None] * ((1 - a)[:, None] * P0 + a[:, None] * P1)
+                + b[:, None] * ((1 - a)[:, None] * P3 + a[:, None] * P2))
+
+    quads = np.stack([at(a0, b0), at(a1, b0), at(a1, b1), at(a0, b1)], 1)
+    return [Prim("poly", q, 0.0, ink, depth - 1e-3) for q in quads]
 
 
 @dataclass(eq=False)
@@ -306,7 +359,7 @@ def make_sprite(obj: Distractor, cam: Camera, look: Look, max_area: float = 0.25
 # Real tree crowns are clumps of lit and shaded leaves with gaps: blob texture at
 # about head scale. Smooth discs taught the base model that any such texture is a
 # crowd (ShanghaiTech B: most of its overcount sat on trees and signs).
-FOLIAGE = ("tree", "planter")
+FOLIAGE = ("tree", "planter", "hedge", "topiary")
 LEAF_M = 0.22  # size of a leaf clump in metres
 
 
@@ -354,7 +407,7 @@ def shadow_polygons(obj: Distractor, sun_dir: np.ndarray) -> list[np.ndarray]:
             n = np.array([-(b - a)[1], (b - a)[0]])
             n = n / (np.linalg.norm(n) + 1e-9) * part.radius
             polys.append(np.stack([a + n, b + n, b - n, a - n]))
-        else:
+        elif part.kind == "sphere":
             c = drop(part.a)
             az = sh / (np.linalg.norm(sh) + 1e-9)
             perp = np.array([-az[1], az[0]])

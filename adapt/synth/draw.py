@@ -21,9 +21,9 @@ Color = tuple[float, float, float]
 
 @dataclass(slots=True)
 class Prim:
-    kind: str  # "poly" | "line" | "disc"
-    pts: np.ndarray  # poly: (k, 2); line: (2, 2); disc: (1, 2)
-    size: float  # line thickness or disc radius in pixels (unused for poly)
+    kind: str  # "poly" | "line" | "disc" | "ring"
+    pts: np.ndarray  # poly: (k, 2); line: (2, 2); disc: (1, 2); ring: (k, 2) closed outline
+    size: float  # line or ring thickness, or disc radius, in pixels (unused for poly)
     color: Color
     depth: float
 
@@ -45,6 +45,8 @@ def draw_prim(img: np.ndarray, p: Prim, offset: tuple[float, float] = (0.0, 0.0)
         q = _fx(pts)
         cv2.line(img, (int(q[0, 0]), int(q[0, 1])), (int(q[1, 0]), int(q[1, 1])), p.color,
                  max(1, int(round(p.size))), lt, SHIFT)
+    elif p.kind == "ring":
+        cv2.polylines(img, [_fx(pts)], True, p.color, max(1, int(round(p.size))), lt, SHIFT)
     else:
         q = _fx(pts[0])
         cv2.circle(img, (int(q[0]), int(q[1])), max(int(round(p.size * _ONE)), 1), p.color, -1, lt, SHIFT)
@@ -55,7 +57,7 @@ def prims_bbox(prims: list[Prim], pad: float = 2.0) -> tuple[float, float, float
     x0 = y0 = np.inf
     x1 = y1 = -np.inf
     for p in prims:
-        r = p.size if p.kind == "disc" else (p.size / 2 if p.kind == "line" else 0.0)
+        r = p.size if p.kind == "disc" else (p.size / 2 if p.kind in ("line", "ring") else 0.0)
         x0 = min(x0, float(p.pts[:, 0].min()) - r)
         y0 = min(y0, float(p.pts[:, 1].min()) - r)
         x1 = max(x1, float(p.pts[:, 0].max()) + r)
@@ -70,8 +72,8 @@ BOX_FACES = np.array([[0, 1, 5, 4], [1, 2, 6, 5], [2, 3, 7, 6], [3, 0, 4, 7], [4
 
 
 def box_corners(cx: float, cy: float, z0: float, z1: float, yaw: float, length: float, width: float,
-                top_scale: float = 1.0) -> np.ndarray:
-    """8 world corners of an oriented box (optionally tapered at the top) standing on z0."""
+                top_scale: float = 1.0, top_width_scale: float | None = None) -> np.ndarray:
+    """8 world corners of an oriented box (optionally tapered at the top, across its width separately) standing on z0."""
     c, s = np.cos(yaw), np.sin(yaw)
     fwd = np.array([c, s])
     left = np.array([-s, c])
@@ -80,7 +82,8 @@ def box_corners(cx: float, cy: float, z0: float, z1: float, yaw: float, length: 
     for k, (a, b) in enumerate(base):
         xy = np.array([cx, cy]) + fwd * a * length / 2 + left * b * width / 2
         out[k] = (*xy, z0)
-        xy_t = np.array([cx, cy]) + (fwd * a * length / 2 + left * b * width / 2) * top_scale
+        tw = top_scale if top_width_scale is None else top_width_scale
+        xy_t = np.array([cx, cy]) + fwd * a * length / 2 * top_scale + left * b * width / 2 * tw
         out[k + 4] = (*xy_t, z1)
     return out
 

@@ -80,35 +80,38 @@ _BAG_CUM = _cum((0.55, 0.2, 0.13, 0.12))
 _HEAT = np.array([0.97, 0.72, 0.72, 0.72, 0.66, 0.5, 0.3, 0.6])
 
 
-def _draw(cum: np.ndarray, u: float) -> int:
-    return int(min(np.searchsorted(cum, u, side="right"), len(cum) - 1))
+def _draw(cum: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(cum) - 1)
 
 
 def sample_appearance(rng: np.random.Generator, child: bool = False) -> Appearance:
-    """Clothing, skin, hair and accessories; one block of random numbers per person (hot path)."""
-    u = rng.random(28)
-    z = rng.standard_normal((8, 3))
-    cols = np.empty((8, 3))
+    """Clothing, skin, hair and accessories of one person (street crowds draw them one by one)."""
+    return sample_appearances(rng, np.array([child]))[0]
+
+
+def sample_appearances(rng: np.random.Generator, child: np.ndarray) -> list[Appearance]:
+    """Appearances of len(child) people from one block of random numbers: thousands at the cost of a few."""
+    n = len(child)
+    u = rng.random((n, 28))
+    z = rng.standard_normal((n, 8, 3))
+    cols = np.empty((n, 8, 3))
     # skin tones skewed towards the lighter end (the target cameras are in East Asia and Europe)
-    cols[0] = _SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * (u[0] ** 1.8)
+    cols[:, 0] = _SKIN_LIGHT + (_SKIN_DARK - _SKIN_LIGHT) * (u[:, :1] ** 1.8)
     for k in range(1, 8):
         table, cum, jit = _MATERIAL_PALETTES[k]
-        c = table[_draw(cum, u[k])]
+        c = table[_draw(cum, u[:, k])]
         # brightness varies freely, hue only a little (random per-channel shifts turn crowds pastel)
-        cols[k] = c * (0.8 + 0.35 * u[8 + k]) + z[k] * jit * 0.4 * (0.3 + c)
-    cols[1:] = np.clip(cols[1:], 0.02, 0.98)
-    heat = _HEAT * (0.85 + 0.15 * u[16])
-    heat[2:6] *= 0.85 + 0.25 * u[17:21]
-    return Appearance(
-        colors=cols,
-        heat=np.clip(heat, 0, 1),
-        hair_style=_draw(_HAIR_STYLE_CUM, u[21]),
-        top_pattern=_draw(_PATTERN_CUM, u[22]),
-        long_sleeves=bool(u[23] < 0.45),
-        bottom_kind=_draw(_BOTTOM_KIND_CUM, u[24]),
-        bag=_draw(_BAG_CUM, u[25]) if not child else 0,
-        build=float((0.88 + 0.27 * u[26]) * (0.9 if child else 1.0)),
-    )
+        cols[:, k] = c * (0.8 + 0.35 * u[:, 8 + k, None]) + z[:, k] * jit * 0.4 * (0.3 + c)
+    cols[:, 1:] = np.clip(cols[:, 1:], 0.02, 0.98)
+    heat = _HEAT * (0.85 + 0.15 * u[:, 16, None])
+    heat[:, 2:6] *= 0.85 + 0.25 * u[:, 17:21]
+    heat = np.clip(heat, 0, 1)
+    hair, pattern = _draw(_HAIR_STYLE_CUM, u[:, 21]).tolist(), _draw(_PATTERN_CUM, u[:, 22]).tolist()
+    bottom, bag = _draw(_BOTTOM_KIND_CUM, u[:, 24]).tolist(), np.where(child, 0, _draw(_BAG_CUM, u[:, 25])).tolist()
+    sleeves = (u[:, 23] < 0.45).tolist()
+    build = ((0.88 + 0.27 * u[:, 26]) * np.where(child, 0.9, 1.0)).tolist()
+    return [Appearance(colors=cols[i], heat=heat[i], hair_style=hair[i], top_pattern=pattern[i], long_sleeves=sleeves[i],
+                       bottom_kind=bottom[i], bag=bag[i], build=build[i]) for i in range(n)]
 
 
 # -- person -------------------------------------------------------------------------
@@ -123,9 +126,15 @@ class Person:
     phase: float  # gait phase, radians
     appearance: Appearance
     speed: float = 1.3  # m/s; 0 means standing
-    pose: int = 0  # 0 walking/standing, 1 using a phone (one forearm raised)
+    pose: int = 0  # POSE_WALK, POSE_PHONE, POSE_SEATED or POSE_CHEER
     child: bool = False
     group: int = -1  # id of the group the person walks with (-1: alone)
+    z: float = 0.0  # height of the floor the person stands or sits on (a tribune step), metres
+
+
+# poses: walking or standing; one forearm raised to a phone; seated (tribunes); both arms up (rallies, stands)
+POSE_WALK, POSE_PHONE, POSE_SEATED, POSE_CHEER = range(4)
+SEAT_FRAC = 0.26  # seat height as a fraction of standing height (0.44 m for 1.7 m)
 
 
 def sample_heights(rng: np.random.Generator, n: int, child_prob: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
@@ -143,7 +152,7 @@ def sample_height(rng: np.random.Generator, child_prob: float = 0.06) -> tuple[f
 
 def make_person(rng: np.random.Generator, x: float, y: float, *, height_m: float | None = None,
                 heading: float | None = None, speed: float | None = None, child: bool | None = None,
-                group: int = -1) -> Person:
+                group: int = -1, pose: int | None = None, z: float = 0.0) -> Person:
     """A person at ground (x, y) with random appearance; unspecified attributes are sampled."""
     if height_m is None:
         h, c = sample_height(rng, 0.06 if child is None else float(child))
@@ -157,9 +166,22 @@ def make_person(rng: np.random.Generator, x: float, y: float, *, height_m: float
         phase=float(rng.uniform(0, 2 * math.pi)),
         appearance=sample_appearance(rng, c),
         speed=float(speed),
-        pose=int(rng.random() < (0.1 if speed == 0 else 0.04)),
-        child=c, group=group,
+        pose=int(rng.random() < (0.1 if speed == 0 else 0.04)) if pose is None else int(pose),
+        child=c, group=group, z=float(z),
     )
+
+
+def make_people(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, height_m: np.ndarray, child: np.ndarray,
+                heading: np.ndarray, speed: np.ndarray, pose: np.ndarray, z: np.ndarray | float = 0.0) -> list[Person]:
+    """People at ground points (x, y) with everything but appearance and gait phase given, in one batch."""
+    n = len(x)
+    phase = rng.uniform(0, 2 * math.pi, n).tolist()
+    apps = sample_appearances(rng, np.asarray(child, bool))
+    cols = [np.asarray(a, np.float64).tolist() for a in (x, y, height_m, heading, speed)]
+    zs = np.broadcast_to(np.asarray(z, np.float64), (n,)).tolist()
+    kids, poses = np.asarray(child, bool).tolist(), np.asarray(pose, np.int64).tolist()
+    return [Person(x=cols[0][i], y=cols[1][i], height_m=cols[2][i], heading=cols[3][i], phase=phase[i], appearance=apps[i],
+                   speed=cols[4][i], pose=poses[i], child=kids[i], z=zs[i]) for i in range(n)]
 
 
 def head_radius_m(height_m: np.ndarray | float) -> np.ndarray | float:
@@ -197,7 +219,10 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
     hd = np.array([p.heading for p in people])
     amp = np.clip(np.array([p.speed for p in people]) / 1.4, 0.0, 1.25)
     build = np.array([p.appearance.build for p in people])
-    phone = np.array([p.pose == 1 for p in people])
+    pose = np.array([p.pose for p in people])
+    phone = pose == POSE_PHONE
+    seated = pose == POSE_SEATED
+    cheer = pose == POSE_CHEER
     skirt = np.array([p.appearance.bottom_kind == 2 for p in people])
     bag = np.array([p.appearance.bag for p in people])
     rh = head_radius_m(H)
@@ -236,6 +261,9 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
         if sgn < 0:
             eps = np.where(phone, 1.9, eps)
             psi = np.where(phone, 0.25, psi)
+        # seated hands rest in the lap; cheering arms point up, a little apart
+        eps = np.where(seated, 1.1, np.where(cheer, 0.15, eps))
+        psi = np.where(seated, 0.35, np.where(cheer, 2.75 + 0.2 * np.sin(ph + off), psi))
         L[:, sh] = np.stack([zero, sgn * (sw - 0.01 * H), top_z - 0.015 * H], -1)
         L[:, el] = L[:, sh] + np.stack([ua * np.sin(psi), sgn * 0.03 * H, -ua * np.cos(psi)], -1)
         L[:, wr] = L[:, el] + np.stack([fa * np.sin(psi + eps), sgn * 0.01 * H, -fa * np.cos(psi + eps)], -1)
@@ -267,17 +295,36 @@ def skeletons(people: list[Person], sun_dir: np.ndarray) -> np.ndarray:
     sb = _box_local(0.0, 0.035 * H, 0.035 * H, 0.07 * H, 0.065 * H, hip_top - 0.03 * H, hip_top + 0.1 * H, n)
     sb[:, :, 1] += (sw + 0.045 * H)[:, None]
     L[:, BAGBOX:BAGBOX + 8] = np.where((bag == 1)[:, None, None], bp, np.where((bag == 2)[:, None, None], hb, sb))
+    if seated.any():
+        _sit(L, np.nonzero(seated)[0], H, hip_z - drop, ankle_z)
 
     # local -> world
     c, s = np.cos(hd)[:, None], np.sin(hd)[:, None]
     W = np.empty_like(L)
     W[..., 0] = np.array([p.x for p in people])[:, None] + c * L[..., 0] - s * L[..., 1]
     W[..., 1] = np.array([p.y for p in people])[:, None] + s * L[..., 0] + c * L[..., 1]
-    W[..., 2] = L[..., 2]
+    W[..., 2] = L[..., 2] + np.array([p.z for p in people])[:, None]
     # points towards the light, for highlights
     W[:, HEAD_HI] = W[:, HEAD] + 0.4 * rh[:, None] * sun_dir[None, :]
     W[:, TORSO_HI] = W[:, NECK] + 0.2 * sun_dir[None, :]
     return W
+
+
+def _sit(L: np.ndarray, s: np.ndarray, H: np.ndarray, hip_z: np.ndarray, ankle_z: np.ndarray) -> None:
+    """Seat people `s` of local skeletons L: the body drops onto a seat, thighs forward, shins down to the floor."""
+    h = H[s]
+    lower = hip_z[s] - SEAT_FRAC * h
+    L[s, :, 2] -= lower[:, None]
+    L[s, FEET, 2] = 0.0  # the floor stays where it is
+    for hip, knee, ankle, toe in ((HIP_L, KN_L, AN_L, TO_L), (HIP_R, KN_R, AN_R, TO_R)):
+        L[s, knee] = L[s, hip] + np.stack([0.245 * h, np.zeros(len(s)), np.zeros(len(s))], -1)
+        L[s, ankle] = L[s, knee] + np.stack([0.03 * h, np.zeros(len(s)), ankle_z[s] - L[s, knee, 2]], -1)
+        L[s, toe] = L[s, ankle] + np.stack([0.075 * h, np.zeros(len(s)), -0.025 * h], -1)
+    # a seated pelvis is the lap: as deep as the thighs, not as tall
+    pel = L[s, PELVIS:PELVIS + 8]
+    pel[:, :, 0] = np.where(pel[:, :, 0] > 0, 0.2 * h[:, None], pel[:, :, 0])
+    pel[:, :4, 2] = (SEAT_FRAC * h - 0.02 * h)[:, None]
+    L[s, PELVIS:PELVIS + 8] = pel
 
 
 # -- batch of projected, shaded figures -----------------------------------------------
@@ -288,9 +335,10 @@ _LIMBS = [
     (AN_L, TO_L, 0.05), (AN_R, TO_R, 0.05), (SH_L, EL_L, 0.058), (SH_R, EL_R, 0.058),
     (EL_L, WR_L, 0.045), (EL_R, WR_R, 0.045), (NECK, HEAD, 0.065), (SHC_L, SHC_R, 0.118),
     (LH0, LH1, None), (BRIM0, BRIM1, None), (HIP_L, AN_L, 0.075), (HIP_R, AN_R, 0.075),
+    (SH_L, WR_L, 0.05), (SH_R, WR_R, 0.05),
 ]
 (THIGH_L, THIGH_R, SHIN_L, SHIN_R, SHOE_L, SHOE_R, UARM_L, UARM_R, FARM_L, FARM_R, NECK_L, SHOULDERS,
- LONG_HAIR, BRIM, LEG_L, LEG_R) = range(len(_LIMBS))
+ LONG_HAIR, BRIM, LEG_L, LEG_R, ARM_L, ARM_R) = range(len(_LIMBS))
 _LA = np.array([a for a, _, _ in _LIMBS])
 _LB = np.array([b for _, b, _ in _LIMBS])
 _LA_L, _LB_L = _LA.tolist(), _LB.tolist()
@@ -304,6 +352,7 @@ _DJ_L = _DJ.tolist()
 LV_BASE, LV_HI, LV_HEAD, LV_HEAD_HI = 0, 1, 2, 3  # then 4..9: bag box faces (BOX_FACES order)
 _ONE = float(1 << SHIFT)
 LOD_TINY_PX = 16.0  # people shorter than this are drawn as a few blobs
+LOD_SMALL_PX = 40.0  # and shorter than this as straight limbs, a torso and a head: a packed crowd's people
 
 
 def _box_visible(corners_w: np.ndarray, normals: np.ndarray, cam_c: np.ndarray) -> np.ndarray:
@@ -319,7 +368,8 @@ class FigureBatch:
     person is then a short loop of cv2 calls on plain Python numbers.
     """
 
-    def __init__(self, cam: Camera, look: Look, people: list[Person]):
+    def __init__(self, cam: Camera, look: Look, people: list[Person], ids_only: bool = False):
+        """ids_only: just what draw_ids needs (a label count without pixels), not colours or drawing ops."""
         self.cam, self.look, self.people = cam, look, people
         n = self.n = len(people)
         if n == 0:
@@ -339,7 +389,7 @@ class FigureBatch:
         rh = self.head_radius = head_radius_m(H)
         self.head_diam_px = 2 * rh * f / dpos[:, HEAD]
         top = W[:, FEET].copy()
-        top[:, 2] = H
+        top[:, 2] += H
         uv_top, _ = cam.project(top)
         self.height_px = np.linalg.norm(uv_top - self.uv[:, FEET], axis=1)
 
@@ -350,6 +400,10 @@ class FigureBatch:
         wm[:, NECK_L] = 0.065 * H
         ld = 0.5 * (dpos[:, _LA] + dpos[:, _LB])
         self.limb_px = wm * f / ld
+        self.q = np.round(self.uv * _ONE).astype(np.int32)
+        self.lw = np.maximum(1, np.rint(self.limb_px)).astype(int).tolist()
+        if ids_only:
+            return
         self.limb_depth = np.minimum(self.depth[:, _LA], self.depth[:, _LB])
         self.disc_px = rh[:, None] * _DR[None, :] * f / dpos[:, _DJ]
         self.disc_px[:, [D_HAND_L, D_HAND_R]] = (0.045 * H)[:, None] * f / dpos[:, [WR_L, WR_R]]
@@ -377,22 +431,22 @@ class FigureBatch:
         self.torso_face_score = np.einsum("nfk,nfk->nf", normals[:, :4], v)
 
         self.colors = self._color_tables(people, normals, dpos[:, FEET])
-        self.q = np.round(self.uv * _ONE).astype(np.int32)
-        # plain-Python copies for the per-person drawing loop (numpy scalars are slow there)
-        self.ql = self.q.tolist()
-        self.lw = np.maximum(1, np.rint(self.limb_px)).astype(int).tolist()
+        # plain-Python copies for the per-person drawing loop (numpy scalars are slow there); the big
+        # per-joint and per-colour tables are converted person by person, as each is drawn
         hw = self.limb_px * 0.45
         hw[:, SHOULDERS] = self.limb_px[:, SHOULDERS] * 0.5
-        self.lwh = np.maximum(1, np.rint(hw)).astype(int).tolist()
+        self.lwh = np.maximum(1, np.rint(hw)).astype(int)
         off = self.sun_img[:, None, :] * self.limb_px[:, :, None] * 0.22
         off[:, SHOULDERS] *= 0.18 / 0.22
-        self.hoff = np.rint(off * _ONE).astype(int).tolist()
+        self.hoff = np.rint(off * _ONE).astype(int)
         self.ldep = self.limb_depth.tolist()
+        self.torso_depth = self.depth[:, TORSO:TORSO + 8].mean(1).tolist()
+        self.pelvis_depth = self.depth[:, PELVIS:PELVIS + 8].mean(1).tolist()
         self.drad = np.maximum(1, np.rint(self.disc_px * _ONE)).astype(int).tolist()
         self.lit = look.sun_rgb.max() > 0.08 and not look.style.thermal
 
-    def _color_tables(self, people: list[Person], normals: np.ndarray, dist: np.ndarray) -> list:
-        """[person][material][light level] -> cv2 colour; fogged and graded per person."""
+    def _color_tables(self, people: list[Person], normals: np.ndarray, dist: np.ndarray) -> np.ndarray:
+        """(person, material, light level, RGB 0-255); fogged and graded per person."""
         look = self.look
         n = len(people)
         if look.style.thermal:
@@ -409,19 +463,20 @@ class FigureBatch:
         tab = alb[:, :, None, :] * lv[:, None, :, :]  # (N, 8, 10, 3)
         t = np.exp(-dist / look.fog_distance_m)[:, None, None, None]
         tab = tab * t + look.fog_rgb * (1.0 - t)
-        tab = look.grade(tab.reshape(-1, 3)).reshape(tab.shape) * 255.0
-        return tab.tolist()
+        return look.grade(tab.reshape(-1, 3)).reshape(tab.shape) * 255.0
 
     # -- drawing ----------------------------------------------------------------------
     def ops(self, i: int) -> list[tuple]:
         """Drawing operations of person i, back to front: (depth, kind, args...)."""
         p = self.people[i]
         app = p.appearance
-        C = self.colors[i]
-        q = self.q[i]
-        ql, lw, lwh, hoff, ldep, drad = self.ql[i], self.lw[i], self.lwh[i], self.hoff[i], self.ldep[i], self.drad[i]
-        out: list[tuple] = []
         hp = self.height_px[i]
+        small = hp < LOD_SMALL_PX
+        # a small figure uses a few materials at two light levels; a full one all of them
+        C = self.colors[i, :, :4 if small else 10].tolist()
+        q = self.q[i]
+        ql, lw, ldep, drad = q.tolist(), self.lw[i], self.ldep[i], self.drad[i]
+        out: list[tuple] = []
 
         def line(k: int, mat: int, bias: float = 0.0) -> None:
             a, b = ql[_LA_L[k]], ql[_LB_L[k]]
@@ -440,8 +495,22 @@ class FigureBatch:
             hair = self.away[i] or app.hair_style == 1
             disc(D_HEAD, HAIR if hair else SKIN, LV_HEAD)
             return out
+        if small:
+            legs = BOTTOM if app.bottom_kind == 0 else SKIN
+            line(LEG_L, legs)
+            line(LEG_R, legs)
+            line(ARM_L, TOP, 0.02)
+            line(ARM_R, TOP, 0.02)
+            dt = self.torso_depth[i]
+            out.append((dt, 2, cv2.convexHull(q[TORSO:TORSO + 8]), C[TOP][LV_BASE]))
+            line(SHOULDERS, TOP)
+            out[-1] = (dt - 1e-4,) + out[-1][1:]
+            out.sort(key=lambda o: -o[0])
+            self._head(i, app, line, disc)
+            return out
 
         hi = hp >= 36 and self.lit
+        lwh, hoff = self.lwh[i].tolist(), self.hoff[i].tolist()
 
         def limb(k: int, mat: int, bias: float = 0.0, depth: float | None = None) -> None:
             line(k, mat, bias)
@@ -465,8 +534,8 @@ class FigureBatch:
             limb(fa, TOP if app.long_sleeves else SKIN, 0.02)
             disc(hand, SKIN, LV_BASE, float(self.depth[i, _DJ[hand]]) - 0.021)
         # pelvis / skirt and torso as rounded hulls; shoulders as a capsule on top
-        dt = float(self.depth[i, TORSO:TORSO + 8].mean())
-        out.append((float(self.depth[i, PELVIS:PELVIS + 8].mean()), 2, cv2.convexHull(q[PELVIS:PELVIS + 8]), C[BOTTOM][LV_BASE]))
+        dt = self.torso_depth[i]
+        out.append((self.pelvis_depth[i], 2, cv2.convexHull(q[PELVIS:PELVIS + 8]), C[BOTTOM][LV_BASE]))
         out.append((dt, 2, cv2.convexHull(q[TORSO:TORSO + 8]), C[TOP][LV_BASE]))
         limb(SHOULDERS, TOP, depth=dt - 1e-4)
         if app.bag:
@@ -479,10 +548,14 @@ class FigureBatch:
         line(NECK_L, SKIN, -0.5)  # behind the torso top, under the head
         out.sort(key=lambda o: -o[0])
 
-        # head: skin sphere, a lit cap towards the light, then hair (or a cap) seen from the camera's side
         if app.hair_style == 1:
             line(LONG_HAIR, HAIR)
             out.insert(0, out.pop())
+        self._head(i, app, line, disc)
+        return out
+
+    def _head(self, i: int, app: Appearance, line, disc) -> None:
+        """Head ops, drawn last: skin sphere, a lit cap towards the light, then hair (or a cap) seen from the camera's side."""
         disc(D_HEAD, SKIN, LV_HEAD)
         if self.disc_px[i, D_HEAD] >= 3:
             disc(D_HEAD_HI, SKIN, LV_HEAD_HI)
@@ -493,7 +566,6 @@ class FigureBatch:
             disc(D_CROP if app.hair_style == 2 else D_HAIR, HAIR, LV_HEAD)
             if self.away[i]:
                 disc(D_HEAD_BACK, HAIR, LV_HEAD)
-        return out
 
     def _pattern(self, i: int, out: list, depth: float) -> None:
         """Stripes, a chest print or an open jacket on the torso side facing the camera most."""
@@ -507,7 +579,7 @@ class FigureBatch:
         face = self.uv[i, TORSO + BOX_FACES[best]]
         b0, b1, t1, t0 = face
         hpx = float(np.linalg.norm((t0 + t1) / 2 - (b0 + b1) / 2))
-        col = self.colors[i][TOP2][LV_BASE]
+        col = self.colors[i, TOP2, LV_BASE].tolist()
         if app.top_pattern == 1 and hpx >= 8:
             for fr in (0.2, 0.45, 0.7):
                 p, r = (b0 + (t0 - b0) * fr) * _ONE, (b1 + (t1 - b1) * fr) * _ONE
@@ -537,7 +609,7 @@ class FigureBatch:
         cv2.fillConvexPoly(ids, cv2.convexHull(q[TORSO:TORSO + 8]), body, lt, SHIFT)
         for k in (LEG_L, LEG_R):
             a, b = q[_LA[k]], q[_LB[k]]
-            cv2.line(ids, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), body, max(1, int(round(self.limb_px[i, k]))), lt, SHIFT)
+            cv2.line(ids, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), body, self.lw[i][k], lt, SHIFT)
         c = self.uv[i, HEAD]
         r = float(self.head_diam_px[i]) / 2
         cq = q[HEAD]

@@ -20,12 +20,17 @@ import cv2
 import numpy as np
 
 from . import distractors as dx
-from .buildings import Facade, facade_hits, sample_walls
+from . import furniture as fu
+from .buildings import Facade, facade_hits, make_facade, sample_walls
 from .camera import Camera, sample_camera
 from .effects import EffectParams, sample_effects
+from .facades import shade_facade
 from .ground import GroundLayout, sample_layout
 from .styles import Look, Style, get_style, sample_look
-from .textures import noise, noise_texture, shade_ceiling, shade_facade, sky_color
+from .textures import noise, noise_texture, shade_ceiling, sky_color
+from .tribune import Stand, shade_stand, stand_hits, stand_normal
+
+MIN_HEAD_PX = 1.0  # a head smaller than a pixel is no countable person: never placed, never labelled
 
 # -- the scene ------------------------------------------------------------------------
 
@@ -57,6 +62,9 @@ class Scene:
     region: Region
     ceiling_m: float | None = None  # indoors: height of the ceiling
     offscreen_shade: float = 0.0  # fraction of the ground in the shade of things outside the frame
+    stands: list[Stand] = dataclasses.field(default_factory=list)  # tribunes people sit on
+    kind: str = "street"  # the scene kind that built it (kinds.KINDS)
+    min_head_px: float = MIN_HEAD_PX  # nobody whose head would be smaller is placed
 
     @property
     def width(self) -> int:
@@ -82,8 +90,8 @@ class Scene:
         return self.layout.crowd_weight(np.asarray(x, np.float64), np.asarray(y, np.float64)) * self.walkable(x, y)
 
 
-def _visible_region(cam: Camera) -> Region:
-    """Ground box that holds everyone whose head can be in the frame (plus a crowd-depth limit)."""
+def _visible_region(cam: Camera, min_head_px: float = MIN_HEAD_PX) -> Region:
+    """Ground box that holds everyone whose head can be in the frame and at least min_head_px wide."""
     W, H = cam.width, cam.height
     # rows from 60 % below the frame (feet out, head in) up to the top row
     rows = np.linspace(H * 1.6, 0, 48)
@@ -92,8 +100,9 @@ def _visible_region(cam: Camera) -> Region:
     g = cam.pixel_to_ground(np.column_stack([uu.ravel(), vv.ravel()]))
     ok = np.isfinite(g).all(1) & (g[:, 1] > 0.3)
     g = g[ok]
-    # people smaller than ~6 px are not drawn as people, keep the crowd nearer than that
-    min_px = max(6.0, 0.012 * H)
+    # heads under min_head_px are no countable people (and under ~1.2 % of the frame height they are
+    # crowd texture, not figures): keep the crowd nearer than that
+    min_px = max(min_head_px * 1.7 / 0.22, 0.012 * H)
     hpx = cam.person_height_px(g)
     g = g[hpx >= min_px]
     if len(g) == 0:
@@ -112,11 +121,19 @@ def sample_scene(rng: np.random.Generator, width: int, height: int, style: str |
 
 
 def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, with_distractors: bool = True,
-                with_buildings: bool = True) -> Scene:
-    """A scene for a given camera (used by tests and by callers with a known calibration)."""
+                with_buildings: bool = True, min_head_px: float = MIN_HEAD_PX, thin_out: bool = True,
+                kind: str = "street", walls_behind: bool = False, shops_at_m: float | None = None,
+                max_ground_m: float = 400.0) -> Scene:
+    """A scene for a given camera (used by tests and by callers with a known calibration).
+
+    ``thin_out`` lets the crowd region sometimes end before the far end of the view (street scenes);
+    packed crowds fill the view to the smallest countable head instead, with any walls behind them
+    (``walls_behind``) and no farther than ``max_ground_m``. ``shops_at_m`` puts a row of shop fronts that
+    far ahead, facing the camera."""
     style = get_style(style)
     look = sample_look(rng, style)
-    region = _visible_region(camera)
+    region = _visible_region(camera, min_head_px)
+    region.y1 = max(region.y0 + 1.0, min(region.y1, max_ground_m))
     mid = camera.pixel_to_ground(np.array([[camera.cx, camera.cy]]))[0]
     if not np.isfinite(mid).all():
         mid = np.array([0.0, (region.y0 + region.y1) / 2])
@@ -125,16 +142,19 @@ def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, wi
 
     facades: list[Facade] = []
     ceiling = None
-    if with_buildings:
-        facades, ceiling = sample_walls(rng, camera, style, look, region.y0, region.y1,
-                                        max(abs(region.x0), abs(region.x1)), angle)
-        # the crowd stays in front of the walls
-        for f in facades:
-            far = f.signed_distance(np.array([0.0]), np.array([region.y1]))[0]
-            if far < 0:
-                region.y1 = max(region.y0 + 1.0, region.y1 + far)
+    if shops_at_m is not None:
+        lit = float(rng.uniform(0.2, 0.6)) if look.lamps_on else 0.0
+        facades = [make_facade(rng, np.array([0.0, shops_at_m]), float(rng.normal(0.0, 0.2)), 300.0, (8.0, 25.0), (5.0, 16.0), lit)]
+    elif with_buildings:
+        near, far = (region.y1, region.y1 + 0.1 * (region.y1 - region.y0)) if walls_behind else (region.y0, region.y1)
+        facades, ceiling = sample_walls(rng, camera, style, look, near, far, max(abs(region.x0), abs(region.x1)), angle)
+    # the crowd stays in front of the walls
+    for f in facades:
+        far = f.signed_distance(np.array([0.0]), np.array([region.y1]))[0]
+        if far < 0:
+            region.y1 = max(region.y0 + 1.0, region.y1 + far)
     # sometimes the crowd thins out before the far end of the view
-    if rng.random() < 0.3:
+    if thin_out and rng.random() < 0.3:
         region.y1 = region.y0 + (region.y1 - region.y0) * rng.uniform(0.5, 1.0)
     # fog thins out the far crowd but must not erase it: labelled heads stay discernible (transmittance >= ~0.15)
     min_fog = 0.5 * math.hypot(region.y1, camera.height_m)
@@ -143,13 +163,18 @@ def build_scene(rng: np.random.Generator, camera: Camera, style: str | Style, wi
 
     scene = Scene(camera, style, look, layout, facades, [], np.zeros((camera.height, camera.width, 3), np.uint8),
                   np.zeros((camera.height, camera.width), np.float32), [], sample_effects(rng, style, camera.width, camera.height),
-                  region, ceiling)
+                  region, ceiling, kind=kind, min_head_px=min_head_px)
     if with_distractors:
         # objects right in front of the lens (a canopy filling the frame) are dropped
         kept = [(o, dx.make_sprite(o, camera, look)) for o in _place_distractors(rng, scene)]
         scene.distractors = [o for o, s in kept if s is not None]
         scene.sprites = [s for _, s in kept if s is not None]
-    if style.outdoor and look.shadow_strength > 0.1 and rng.random() < 0.5:
+    return finish_scene(rng, scene)
+
+
+def finish_scene(rng: np.random.Generator, scene: Scene) -> Scene:
+    """Light and ray cast a scene whose camera, surfaces and objects are set: its cached static layer."""
+    if scene.style.outdoor and scene.look.shadow_strength > 0.1 and rng.random() < 0.5:
         scene.offscreen_shade = float(rng.uniform(0.1, 0.45))
     scene.background, scene.ground_mask = render_background(scene, int(rng.integers(0, 1 << 30)))
     _bake_object_shadows(scene)
@@ -201,13 +226,20 @@ def _cast(scene: Scene, cam: Camera, seed: int) -> tuple[np.ndarray, np.ndarray,
     f = cam.focal_px
     with np.errstate(divide="ignore", invalid="ignore"):
         t_best = np.where(d[:, 2] < -1e-6, C[2] / -d[:, 2], np.inf)
-    surf = np.where(np.isfinite(t_best), 0, -1).astype(np.int32)  # 0 ground, -1 sky, -2 ceiling, k>0 facade k-1
+    # 0 ground, -1 sky, -2 ceiling, k > 0 facade k - 1, STAND - k stand k
+    surf = np.where(np.isfinite(t_best), 0, -1).astype(np.int32)
     hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for k, fac in enumerate(scene.facades):
         t, hit, inside = facade_hits(fac, C, d, t_best)
         t_best = np.where(inside, t, t_best)
         surf[inside] = k + 1
         hits.append(hit)
+    stand_hit = []
+    for k, st in enumerate(scene.stands):
+        t, hit, inside = stand_hits(st, C, d, t_best)
+        t_best = np.where(inside, t, t_best)
+        surf[inside] = _STAND - k
+        stand_hit.append(hit)
     if scene.ceiling_m is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             tc = np.where(d[:, 2] > 1e-6, (scene.ceiling_m - C[2]) / d[:, 2], np.inf)
@@ -259,6 +291,10 @@ def _cast(scene: Scene, cam: Camera, seed: int) -> tuple[np.ndarray, np.ndarray,
             col[m] = _thermal(alb, 0.2, 0.2) + emis * 0.15
         else:
             col[m] = alb * look.light(normal3).astype(np.float32) + emis
+    for k, st in enumerate(scene.stands):
+        m = surf == _STAND - k
+        if m.any():
+            col[m] = _shade_stand(scene, st, stand_hit[k], m, d[m], t_best[m], f)
     # ceiling
     m = surf == -2
     if m.any():
@@ -279,10 +315,30 @@ def _cast(scene: Scene, cam: Camera, seed: int) -> tuple[np.ndarray, np.ndarray,
         col[~solid] = col[~solid] * 0.3 + look.fog_rgb.astype(np.float32) * 0.7
     amp = np.zeros(n, np.float32)
     amp[g] = g_amp
-    amp[surf > 0] = 0.04
+    amp[(surf > 0) | (surf <= _STAND)] = 0.04
     amp[surf == -2] = 0.02
     amp[solid] *= tr[:, 0]
     return col.reshape(H, W, 3), (surf == 0).astype(np.float32).reshape(H, W), amp.reshape(H, W)
+
+
+_STAND = -10  # surface code of the first stand in _cast
+
+
+def _shade_stand(scene: Scene, st: Stand, hit, m: np.ndarray, d: np.ndarray, t: np.ndarray, f: float) -> np.ndarray:
+    """Lit colour of the stand points m (rays d at distances t)."""
+    u, c, sf = (h[m] for h in hit)
+    normals = np.stack([stand_normal(st, k) for k in range(3)])[sf]
+    nd = np.abs((d * normals).sum(1))
+    fp = (t / (f * np.sqrt(np.maximum(nd, 1e-3)))).astype(np.float32)
+    alb = shade_stand(st, u, c, sf, fp)
+    if scene.look.style.thermal:
+        return _thermal(alb, 0.2, 0.2)
+    out = np.empty_like(alb)
+    for k in range(3):
+        sel = sf == k
+        if sel.any():
+            out[sel] = alb[sel] * scene.look.light(stand_normal(st, k)).astype(np.float32)
+    return out
 
 
 def _thermal(alb: np.ndarray, base: float, gain: float) -> np.ndarray:
@@ -390,6 +446,26 @@ def sample_ground_by_pixel(rng: np.random.Generator, scene: Scene, k: int, heigh
     return np.concatenate(out)[:k] if out else np.zeros((0, 2))
 
 
+def _place_furniture(rng: np.random.Generator, scene: Scene, yaw: float, scatter, row, near_wall) -> None:
+    """Bikes in racks, café tables, boards and shrubs by the shops, hedges and cones (furniture.py)."""
+    kind = scene.layout.kind
+    near_wall(int(rng.integers(0, 4)), lambda x, y: fu.make_aframe(rng, x, y, yaw + rng.uniform(-1.0, 1.0)))
+    near_wall(int(rng.integers(0, 3)), lambda x, y: fu.make_topiary(rng, x, y))
+    if rng.random() < 0.15:
+        scatter(int(rng.integers(2, 7)), lambda x, y: fu.make_cone(rng, x, y))
+    if not scene.style.outdoor:
+        return
+    if rng.random() < 0.35:
+        scatter(int(rng.integers(1, 3)), lambda x, y: fu.make_bike_rack(rng, x, y, yaw, int(rng.integers(3, 11))))
+    if kind in ("plaza", "pedestrian") and rng.random() < 0.3:
+        sp = rng.uniform(2.8, 3.6)
+        c_line = float(rng.uniform(-10, 10))
+        for k in range(int(rng.integers(1, 3))):
+            row(c_line + k * sp, sp, lambda x, y: fu.make_parasol(rng, x, y, yaw), 0.1)
+    if kind in ("park", "plaza") and rng.random() < 0.4:
+        row(float(rng.uniform(-12, 12)), rng.uniform(6.0, 12.0), lambda x, y: fu.make_hedge(rng, x, y, yaw), 0.5)
+
+
 def _place_distractors(rng: np.random.Generator, scene: Scene) -> list[dx.Distractor]:
     cam, look, lay = scene.camera, scene.look, scene.layout
     r = scene.region
@@ -428,7 +504,18 @@ def _place_distractors(rng: np.random.Generator, scene: Scene) -> list[dx.Distra
             if dep[0] > 0.5 and -margin <= uv[0, 0] < cam.width + margin and -margin <= uv[0, 1] < cam.height + margin:
                 add(make(float(x), float(y)))
 
+    def near_wall(n: int, make) -> None:
+        # in front of a building, where shops put their boards and shrubs
+        pts = sample_ground_in_view(rng, scene, 40 * n, margin, 0.0, box)
+        for f in scene.facades:
+            if not len(pts):
+                return
+            d = f.signed_distance(pts[:, 0], pts[:, 1])
+            for x, y in pts[(d > 1.0) & (d < 3.5)][:n]:
+                add(make(float(x), float(y)))
+
     yaw_street = lay.angle
+    _place_furniture(rng, scene, yaw_street, scatter, row, near_wall)
     if not scene.style.outdoor:
         if rng.random() < 0.6:
             sp = rng.uniform(6.0, 11.0)

@@ -67,7 +67,7 @@ def coverage(dist_inside: np.ndarray, fp: np.ndarray) -> np.ndarray:
     return np.clip(dist_inside / np.maximum(fp, 1e-6) + 0.5, 0.0, 1.0)
 
 
-def _mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+def mix(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
     return a + (b - a) * t[:, None]
 
 
@@ -205,19 +205,19 @@ def shade_ground(mat: GroundMaterial, u: np.ndarray, v: np.ndarray, fp: np.ndarr
         col = mat.colors[idx] * (1.0 + mat.tile_jitter * (hash2(i, j, mat.seed + 7)[:, None] - 0.5) * 2.0)
         if mat.accent is not None:
             band = np.abs(np.mod(rv, mat.accent_period) - mat.accent_period / 2) - (mat.accent_period / 2 - mat.accent_width)
-            col = _mix(col, np.broadcast_to(mat.accent, col.shape), coverage(band, fp))
+            col = mix(col, np.broadcast_to(mat.accent, col.shape), coverage(band, fp))
         # far away the individual tiles blur into their mean colour
         w_far = np.clip((fp / min(a, b) - 0.25) / 0.75, 0.0, 1.0)
-        col = _mix(col, np.broadcast_to(mat.mean_color, col.shape), w_far)
+        col = mix(col, np.broadcast_to(mat.mean_color, col.shape), w_far)
         edge = np.minimum(np.minimum(fu, a - fu), np.minimum(fv, b - fv))
         joint = coverage(mat.joint_m / 2 - edge, fp)
         joint = joint * (1 - w_far) + w_far * np.float32(mat.joint_m * (1 / a + 1 / b))
-        col = _mix(col, np.broadcast_to(mat.joint_color, col.shape), joint)
+        col = mix(col, np.broadcast_to(mat.joint_color, col.shape), joint)
     elif mat.kind == "grass":
         base = np.broadcast_to(mat.colors[0], (n, 3))
         stripes = np.sin(np.pi * _rotate(u, v, mat.angle)[0] / mat.tile[0]) * 0.06 / (1 + fp * 2)
         yellow = np.array([0.42, 0.42, 0.18], np.float32)
-        col = _mix(base, np.broadcast_to(yellow, (n, 3)), np.clip(blotch * 1.5 + 0.2, 0, 1)) * (1 + stripes)[:, None]
+        col = mix(base, np.broadcast_to(yellow, (n, 3)), np.clip(blotch * 1.5 + 0.2, 0, 1)) * (1 + stripes)[:, None]
         blotch = blotch * 0.3
     else:
         col = np.broadcast_to(mat.colors[0], (n, 3)).copy()
@@ -245,124 +245,14 @@ def ground_spots(u: np.ndarray, v: np.ndarray, fp: np.ndarray, seed: int, densit
     return cov.astype(np.float32), tone.astype(np.float32)
 
 
-# -- facades ------------------------------------------------------------------------
-
-_WALL_COLORS = np.array(
-    [(0.78, 0.76, 0.72), (0.7, 0.66, 0.6), (0.6, 0.42, 0.35), (0.85, 0.84, 0.8), (0.5, 0.52, 0.55),
-     (0.72, 0.62, 0.48), (0.45, 0.45, 0.47), (0.88, 0.8, 0.68), (0.62, 0.66, 0.7)],
-    dtype=np.float32,
-)
-_SIGN_COLORS = np.array(
+SIGN_COLORS = np.array(
     [(0.85, 0.15, 0.12), (0.95, 0.8, 0.2), (0.15, 0.35, 0.75), (0.95, 0.95, 0.95), (0.1, 0.55, 0.35),
      (0.9, 0.45, 0.1), (0.2, 0.2, 0.22)],
     dtype=np.float32,
 )
 
 
-@dataclass(frozen=True, eq=False)
-class FacadeBlocks:
-    """A row of buildings along one vertical plane; per-block arrays indexed by block number."""
-
-    edges: np.ndarray  # (B+1,) along-plane block boundaries in metres
-    heights: np.ndarray  # (B,)
-    wall: np.ndarray  # (B, 3)
-    window_w: np.ndarray
-    window_h: np.ndarray
-    bay: np.ndarray  # horizontal window spacing
-    floor_h: np.ndarray
-    ground_h: np.ndarray  # shop-front storey height
-    sign: np.ndarray  # (B, 3)
-    lit: float  # fraction of windows lit (dusk, night)
-    seed: int
-    interior: bool = False
-
-
-def sample_facade_blocks(rng: np.random.Generator, length: float, height_range: tuple[float, float],
-                         block_range: tuple[float, float], lit: float, interior: bool = False) -> FacadeBlocks:
-    widths = []
-    total = 0.0
-    while total < length:
-        w = float(rng.uniform(*block_range))
-        widths.append(w)
-        total += w
-    b = len(widths)
-    edges = np.concatenate([[0.0], np.cumsum(widths)]) - (total - length) / 2
-    floor_h = rng.uniform(2.9, 3.8, b)
-    return FacadeBlocks(
-        edges=edges,
-        heights=rng.uniform(*height_range, b),
-        wall=np.clip(_WALL_COLORS[rng.integers(len(_WALL_COLORS), size=b)] * rng.uniform(0.85, 1.1, (b, 1)), 0, 1),
-        window_w=rng.uniform(0.8, 2.2, b),
-        window_h=floor_h * rng.uniform(0.4, 0.7, b),
-        bay=rng.uniform(2.0, 4.0, b),
-        floor_h=floor_h,
-        ground_h=rng.uniform(3.5, 5.0, b),
-        sign=_SIGN_COLORS[rng.integers(len(_SIGN_COLORS), size=b)],
-        lit=lit,
-        seed=int(rng.integers(0, 1 << 30)),
-        interior=interior,
-    )
-
-
-def shade_facade(fb: FacadeBlocks, blk: np.ndarray, s: np.ndarray, z: np.ndarray, fp: np.ndarray,
-                 sky_rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(albedo (N, 3), emission (N, 3)) of facade points; blk is each point's block index."""
-    fp = fp.astype(np.float32)
-    wall = fb.wall[blk] * (1.0 + noise(s, z, fp, 1.5, fb.seed, 2.0) * 0.04 + noise(s, z, fp, 0.08, fb.seed + 1, 1.0) * 0.05)[:, None]
-    emis = np.zeros_like(wall)
-    gh = fb.ground_h[blk]
-    upper = z >= gh
-    # upper storeys: a grid of windows
-    fh = fb.floor_h[blk]
-    zz = z - gh
-    fz = np.mod(zz, fh)
-    bay = fb.bay[blk]
-    ww = fb.window_w[blk]
-    wh = fb.window_h[blk]
-    fs = np.mod(s - fb.edges[blk], bay)
-    dx = ww / 2 - np.abs(fs - bay / 2)
-    sill = (fh - wh) * 0.55
-    dz = wh / 2 - np.abs(fz - (sill + wh / 2))
-    win = coverage(np.minimum(dx, dz), fp) * upper
-    w_far = np.clip((fp / np.minimum(bay, fh) - 0.3) / 0.7, 0, 1)
-    win = win * (1 - w_far) + w_far * upper * (ww * wh / (bay * fh))
-    cell_i = np.floor((s - fb.edges[blk]) / bay)
-    cell_j = np.floor(zz / fh)
-    h = hash2(cell_i, cell_j, fb.seed)
-    glass = np.array([0.12, 0.15, 0.19], np.float32) * (0.7 + 0.8 * h[:, None]) + sky_rgb.astype(np.float32) * 0.25
-    wall = _mix(wall, glass, win.astype(np.float32))
-    if fb.lit > 0:
-        lit = (hash2(cell_i, cell_j, fb.seed + 3) < fb.lit).astype(np.float32) * win
-        emis = emis + lit[:, None] * np.array([1.0, 0.8, 0.45], np.float32) * 0.8
-    # ground storey: shop fronts with a sign band
-    ground = ~upper
-    sign_band = coverage(np.minimum(z - (gh - 1.0), (gh - 0.25) - z), fp) * ground
-    shop_glass = coverage(np.minimum(z - 0.15, (gh - 1.2) - z), fp) * ground
-    piers = np.abs(np.mod(s - fb.edges[blk], 3.0 + bay) - 0.25)
-    shop_glass = shop_glass * coverage(piers - 0.3, fp)
-    interior = np.array([0.18, 0.16, 0.15], np.float32) * (1 + noise(s, z, fp, 0.5, fb.seed + 4, 2.0) * 0.3)[:, None]
-    wall = _mix(wall, interior, shop_glass.astype(np.float32))
-    wall = _mix(wall, fb.sign[blk], sign_band.astype(np.float32))
-    wall = _mix(wall, _ink(fb.sign[blk]), (sign_band * lettering(s, z, gh - 1.0, gh - 0.25, fp, fb.seed + 7)).astype(np.float32))
-    # some window bays carry banners and billboards instead: saturated colour and lettering
-    panel_p = 0.35 * hash2(blk, np.zeros_like(blk), fb.seed + 6) ** 2
-    panel = win * (hash2(cell_i, cell_j, fb.seed + 5) < panel_p)
-    if panel.any():
-        colour = _SIGN_COLORS[(hash2(cell_i, cell_j, fb.seed + 8) * len(_SIGN_COLORS)).astype(np.int64)]
-        z0 = gh + cell_j * fh + sill
-        text = lettering(s, z, z0 + 0.1 * wh, z0 + 0.9 * wh, fp, fb.seed + 9, char_h=0.3)
-        wall = _mix(wall, _mix(colour, _ink(colour), text.astype(np.float32)), panel.astype(np.float32))
-    if fb.lit > 0 or fb.interior:
-        glow = 0.5 if fb.interior else fb.lit
-        emis = emis + (shop_glass * glow)[:, None] * np.array([1.0, 0.9, 0.7], np.float32) * 0.6
-    # dark band under the roof line
-    top = fb.heights[blk]
-    parapet = coverage(z - (top - 0.4), fp)
-    wall = wall * (1 - 0.3 * parapet)[:, None]
-    return np.clip(wall, 0, 1).astype(np.float32), emis.astype(np.float32)
-
-
-def _ink(colour: np.ndarray) -> np.ndarray:
+def sign_ink(colour: np.ndarray) -> np.ndarray:
     """Lettering colour that reads on a sign: white on dark signs, near black on light ones."""
     light = (colour @ np.array([0.3, 0.59, 0.11], np.float32)) > 0.5
     return np.where(light[:, None], np.float32(0.08), np.float32(0.95)).astype(np.float32)
@@ -417,5 +307,5 @@ def sky_color(d: np.ndarray, zenith: np.ndarray, horizon: np.ndarray, cloudiness
         c = noise(cu, cv, fp, 400.0, seed, 4.0) + 0.5 * noise(cu, cv, fp, 120.0, seed + 1, 3.0)
         amount = np.clip((c - (1.2 - 1.6 * cloudiness)) * 0.8, 0, 1) * np.clip(e * 8, 0, 1)
         white = np.maximum(horizon.astype(np.float32), 0.6 * zenith.astype(np.float32) + 0.35)
-        col = _mix(col, np.broadcast_to(white, col.shape), amount.astype(np.float32))
+        col = mix(col, np.broadcast_to(white, col.shape), amount.astype(np.float32))
     return col.astype(np.float32)

@@ -5,10 +5,13 @@ Layout of an output directory::
     images/IMG_<i>.jpg                 i = 1..n
     ground-truth/GT_IMG_<i>.mat        ShanghaiTech: image_info{1x1} -> struct(location (N,2), number, head_size (N,))
     labels/IMG_<i>.json                {"image", "width", "height", "points", "head_sizes", "style", "camera"}
-    meta.json                          generation parameters and per-image style and count
+    meta.json                          generation parameters and per-image style, scene kind, emptiness and count
 
-Image i is rendered from a seed derived from (seed, i) alone, so a dataset is
-identical whatever the number of workers.
+Image i is rendered from a seed derived from (seed, i) alone, and its style,
+scene kind and emptiness are drawn from (seed, i) too, so a dataset is
+identical whatever the number of workers. A request the renderer cannot
+satisfy (a count no view of the size holds, more images than the disk has
+room for) is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import cv2
 import numpy as np
 import scipy.io
 
+from .kinds import KINDS, LIMIT_RULES, max_people
 from .render import RENDERER_VERSION, Render, render_sample
 from .styles import STYLES
 
 FORMATS = ("shanghaitech", "json")
 _OUTPUTS = ("images", "ground-truth", "labels", "meta.json")
+EMPTY_SHARE = 0.1  # default share of images without people: backgrounds the model must learn to count as 0
+MAX_IMAGES = 1_000_000  # one command's bound; larger sets are several commands with other seeds
 
 
 def image_seed(seed: int, i: int) -> int:
@@ -36,10 +42,23 @@ def image_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(i)]).generate_state(1, np.uint64)[0])
 
 
+def _draw(seed: int, i: int, salt: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(i), salt]).generate_state(1, np.uint32)[0])
+
+
 def image_style(seed: int, i: int, styles: Sequence[str]) -> str:
     """The style of image i: drawn from `styles` by (seed, i), so it too is independent of workers."""
-    k = int(np.random.SeedSequence([int(seed), int(i), 1]).generate_state(1, np.uint32)[0])
-    return styles[k % len(styles)]
+    return styles[_draw(seed, i, 1) % len(styles)]
+
+
+def image_kind(seed: int, i: int, kinds: Sequence[str]) -> str:
+    """The scene kind of image i, drawn from `kinds` by (seed, i)."""
+    return kinds[_draw(seed, i, 2) % len(kinds)]
+
+
+def image_empty(seed: int, i: int, share: float) -> bool:
+    """Whether image i is rendered without people: true for a `share` of the images, drawn by (seed, i)."""
+    return _draw(seed, i, 3) < share * 2.0**32
 
 
 # -- label files ------------------------------------------------------------------------
@@ -96,10 +115,12 @@ class _Job:
     count_range: tuple[int, int]
     formats: tuple[str, ...]
     jpeg_quality: int
+    kind: str = "street"
+    empty: bool = False
 
 
 def _write_one(job: _Job) -> tuple[int, str, int]:
-    r = render_sample(job.seed, job.width, job.height, job.style, job.count_range)
+    r = render_sample(job.seed, job.width, job.height, job.style, job.count_range, job.kind, job.empty)
     out = Path(job.out)
     name = f"IMG_{job.i}.jpg"
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(r.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, job.jpeg_quality])
@@ -118,9 +139,10 @@ def _init_worker() -> None:
 
 
 def _check(n: int, width: int, height: int, styles: Sequence[str], count_range: tuple[int, int],
-           formats: Iterable[str], workers: int) -> tuple[list[str], tuple[str, ...]]:
-    if n < 0:
-        raise ValueError(f"n must be >= 0, found {n}")
+           formats: Iterable[str], workers: int, kinds: Sequence[str] = ("street",),
+           empty: float = EMPTY_SHARE) -> tuple[list[str], tuple[str, ...], list[str]]:
+    if n < 0 or n > MAX_IMAGES:
+        raise ValueError(f"n must be between 0 and {MAX_IMAGES:,}, found {n}")
     if width < 32 or height < 32 or width > 8192 or height > 8192:
         raise ValueError(f"image size must be between 32 and 8192 pixels a side, found {width}x{height}")
     styles = list(styles)
@@ -129,24 +151,61 @@ def _check(n: int, width: int, height: int, styles: Sequence[str], count_range: 
     unknown = [s for s in styles if s not in STYLES]
     if unknown:
         raise ValueError(f"unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
+    kinds = list(kinds)
+    bad_kinds = [k for k in kinds if k not in KINDS]
+    if not kinds or bad_kinds:
+        raise ValueError(f"scene kind(s) must be among {', '.join(KINDS)}, found {', '.join(kinds) or 'none'}")
+    if not 0.0 <= empty <= 1.0:
+        raise ValueError(f"empty share must be between 0 and 1, found {empty}")
     lo, hi = count_range
     if lo < 0 or hi < lo:
         raise ValueError(f"count range must satisfy 0 <= lo <= hi, found {lo}:{hi}")
+    check_count(kinds, styles, width, height, hi)
     fmts = tuple(dict.fromkeys(formats))
     bad = [f for f in fmts if f not in FORMATS]
     if bad or not fmts:
         raise ValueError(f"format(s) must be among {', '.join(FORMATS)}, found {', '.join(fmts) or 'none'}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, found {workers}")
-    return styles, fmts
+    return styles, fmts, kinds
+
+
+def check_count(kinds: Sequence[str], styles: Sequence[str], width: int, height: int, hi: int) -> None:
+    """Refuse a count that some requested kind of scene cannot show at this size (kinds.max_people)."""
+    if hi <= 0:
+        return
+    outdoor = {STYLES[s].outdoor for s in styles}
+    for kind in dict.fromkeys(kinds):
+        most = min(max_people(kind, width, height, o) for o in outdoor)
+        if hi > most:
+            raise ValueError(f"count up to {hi} is more people than a {width}x{height} {kind} view holds "
+                             f"(at most {most}: {LIMIT_RULES[kind]}); lower the count or raise the image size")
+
+
+def estimate_bytes(n: int, width: int, height: int, hi: int, formats: Sequence[str]) -> int:
+    """A generous size of a dataset on disk: JPEG at quality 95 of noisy renders (under 0.6 bytes a
+    pixel) and about 30 bytes a head per label format."""
+    return int(n * (0.6 * width * height + 30 * hi * len(formats) + 2048))
+
+
+def _check_disk(out: Path, need: int) -> None:
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ValueError(f"the dataset needs about {need / 1e9:.1f} GB and {probe} has {free / 1e9:.1f} GB free; "
+                         "lower n or the image size, or write elsewhere")
 
 
 def write_dataset(out_dir: str | Path, n: int, seed: int, width: int, height: int, styles: Sequence[str],
                   count_range: tuple[int, int], formats: Sequence[str] = ("shanghaitech", "json"), workers: int = 1,
-                  progress: bool = True, overwrite: bool = False, jpeg_quality: int = 95) -> dict:
-    """Render n labelled images into out_dir; returns the meta dict also written to meta.json."""
-    styles, fmts = _check(n, width, height, styles, count_range, formats, workers)
+                  progress: bool = True, overwrite: bool = False, jpeg_quality: int = 95,
+                  kinds: Sequence[str] = ("street",), empty: float = EMPTY_SHARE) -> dict:
+    """Render n labelled images into out_dir; returns the meta dict also written to meta.json.
+
+    Each image shows a scene kind drawn from `kinds`; a share `empty` of them shows nobody."""
+    styles, fmts, kinds = _check(n, width, height, styles, count_range, formats, workers, kinds, empty)
     out = Path(out_dir)
+    _check_disk(out, estimate_bytes(n, width, height, count_range[1], fmts))
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output path {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
@@ -165,8 +224,8 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, width: int, height: in
         (out / "labels").mkdir(exist_ok=True)
 
     cr = (int(count_range[0]), int(count_range[1]))
-    jobs = [_Job(str(out), i, image_seed(seed, i), width, height, image_style(seed, i, styles), cr, fmts, jpeg_quality)
-            for i in range(1, n + 1)]
+    jobs = [_Job(str(out), i, image_seed(seed, i), width, height, image_style(seed, i, styles), cr, fmts, jpeg_quality,
+                 image_kind(seed, i, kinds), image_empty(seed, i, empty)) for i in range(1, n + 1)]
     results: dict[int, tuple[str, int]] = {}
     bar = None
     if progress:
@@ -203,11 +262,15 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, width: int, height: in
         "height": int(height),
         "size": f"{width}x{height}",
         "styles": styles,
+        "scenes": kinds,
+        "empty_share": float(empty),
         "count_range": list(cr),
         "formats": list(fmts),
         "image_seed": "numpy SeedSequence([seed, i]).generate_state(1, uint64)",
         "total_heads": int(sum(counts)),
-        "images": [{"image": f"IMG_{i}.jpg", "style": results[i][0], "count": results[i][1]} for i in range(1, n + 1)],
+        "empty_images": sum(j.empty for j in jobs),
+        "images": [{"image": f"IMG_{j.i}.jpg", "style": results[j.i][0], "scene": j.kind, "empty": j.empty,
+                    "count": results[j.i][1]} for j in jobs],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return meta
@@ -217,21 +280,23 @@ def write_dataset(out_dir: str | Path, n: int, seed: int, width: int, height: in
 
 
 def contact_sheet(seed: int, width: int, height: int, styles: Sequence[str], count_range: tuple[int, int],
-                  k: int = 16, cols: int = 4, thumb_scale: float = 0.5, points: bool = False) -> np.ndarray:
-    """A grid (RGB uint8) of the first k images of the dataset (seed, ...), captioned with style and count."""
+                  k: int = 16, cols: int = 4, thumb_scale: float = 0.5, points: bool = False,
+                  kinds: Sequence[str] = ("street",), empty: float = EMPTY_SHARE) -> np.ndarray:
+    """A grid (RGB uint8) of the first k images of the dataset (seed, ...), captioned with kind, style and count."""
     tw, th = max(1, int(round(width * thumb_scale))), max(1, int(round(height * thumb_scale)))
     rows = -(-k // cols)
     sheet = np.full((rows * th, cols * tw, 3), 255, np.uint8)
     for j in range(k):
         i = j + 1
         style = image_style(seed, i, list(styles))
-        r = render_sample(image_seed(seed, i), width, height, style, count_range)
+        kind = image_kind(seed, i, list(kinds))
+        r = render_sample(image_seed(seed, i), width, height, style, count_range, kind, image_empty(seed, i, empty))
         im = r.image.copy()
         if points:
             for (x, y), s in zip(r.points, r.head_sizes):
                 cv2.circle(im, (int(round(x)), int(round(y))), max(2, int(s / 2)), (255, 40, 40), 1, cv2.LINE_AA)
         im = cv2.resize(im, (tw, th), interpolation=cv2.INTER_AREA)
-        text = f"{style}  {r.count}"
+        text = f"{kind} {style}  {r.count}"
         cv2.putText(im, text, (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(im, text, (5, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
         y, x = (j // cols) * th, (j % cols) * tw

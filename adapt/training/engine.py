@@ -190,6 +190,7 @@ def make_optimizer(model: CrowdCounter, lr: float, encoder_lr_mult: float, weigh
 def render_if_missing(
     out: Path, n: int, seed: int = 0, width: int = 640, height: int = 480, styles: list[str] | tuple[str, ...] = ("day",),
     count_range: tuple[int, int] = (0, 300), workers: int = 2, rerender_stale: bool = False,
+    scenes: list[str] | tuple[str, ...] = ("street",), empty: float | None = None,
 ) -> Path:
     """Render a labelled synthetic set into ``out`` unless one is there already; returns ``out``.
 
@@ -199,7 +200,7 @@ def render_if_missing(
     labelled set (another generator, no version) is used as it is.
     """
     from adapt.synth.render import RENDERER_VERSION
-    from adapt.synth.writers import write_dataset
+    from adapt.synth.writers import EMPTY_SHARE, write_dataset
 
     out = Path(out)
     meta = out / "meta.json"
@@ -216,6 +217,6 @@ def render_if_missing(
     print(f"rendering {n} labelled synthetic images into {out} ...", flush=True)
     write_dataset(
         out, n=n, seed=seed, width=width, height=height, styles=list(styles), count_range=tuple(count_range), workers=workers,
-        overwrite=True,
+        overwrite=True, kinds=list(scenes), empty=EMPTY_SHARE if empty is None else float(empty),
     )
     return out

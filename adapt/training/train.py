@@ -161,7 +161,7 @@ def train(cfg: TrainConfig) -> Path:
         render_if_missing(
             Path(spec["out"]), n=int(spec["n"]), seed=int(spec.get("seed", 0)), width=int(spec.get("width", 640)),
             height=int(spec.get("height", 480)), styles=list(spec.get("styles", ["day"])), count_range=tuple(spec.get("count", [0, 300])),
-            workers=int(spec.get("workers", 2)),
+            workers=int(spec.get("workers", 2)), scenes=list(spec.get("scenes", ["street"])), empty=spec.get("empty"),
         )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
