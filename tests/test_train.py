@@ -15,7 +15,7 @@ import torch
 
 from adapt.model.checkpoint import load_checkpoint
 from adapt.training.interrupt import TrainingInterrupted
-from adapt.training.resume import EpochBatchSampler, ResumeError
+from adapt.training.resume import DataKey, EpochBatchSampler, ResumeError, restore_run
 from adapt.training.train import TrainConfig, load_recipe, parse_dataset_spec, read_training_items, train
 from tests.test_adapt import write_shanghaitech
 
@@ -151,6 +151,16 @@ def test_each_epoch_has_its_own_order_fixed_by_seed_and_epoch():
     sampler.set_position(0, start=2)
     assert list(sampler) == epoch0[2:] and len(sampler) == 1
     assert list(EpochBatchSampler(10, 3, seed=0)) == epoch0
+
+
+def test_a_last_pt_from_before_mid_epoch_resume_continues_at_the_next_epoch(tmp_path):
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.AdamW(layer.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    (tmp_path / "history.json").write_text(json.dumps([{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.0}]))
+    old = {"optimizer": optimizer.state_dict(), "epoch": 1, "best": 1.0}  # epoch: the last one finished
+    state = restore_run(old, DataKey(8, 4, 0), optimizer, scaler, tmp_path / "history.json")
+    assert (state.epoch, state.step, state.best, len(state.history)) == (2, 0, 1.0, 2)
 
 
 def test_crowdwatch_train_saves_on_sigterm_to_its_process_group_and_resumes(tiny, tmp_path):

@@ -8,7 +8,7 @@ within an epoch, and on SIGTERM or SIGINT before the run exits; a run started
 again in the same ``out`` resumes from it exactly (adapt/training/resume.py):
 an hour-long epoch on a CPU survives the end of a session.
 
-``--recipe base`` reproduces the shipped base model in one command: it renders
+``--recipe base`` trains a base model with the shipped one's recipe in one command: it renders
 the synthetic dataset if absent, trains, and publishes to the registry.
 """
 
@@ -240,6 +240,7 @@ class Run:
         """One step, all or nothing: until the weights move, an exception (a signal) leaves the model as it was."""
         s = self.state
         buffers = [b.detach().clone() for b in self.model.buffers()]
+        applied = False
         try:
             total = self.cfg.epochs * self.steps
             cosine_lr(self.optimizer, self.base_lrs, s.epoch * self.steps + s.step, total, min(200, total // 10))
@@ -249,16 +250,18 @@ class Run:
                 pred = self.model.forward_train(image)
             loss = density_loss(pred, target, self.model.config.density_scale)
             backward_clipped(self.model, self.optimizer, loss, s.where(self.steps), self.scaler)
+            with self.stop.deferred():  # a signal from here on is raised once the step is applied and counted
+                apply_step(self.optimizer, self.scaler)
+                applied = True
+                s.add_batch(loss.item(), image.shape[0], time.monotonic() - since)
+                if every.due():
+                    self.save_last()
         except BaseException:
-            with torch.no_grad():  # the forward pass moved the BatchNorm statistics
-                for b, saved in zip(self.model.buffers(), buffers):
-                    b.copy_(saved)
+            if not applied:
+                with torch.no_grad():  # the forward pass moved the BatchNorm statistics
+                    for b, saved in zip(self.model.buffers(), buffers):
+                        b.copy_(saved)
             raise
-        with self.stop.deferred():
-            apply_step(self.optimizer, self.scaler)
-            s.add_batch(loss.item(), image.shape[0], time.monotonic() - since)
-            if every.due():
-                self.save_last()
 
     def finish_epoch(self, val_loader: DataLoader | None) -> None:
         s = self.state
