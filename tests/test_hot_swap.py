@@ -108,3 +108,15 @@ def test_a_failing_version_backs_off_and_counts_each_failure(registry, caplog):
     registry.set_current("lobby", "v1")  # the pointer moves on: back to normal at once
     assert pool.refresh(now=200.0) == []
     assert pool._retry == {}
+
+
+def test_cameras_served_by_base_follow_its_rollback(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, perturbed_model(), {"version": "x"})
+    reg = Registry(tmp_path / "models")
+    reg.publish(BASE, {"model.pt": ckpt}, {"parent": None}, "b1")
+    reg.publish(BASE, {"model.pt": ckpt}, {"parent": None}, "b2")
+    pool = ModelPool(reg.root, ["hall"], "torch", ["cpu"], "cpu", poll_s=0)
+    assert pool.backend("hall")[0].endswith("base/b2")
+    assert reg.rollback(BASE).version == "b1"
+    assert pool.refresh(now=1.0) == ["hall"] and pool.backend("hall")[0].endswith("base/b1")

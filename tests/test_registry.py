@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -131,3 +132,33 @@ def test_rollback_repairs_a_dangling_current(tmp_path, checkpoint, capsys):
     (tmp_path / "solo").mkdir()
     (tmp_path / "solo" / "current").write_text("gone\n")
     assert reg.rollback("solo") is None and reg.current("solo") is None
+
+
+def test_base_rolls_back_like_a_camera(tmp_path, checkpoint, capsys, monkeypatch):
+    """`crowdwatch models rollback base` after `crowdwatch train --publish` published a second base model."""
+    from adapt.commands.models import main
+    from adapt.training.train import TrainConfig, publish_base
+
+    names = iter(["v20260101T000000Z", "v20260102T000000Z"])
+    monkeypatch.setattr("adapt.store.registry.new_version_name", lambda: next(names))
+    for _ in range(2):
+        publish_base(checkpoint, TrainConfig(registry=str(tmp_path)))
+    reg = Registry(tmp_path)
+    old, new = reg.versions(BASE)  # publishing kept the previous version
+    assert reg.current(BASE) == new and reg.resolve("lobby") == new
+    assert main(["--root", str(tmp_path), "rollback", "base"]) == 0
+    assert f"base: current is now {old.version}" in capsys.readouterr().out
+    assert reg.current(BASE) == old and reg.resolve("lobby") == old  # cameras without their own model follow
+    assert main(["--root", str(tmp_path), "rollback", "base"]) == 1
+    err = capsys.readouterr().err
+    assert "no earlier version" in err and "fall back to base" not in err
+    assert main(["--root", str(tmp_path), "rollback", "base", "--to", new.version]) == 0
+    assert reg.current(BASE) == new
+    # a dangling base pointer is repaired like a camera's, but never removed: nothing would serve
+    (tmp_path / BASE / "current").write_text("v20270101T000000Z\n")
+    assert reg.rollback(BASE) == new
+    for v in (old, new):
+        shutil.rmtree(v.path)
+    with pytest.raises(RegistryError, match="no base version is left"):
+        reg.rollback(BASE)
+    assert (tmp_path / BASE / "current").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adapt.store.locations import registry_root
 from adapt.store.names import InvalidCameraName
-from adapt.store.registry import Registry, RegistryError
+from adapt.store.registry import BASE, Registry, RegistryError
 from adapt.store.serving import read_serving
 from crowdwatch.config import CONFIG_HELP, command_config
 
@@ -33,7 +33,7 @@ def list_camera(reg: Registry, var: Path, cam: str) -> None:
     if bad:
         note += f"  DANGLING current: {bad} (crowdwatch models rollback {cam} repairs it)"
     elif cur is None and rec is None:
-        note += "  (no own version: served by base)"
+        note += "  (no current version: cameras without their own model cannot be served)" if cam == BASE else "  (no own version: served by base)"
     print(f"{cam}:{note}")
     for v in reversed(reg.versions(cam)):
         card = v.card()
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ls = sub.add_parser("list", help="versions per camera; * marks the one serving (as the inference stage reports it), > the current pointer")
     ls.add_argument("camera", nargs="?")
     ls.add_argument("--var", type=Path, default=None, help="where the inference stage writes its serving records (default: [paths] var)")
-    rb = sub.add_parser("rollback", help="point a camera back at its parent (or --to VERSION)")
+    rb = sub.add_parser("rollback", help="point a camera (or base, the model of cameras without their own) back at its parent "
+                                         "or the version before (or --to VERSION)")
     rb.add_argument("camera")
     rb.add_argument("--to", default=None)
     args = p.parse_args(argv)

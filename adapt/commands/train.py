@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adapt.model.checkpoint import CheckpointError
 from adapt.store.locations import registry_root
+from adapt.training.interrupt import TrainingInterrupted
 from adapt.training.train import TrainConfig, load_recipe, train
 from crowdwatch.config import CONFIG_HELP, command_config
 
@@ -25,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--crop", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", help="auto (a CUDA GPU when there is one, else Apple MPS, else the CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--init", help="start from this checkpoint's weights")
-    p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUT/last.pt and start over")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="also save OUT/last.pt this often within an epoch (default 300; SIGTERM and Ctrl-C save it too)")
     p.add_argument("--publish", action="store_true", help="register the best checkpoint as the base model")
     args = p.parse_args(argv)
     config = command_config("crowdwatch train", args.config)
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {
             "train": args.data, "val": args.val, "out": args.out, "epochs": args.epochs, "batch_size": args.batch_size,
             "lr": args.lr, "crop": args.crop, "workers": args.workers, "seed": args.seed, "device": args.device, "init": args.init,
+            "checkpoint_every_s": args.checkpoint_every,
         }
         for k, v in overrides.items():
             if v is not None:
@@ -51,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.crop % 32:
             p.error(f"--crop must be a multiple of 32, found {cfg.crop}")
         best = train(cfg)
+    except TrainingInterrupted as exc:
+        print(f"crowdwatch train: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, CheckpointError, FloatingPointError) as exc:
         print(f"crowdwatch train: {exc}", file=sys.stderr)
         return 1

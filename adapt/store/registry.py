@@ -156,6 +156,11 @@ class Registry:
         it is pointed at ``to``, else at the newest version older than the name
         it holds (else the newest version); with no version left the pointer is
         removed and the camera falls back to base (returns None).
+
+        ``base`` rolls back the same way: a published base model keeps every
+        earlier version (its card's parent is None, so the newest older version
+        is the one restored), and cameras without their own model follow its
+        pointer. Its pointer is never removed.
         """
         try:
             cur = self.current(camera)
@@ -171,7 +176,9 @@ class Registry:
             else:
                 older = [v.version for v in self.versions(camera) if v.version < cur.version]
                 if not older:
-                    raise RegistryError(f"{camera}/{cur.version} has no earlier version; remove {self.camera_dir(camera) / POINTER} to fall back to base")
+                    # without its pointer a camera falls back to base; base itself has nothing to fall back to
+                    fallback = "" if camera == BASE else f"; remove {self.camera_dir(camera) / POINTER} to fall back to base"
+                    raise RegistryError(f"{camera}/{cur.version} has no earlier version{fallback}")
                 to = older[-1]
         self.set_current(camera, to)
         return ModelVersion(camera, to, self.camera_dir(camera) / to)
@@ -183,6 +190,8 @@ class Registry:
             older = [v for v in own if v < named]
             to = (older or own or [None])[-1]
         if to is None:
+            if camera == BASE:  # removing it would leave every camera without its own model unserved
+                raise RegistryError(f"{self.camera_dir(camera) / POINTER} names a missing version and no base version is left to point at")
             (self.camera_dir(camera) / POINTER).unlink(missing_ok=True)
             return None
         self.set_current(camera, to)

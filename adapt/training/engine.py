@@ -103,6 +103,12 @@ def autocast_for(device: torch.device, enabled: bool):
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, scaler=None, clip: float = 10.0) -> None:
     """Backward, clip, step; a non-finite loss stops training with a clear error."""
+    backward_clipped(model, optimizer, loss, what, scaler, clip)
+    apply_step(optimizer, scaler)
+
+
+def backward_clipped(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, scaler=None, clip: float = 10.0) -> None:
+    """The gradients of ``loss``, clipped; changes nothing a checkpoint holds (the weights move in :func:`apply_step`)."""
     if not torch.isfinite(loss):
         raise FloatingPointError(f"{what}: loss became {loss.item()}; lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
@@ -112,6 +118,10 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, los
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+
+
+def apply_step(optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """Move the weights by the gradients :func:`backward_clipped` left."""
     if scaler is None:
         optimizer.step()
     else:
