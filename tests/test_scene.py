@@ -8,7 +8,7 @@ import pytest
 from adapt.scene.background import estimate_background, frame_spans
 from adapt.scene.composite import composite, walk_map
 from adapt.scene.geometry import PersonSizes, fit_camera, row_person_px, size_line
-from adapt.scene.model import SceneModel, build_scene_model
+from adapt.scene.model import SceneModel, build_scene_model, camera_shift
 from adapt.scene.motion import static_on_grid
 from adapt.synth import render, sample_crowd, walk
 from adapt.synth.camera import Camera
@@ -102,6 +102,17 @@ def test_bad_clips_are_named_and_not_usable(clip):
     crowded = frames[:40].copy()
     crowded[:, 40:] = rng.integers(0, 255, crowded[:, 40:].shape, dtype=np.uint8)
     assert not build_scene_model(crowded).usable
+
+
+def test_the_reference_is_the_same_for_every_frame(clip):
+    """cv2.phaseCorrelate windows its inputs in place: reused, the empty scene faded frame by frame and a
+    fixed camera read as moving (13.9 px on a 160x128 street)."""
+    frames, _, _ = clip
+    bg = estimate_background(frames).image
+    before = bg.copy()
+    one = camera_shift(frames[5:6], bg)
+    assert np.array_equal(bg, before)
+    assert camera_shift(frames[:6], bg)[5] == one[0]
 
 
 def test_a_day_night_change_gets_one_empty_scene_per_lighting(clip):
