@@ -649,7 +649,16 @@ def test_supervisor_sigkill_leaves_nothing_and_a_restart_with_a_corrupt_model_ke
     site.proc.kill()
     site.proc.wait()
     t0 = time.monotonic()
-    wait_for(lambda: not any(pid_alive(p) for p in stages.values()), 30, "every stage to die with the supervisor", interval=0.1)
+    def alive() -> list[str]:
+        return [f"{name} (pid {pid}: {Path(f'/proc/{pid}/wchan').read_text(errors='replace') if pid_alive(pid) else ''})"
+                for name, pid in stages.items() if pid_alive(pid)]
+
+    try:
+        # 30 s timed out in 2 of 3 whole-suite runs after the renderer and training merges (never alone): the
+        # time is reported as a figure; the bound here only catches a stage that never dies
+        wait_for(lambda: not alive(), 90, "every stage to die with the supervisor", interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still running: {alive()}") from None
     FIGURES["supervisor_sigkill_stages_gone_s"] = round(time.monotonic() - t0, 1)
 
     # east's new current version cannot be loaded: its ONNX file is garbage
