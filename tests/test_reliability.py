@@ -654,8 +654,7 @@ def test_supervisor_sigkill_leaves_nothing_and_a_restart_with_a_corrupt_model_ke
                 for name, pid in stages.items() if pid_alive(pid)]
 
     try:
-        # 30 s timed out in 2 of 3 whole-suite runs after the renderer and training merges (never alone): the
-        # time is reported as a figure; the bound here only catches a stage that never dies
+        # the time it took is the reported figure; the bound only catches a stage that never dies
         wait_for(lambda: not alive(), 90, "every stage to die with the supervisor", interval=0.1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; still running: {alive()}") from None

@@ -105,14 +105,11 @@ def test_bad_clips_are_named_and_not_usable(clip):
 
 
 def test_the_reference_is_the_same_for_every_frame(clip):
-    """cv2.phaseCorrelate windows its inputs in place: reused, the empty scene faded frame by frame and a
-    fixed camera read as moving (13.9 px on a 160x128 street)."""
+    """cv2.phaseCorrelate windows its inputs in place: a reused reference fades frame by frame, and a
+    fixed camera reads as moving. A frame's shift must not depend on the frames measured before it."""
     frames, _, _ = clip
     bg = estimate_background(frames).image
-    before = bg.copy()
-    one = camera_shift(frames[5:6], bg)
-    assert np.array_equal(bg, before)
-    assert camera_shift(frames[:6], bg)[5] == one[0]
+    assert camera_shift(frames[:6], bg)[5] == camera_shift(frames[5:6], bg)[0]
 
 
 def test_a_day_night_change_gets_one_empty_scene_per_lighting(clip):

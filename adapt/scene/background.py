@@ -52,8 +52,8 @@ def foreground(frames: np.ndarray, background: np.ndarray, threshold: float) -> 
 
 
 def masked_median(frames: np.ndarray, keep: np.ndarray, fallback: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Per-pixel median over the frames where ``keep`` is true, each frame counted by its weight
-    (default 1: the time it stands for, where frames are unevenly spaced); ``fallback`` where none is kept."""
+    """Per-pixel median over the frames where ``keep`` is true, each frame counted by its weight (default 1;
+    the time it stands for where frames are unevenly spaced); ``fallback`` where no frame is kept."""
     T, H, W, C = frames.shape
     w = np.ones(T, np.float32) if weights is None else np.asarray(weights, np.float32)
     out = fallback.copy()
@@ -83,19 +83,19 @@ def frame_spans(times: np.ndarray) -> np.ndarray:
     return (left + right) / 2
 
 
-def still_window(fg: np.ndarray, times: np.ndarray) -> float:
+def still_window(fg: np.ndarray, spans: np.ndarray) -> float:
     """Seconds either side a pixel must hold still to count as background: how long walkers cover a pixel.
 
     The STILL_QUANTILE of the durations of foreground runs (consecutive frames a
     pixel differs from the first estimate) over a grid of pixels, each run
-    lasting the time its frames stand for.
+    lasting the time its frames stand for (``spans``, from :func:`frame_spans`).
     """
     s = fg[:, ::4, ::4].reshape(len(fg), -1).T.astype(np.int8)  # pixel-major, so starts and ends pair up
     edges = np.diff(np.pad(s, ((0, 0), (1, 1))), axis=1)
     starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
     if not len(starts[0]):
         return 0.0
-    elapsed = np.concatenate([[0.0], np.cumsum(frame_spans(times))])
+    elapsed = np.concatenate([[0.0], np.cumsum(spans)])
     return float(np.quantile(elapsed[ends[1]] - elapsed[starts[1]], STILL_QUANTILE))
 
 
@@ -135,14 +135,14 @@ def estimate_background(frames: np.ndarray, times: np.ndarray | None = None, min
         raise ValueError(f"need {len(frames)} increasing capture times, found shape {times.shape}")
     spans = frame_spans(times)
     # one frame after a long gap (a camera down, an idle night deduplicated) stands for its time, within bounds
-    spans = np.minimum(spans, SPAN_CAP * np.median(spans)) if np.median(spans) > 0 else np.ones(len(frames))
-    first = masked_median(frames, np.ones(frames.shape[:3], bool), frames[0], spans)
+    weights = np.minimum(spans, SPAN_CAP * np.median(spans)) if np.median(spans) > 0 else np.ones(len(frames))
+    first = masked_median(frames, np.ones(frames.shape[:3], bool), frames[0], weights)
     thr = max(min_threshold, 4.0 * noise_level(frames[:: max(1, len(frames) // 20)], first))
     fg = foreground(frames, first, thr)
     # grow each object a little: its blurred outline differs from the background too
     kernel = np.ones((7, 7), np.uint8)
     clear = ~np.stack([cv2.dilate(m.astype(np.uint8), kernel).astype(bool) for m in fg])
-    twice = masked_median(frames, clear, first, spans)
-    image = masked_median(frames, held_still(frames, times, still_window(fg, times), thr), twice, spans)
-    unseen = np.tensordot(spans / spans.sum(), clear, axes=1) < MIN_CLEAR_FRACTION
+    twice = masked_median(frames, clear, first, weights)
+    image = masked_median(frames, held_still(frames, times, still_window(fg, spans), thr), twice, weights)
+    unseen = np.tensordot(weights / weights.sum(), clear, axes=1) < MIN_CLEAR_FRACTION
     return Background(image, unseen, thr, len(frames))

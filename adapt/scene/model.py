@@ -218,7 +218,6 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
     and is checked against the sizes of those who were.
     """
     T, H, W, _ = frames.shape
-    times = np.arange(T, dtype=np.float64) if times is None else np.asarray(times, np.float64)
     problems: list[str] = []
     if T < min_frames:
         problems.append(f"too short: {T} frames, a scene model needs at least {min_frames}")
@@ -234,7 +233,7 @@ def build_scene_model(frames: np.ndarray, min_frames: int = MIN_FRAMES,
         if sel.sum() < 2:
             groups[sel] = 0 if g else groups[sel]
             continue
-        bg = estimate_background(frames[sel], times[sel])
+        bg = estimate_background(frames[sel], None if times is None else np.asarray(times)[sel])
         backgrounds.append(bg)
         fg[sel] = foreground(frames[sel], bg.image, bg.threshold)
         groups[sel] = len(backgrounds) - 1
