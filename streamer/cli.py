@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from streamer.pdeath import watch_parent
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamer.supervisor", "everything on one machine, supervised"),
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"crowdwatch: command {name!r} is not available in this build ({exc.name} missing)", file=sys.stderr)
             return 2
         raise
+    watch_parent()  # a stage of crowdwatch run ends with it, even one stuck in a library call
     return int(module.main(rest) or 0)
 
 

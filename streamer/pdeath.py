@@ -15,6 +15,12 @@ Notes:
   once (its parent pid is no longer the one that forked it).
 - Where ``prctl`` is unavailable (not Linux, no libc), :func:`die_with_parent`
   returns the ``then`` callable unchanged (or None): children behave as before.
+- A signal is not enough on its own: a stage whose main thread sits in a
+  library call (a decoder, a socket) runs its Python handler only when that
+  call returns. The supervisor names itself in :data:`SUPERVISOR_ENV`, and
+  :func:`watch_parent` (started by ``streamer.cli`` in every stage) notices
+  the new parent from a thread, sends the SIGTERM itself where no prctl did,
+  and ends the process after the grace the supervisor gives a clean stop.
 """
 
 from __future__ import annotations
@@ -24,9 +30,14 @@ import ctypes.util
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
+SUPERVISOR_ENV = "CROWDWATCH_SUPERVISOR_PID"
+STOP_GRACE_S = 10.0  # a stage's time to stop cleanly after SIGTERM, from crowdwatch run or from watch_parent
+ORPHAN_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor went away, not this stage's fault
 
 
 def _load_prctl():
@@ -71,3 +82,34 @@ def die_with_parent(sig: int = signal.SIGTERM, then: Callable[[], None] | None =
             then()
 
     return preexec
+
+
+def watch_parent(grace_s: float = STOP_GRACE_S, poll_s: float = 0.2, environ: dict[str, str] | None = None) -> threading.Thread | None:
+    """In a stage started by ``crowdwatch run``: end this process once that supervisor is gone.
+
+    Does nothing (returns None) without :data:`SUPERVISOR_ENV` naming this
+    process's parent: a stage started by hand or by an orchestrator has no
+    supervisor to outlive. Once the parent pid changes, the process gets
+    SIGTERM (its clean stop) and, if it is still running ``grace_s`` later,
+    exits at once with :data:`ORPHAN_EXIT_CODE`.
+    """
+    value = (os.environ if environ is None else environ).get(SUPERVISOR_ENV, "")
+    if not value.isdigit() or int(value) != os.getppid():
+        return None
+    supervisor = int(value)
+
+    def loop() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one where PDEATHSIG sent it: the handlers only set a flag
+        time.sleep(grace_s)
+        try:  # stderr was the supervisor's pipe: it may be gone too
+            print(f"supervisor (pid {supervisor}) gone and this stage still running {grace_s:.0f} s after SIGTERM: exiting",
+                  file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        os._exit(ORPHAN_EXIT_CODE)
+
+    t = threading.Thread(target=loop, name="watch-parent", daemon=True)
+    t.start()
+    return t

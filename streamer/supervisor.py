@@ -64,7 +64,7 @@ from crowdwatch.wire import client_curve
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
-from streamer.pdeath import die_with_parent
+from streamer.pdeath import STOP_GRACE_S, SUPERVISOR_ENV, die_with_parent
 
 if TYPE_CHECKING:
     from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyFeed
@@ -74,7 +74,6 @@ log = logging.getLogger("crowdwatch.run")
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 HEALTHY_AFTER_S = 60.0
-STOP_GRACE_S = 10.0
 LOG_TAIL_BYTES = 8192
 TAIL_LINES = 50          # lines of a child's output kept for its last error line
 MAX_LINE_BYTES = 1024**2  # a longer line is read and passed on in pieces
@@ -193,11 +192,11 @@ class Child:
     output: Output | None = None        # its stdout and stderr, passed on, last lines kept
 
     def start(self, now: float) -> None:
-        env = None
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}  # the stage's watch_parent outlives it by STOP_GRACE_S at most
         if self.heartbeat is not None:
             self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
             self.heartbeat.unlink(missing_ok=True)
-            env = {**os.environ, HEARTBEAT_ENV: str(self.heartbeat)}
+            env[HEARTBEAT_ENV] = str(self.heartbeat)
         # The child logs (crowdwatch.logs) to its stdout, and to its own rotated file under
         # <var>/log when [log] files is on; Output passes every line on to this process's
         # stdout/stderr and keeps the last ones for its last error line.

@@ -80,6 +80,59 @@ def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
     assert pdeath.die_with_parent(then=f) is f
 
 
+# A parent that starts one child (no prctl: only watch_parent ties them) and prints its pid.
+ORPHAN_PARENT = textwrap.dedent("""
+    import os, subprocess, sys, time
+    from streamer.pdeath import SUPERVISOR_ENV
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
+    print(child.pid, flush=True)
+    time.sleep(120)
+""")
+ORPHAN_CHILD = textwrap.dedent("""
+    import signal, sys, time
+    from pathlib import Path
+    from streamer.pdeath import watch_parent
+    marker = Path(sys.argv[1])
+    def on_term(*_):
+        marker.write_text("SIGTERM")
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_term if marker.name == "clean" else signal.SIG_IGN)  # SIG_IGN: a stage that never stops
+    assert watch_parent(grace_s=1.0, poll_s=0.05) is not None
+    marker.with_suffix(".ready").write_text("")
+    time.sleep(120)
+""")
+
+
+@pytest.mark.parametrize("kind", ["clean", "stuck"])
+def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kind):
+    """watch_parent alone (no PDEATHSIG): SIGTERM when the supervisor dies, then a hard exit after the grace."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    marker = tmp_path / kind
+    child_code = ORPHAN_CHILD.replace("sys.argv[1]", repr(str(marker)))
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, child_code], env=env, stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.with_suffix(".ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.with_suffix(".ready").exists(), "the child never started watching"
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        while pid_alive(child) and time.monotonic() - t0 < 20:
+            time.sleep(0.05)
+        assert not pid_alive(child), "the child outlived its supervisor"
+        assert marker.exists() == (kind == "clean")  # the clean one stopped on the SIGTERM
+    finally:
+        _kill_all(proc, [child])
+
+
+def test_watch_parent_watches_only_the_supervisor_it_names():
+    assert pdeath.watch_parent(environ={}) is None  # started by hand or by an orchestrator
+    assert pdeath.watch_parent(environ={pdeath.SUPERVISOR_ENV: str(os.getppid() + 1)}) is None  # a grandchild
+    assert pdeath.watch_parent(environ={pdeath.SUPERVISOR_ENV: "not a pid"}) is None
+
+
 # A minimal real stage: beats its heartbeat from its loop, as infer, web and ingest do.
 BEATING_STAGE = "from streamer.heartbeat import Heartbeat; import time\nhb = Heartbeat.from_env()\nwhile True:\n    hb.beat(); time.sleep(0.1)"
 
