@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+
+from streamer.heartbeat import ENV as HEARTBEAT_ENV
 
 PR_SET_PDEATHSIG = 1
 SUPERVISOR_ENV = "CROWDWATCH_SUPERVISOR_PID"
@@ -91,23 +94,33 @@ def watch_parent(grace_s: float = STOP_GRACE_S, poll_s: float = 0.2, environ: di
     process's parent: a stage started by hand or by an orchestrator has no
     supervisor to outlive. Once the parent pid changes, the process gets
     SIGTERM (its clean stop) and, if it is still running ``grace_s`` later,
-    exits at once with :data:`ORPHAN_EXIT_CODE`.
+    exits at once with :data:`ORPHAN_EXIT_CODE`, leaving the stacks of its
+    threads beside its heartbeat file (``<paths.run>/heartbeat/<stage>.stuck``).
     """
     value = (os.environ if environ is None else environ).get(SUPERVISOR_ENV, "")
     if not value.isdigit() or int(value) != os.getppid():
         return None
     supervisor = int(value)
+    heartbeat = (os.environ if environ is None else environ).get(HEARTBEAT_ENV)
+    stuck_dump = f"{heartbeat.removesuffix('.beat')}.stuck" if heartbeat else None
 
     def loop() -> None:
         while os.getppid() == supervisor:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)  # a second one where PDEATHSIG sent it: the handlers only set a flag
         time.sleep(grace_s)
+        why = f"supervisor (pid {supervisor}) gone and this stage still running {grace_s:.0f} s after SIGTERM: exiting"
         try:  # stderr was the supervisor's pipe: it may be gone too
-            print(f"supervisor (pid {supervisor}) gone and this stage still running {grace_s:.0f} s after SIGTERM: exiting",
-                  file=sys.stderr, flush=True)
+            print(why, file=sys.stderr, flush=True)
         except (OSError, ValueError):
             pass
+        if stuck_dump:  # where every thread was, for whoever finds the stage gone
+            try:
+                with open(stuck_dump, "w") as f:
+                    print(why, file=f, flush=True)
+                    faulthandler.dump_traceback(file=f, all_threads=True)
+            except OSError:
+                pass
         os._exit(ORPHAN_EXIT_CODE)
 
     t = threading.Thread(target=loop, name="watch-parent", daemon=True)

@@ -84,7 +84,8 @@ def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
 ORPHAN_PARENT = textwrap.dedent("""
     import os, subprocess, sys, time
     from streamer.pdeath import SUPERVISOR_ENV
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env={**os.environ, SUPERVISOR_ENV: str(os.getpid())})
+    env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "CROWDWATCH_HEARTBEAT": sys.argv[2]}
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env)
     print(child.pid, flush=True)
     time.sleep(120)
 """)
@@ -109,7 +110,8 @@ def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kin
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     marker = tmp_path / kind
     child_code = ORPHAN_CHILD.replace("sys.argv[1]", repr(str(marker)))
-    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, child_code], env=env, stdout=subprocess.PIPE, text=True)
+    beat = tmp_path / "child.beat"
+    proc = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, child_code, str(beat)], env=env, stdout=subprocess.PIPE, text=True)
     child = int(proc.stdout.readline())
     try:
         deadline = time.monotonic() + 30
@@ -123,6 +125,12 @@ def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kin
             time.sleep(0.05)
         assert not pid_alive(child), "the child outlived its supervisor"
         assert marker.exists() == (kind == "clean")  # the clean one stopped on the SIGTERM
+        stuck = tmp_path / "child.stuck"
+        if kind == "stuck":  # it says why it went, and where its main thread was
+            text = stuck.read_text()
+            assert "still running 1 s after SIGTERM" in text and 'File "<string>"' in text, text
+        else:
+            assert not stuck.exists()
     finally:
         _kill_all(proc, [child])
 
