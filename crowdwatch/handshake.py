@@ -8,9 +8,12 @@ web, the scheduler's uncertainty feed, adapt's announcements): a connection its
 server refused becomes one log line per endpoint and reason a minute that says
 what to check, and ``on_refused(socket, reason)`` for a stage that exports it.
 
-Without it a refused client says nothing: libzmq (4.3.5) does not connect again
-after the server refused the client's key, not even once infer allows it, so
-its frames or subscriptions simply go nowhere.
+Without it a refused client says nothing, and stays refused: libzmq (4.3.5)
+does not connect again after the server refused the client's key, not even
+once infer allows it, so its frames or subscriptions simply go nowhere. The
+thread that owns the sockets calls :meth:`RefusalWatch.heal` from its loop,
+which connects such an endpoint again after a backoff (2 s doubling to 60 s),
+so a client put on the allow-list later counts again without a restart.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ key, or a connection closed before its handshake (a port scan, a TCP health chec
 plaintext client notices first is a race, so there is no reliable reason of its own; the log line says
 "does not use CURVE" when libzmq could tell."""
 LOG_EVERY_S = 60.0
+RECONNECT_INITIAL_S = 2.0  # a refused key is tried again after this, doubling ...
+RECONNECT_MAX_S = 60.0     # ... up to this
 POLL_MS = 200  # how soon a monitor thread sees stop()
 
 Event = dict[str, Any]  # recv_monitor_message's: event, value, endpoint
@@ -157,8 +162,8 @@ def client_refusal(event: int, value: int) -> tuple[str, str]:
     """(reason, what to check) of a handshake that failed on a CURVE client's socket."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # infer's ZAP handler said no (status 400)
         return "not_allowed", ("this client's public key (transport.curve.client_public_env) is not on infer's allow-list "
-                               "(transport.curve.allowed_clients_env); add it there and restart infer, then this stage "
-                               "(a refused client does not connect again)")  # fmt: skip
+                               "(transport.curve.allowed_clients_env); add it there and restart infer: this client "
+                               f"tries again at least every {RECONNECT_MAX_S:.0f} s")  # fmt: skip
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
         return "bad_handshake", "the server does not use CURVE; check that the endpoint is infer's and that CURVE is on for both"
     return "bad_handshake", ("the server ended the handshake; check that transport.curve.server_public_env holds infer's public "
@@ -175,22 +180,59 @@ class RefusalWatch:
     and is logged as a ``transport_refused`` error, at most once a minute per
     endpoint and reason. The events are read on a thread of its own, or, with
     ``background=False``, by :meth:`settle`. Without CURVE nothing is watched
-    and no thread starts.
+    and no thread starts. A long-lived client calls :meth:`heal` from the
+    thread that uses its socket.
     """
 
     def __init__(self, on_refused: Callable[[str, str], None] | None = None, log: logging.Logger | None = None,
-                 throttle: Throttle | None = None, *, background: bool = True) -> None:  # fmt: skip
+                 throttle: Throttle | None = None, *, background: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
         self.on_refused = on_refused
         self.log = log or logging.getLogger("crowdwatch.curve")
         self.throttle = throttle or Throttle()
         self.background = background
+        self.clock = clock
         self.monitor = Monitor(FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED, self._event)
+        self._sockets: dict[str, zmq.Socket] = {}
+        # (socket name, endpoint) refused for its key -> (when to connect again, the wait after that)
+        self._retry: dict[tuple[str, str], tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
     def watch(self, sock: zmq.Socket, name: str) -> None:
         """Watch ``sock`` (one socket, not yet connected), which connects to infer's socket ``name`` (frames, results)."""
         self.monitor.watch(sock, name)
+        self._sockets[name] = sock
         if self.background:
             self.monitor.start()
+
+    @property
+    def refused(self) -> list[tuple[str, str]]:
+        """(socket name, endpoint) whose server refused this client's key and that has not shaken hands since."""
+        with self._lock:
+            return sorted(self._retry)
+
+    def heal(self) -> int:
+        """Connect again each endpoint that refused this client's key, once its wait is over; how many.
+
+        Call it on the thread that uses the sockets (zmq sockets are not
+        thread-safe). Cheap when there is nothing to do.
+        """
+        if not self._retry:
+            return 0
+        now = self.clock()
+        with self._lock:
+            due = [key for key, (at, _) in self._retry.items() if at <= now]
+            for key in due:  # the wait stays: the next refusal doubles it, a handshake clears it
+                self._retry[key] = (math.inf, self._retry[key][1])
+        for name, endpoint in due:
+            sock = self._sockets.get(name)
+            if sock is None or sock.closed:
+                continue
+            with contextlib.suppress(zmq.ZMQError):  # ENOENT: nothing left to disconnect
+                sock.disconnect(endpoint)
+            sock.connect(endpoint)
+            self.log.info("connecting again to %s (%s socket), refused before", endpoint, name, extra={"event": "transport_reconnect"})
+        return len(due)
 
     def stop(self) -> None:
         self.monitor.stop()
@@ -216,12 +258,21 @@ class RefusalWatch:
         return None
 
     def _event(self, name: str, ev: Event) -> None:
+        endpoint = ev["endpoint"].decode(errors="replace")
+        if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            with self._lock:
+                self._retry.pop((name, endpoint), None)
+            return
         if not ev["event"] & FAILED:
             return
         reason, check = client_refusal(ev["event"], ev["value"])
+        if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # the one refusal after which libzmq never connects again
+            with self._lock:
+                wait = self._retry.get((name, endpoint), (0.0, RECONNECT_INITIAL_S / 2))[1] * 2
+                wait = min(max(wait, RECONNECT_INITIAL_S), RECONNECT_MAX_S)
+                self._retry[(name, endpoint)] = (self.clock() + wait, wait)
         if self.on_refused is not None:
             self.on_refused(name, reason)
-        endpoint = ev["endpoint"].decode(errors="replace")
         more = self.throttle((endpoint, reason))
         if more is not None:
             self.log.error("the CURVE server at %s refused this client's connection to its %s socket (%s): %s%s", endpoint, name,

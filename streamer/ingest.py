@@ -65,6 +65,7 @@ def run_ingest(cam: CameraConfig, endpoint: str, hwm: int, jpeg_quality: int | N
                     camera=cam.name, seq=frame.seq, capture_ns=frame.capture_ns, image=frame.image, fit=frame.fit,
                     truth=frame.meta.get("truth"), stats=counters(stats, hwm_drops),
                 )
+                watch.heal()  # a key refused before is tried again, in time
                 if not send_parts(sock, encode_frame(msg, jpeg_quality)):
                     hwm_drops += 1
                 if stop.is_set():

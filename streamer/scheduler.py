@@ -107,15 +107,16 @@ class UncertaintyFeed:
                     log.error("cannot subscribe to the results on %s (%s): the uncertainty trigger is off", ", ".join(self.endpoints), exc)
                     return
                 try:
-                    self._read(sock, stop)
+                    self._read(sock, stop, watch)
                 finally:
                     sock.close(linger=0)
         finally:
             ctx.term()
 
-    def _read(self, sock: zmq.Socket, stop: threading.Event) -> None:
+    def _read(self, sock: zmq.Socket, stop: threading.Event, watch: RefusalWatch) -> None:
         rx = LatestReceiver(sock, lambda parts: decode_result(parts, arrays=False), cameras=self.stale_after_s, on_drop=self._dropped)
         while not (stop.is_set() or self._closed.is_set()):
+            watch.heal()
             rx.drain(timeout_ms=200)
             for result in rx.take():
                 with self._lock:

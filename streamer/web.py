@@ -354,14 +354,17 @@ class Receiver:
     """Reads results into the store until ``stop``; never raises on bad input."""
 
     def __init__(self, sock: zmq.Socket, cameras: list[str], store: ResultStore, drops: DropCounter,
-                 metrics: Metrics, on_result: Callable[[], None], stop: threading.Event) -> None:  # fmt: skip
+                 metrics: Metrics, on_result: Callable[[], None], stop: threading.Event,
+                 watch: RefusalWatch | None = None) -> None:  # fmt: skip
         self.rx: LatestReceiver[Result] = LatestReceiver(sock, _decode, cameras=cameras, on_drop=drops)
-        self.store, self.metrics, self.on_result, self.stop = store, metrics, on_result, stop
+        self.store, self.metrics, self.on_result, self.stop, self.watch = store, metrics, on_result, stop, watch
         self.last_mono: float | None = None
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
+                if self.watch is not None:
+                    self.watch.heal()  # this thread owns the socket
                 self.rx.drain(timeout_ms=100)
                 messages = self.rx.take()
             except zmq.ContextTerminated:
@@ -485,7 +488,7 @@ class WebServer:
             self._close_zmq()
             raise
         self._receiver = Receiver(self._sock, list(self.config.cameras), self.store, self.drops, self.metrics,
-                                  self.renderer.wake, self.stop_event)  # fmt: skip
+                                  self.renderer.wake, self.stop_event, self._watch)  # fmt: skip
         self._threads = [
             threading.Thread(target=self._receiver.run, name="web-receiver", daemon=True),
             threading.Thread(target=self.renderer.run, name="web-renderer", daemon=True),

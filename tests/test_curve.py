@@ -417,10 +417,14 @@ def test_infer_takes_frames_from_allowed_clients_only_and_counts_the_others(curv
 
 
 @contextlib.contextmanager
-def infer_sockets(ctx: zmq.Context, config: Any, *, allow: bool) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
-    """infer's two CURVE sockets at the config's endpoints, admitting the environment's client key only if ``allow``."""
+def infer_sockets(ctx: zmq.Context, config: Any, *, allow: bool, later: list[Callable[[], None]] | None = None,
+                  ) -> Iterator[tuple[zmq.Socket, zmq.Socket]]:  # fmt: skip
+    """infer's two CURVE sockets at the config's endpoints, admitting the environment's client key only if ``allow``
+    (``later`` receives a function that admits it from then on, as an infer restarted with a new allow-list would)."""
     keys, allowed = server_curve(config.transport)  # type: ignore[misc]
     guard = CurveServer(ctx, allowed if allow else [zmq.curve_keypair()[0]])
+    if later is not None:
+        later.append(lambda: setattr(guard, "allowed", frozenset(allowed)))
     pull = open_socket(ctx, "pull", config.transport.frames, bind=True, curve=keys)
     pub = open_socket(ctx, "pub", config.transport.results, bind=True, curve=keys)
     guard.watch(pull, "frames")
@@ -532,6 +536,62 @@ def test_web_counts_the_refusals_of_its_subscription(allow: bool, tmp_path: Path
             web.stop()
     assert count("not_allowed") == (0 if allow else 1) and count("bad_handshake") == 0  # both exported from the start
     assert len(refusal_lines(caplog)) == (0 if allow else 1)
+
+
+def test_a_refused_subscription_gets_its_results_once_its_key_is_allowed(tmp_path: Path, keys: dict[str, str], ctx: zmq.Context,
+                                                                       no_monitor_left: None) -> None:  # fmt: skip
+    """libzmq never connects again after a key refusal: web's receiver does (RefusalWatch.heal), after 2 s."""
+    from streamer.web import WebServer, WebSettings
+    from tests.test_web import make_result
+
+    config = parse_config(site(tmp_path), base_dir=tmp_path)
+    allow: list[Callable[[], None]] = []
+    with infer_sockets(ctx, config, allow=False, later=allow) as (_, pub):
+        web = WebServer(config, WebSettings(port=0)).start()
+        try:
+            labels = {"stage": "web", "socket": "results", "reason": "not_allowed"}
+            assert wait_for(lambda: web.metrics.registry.get_sample_value("crowd_transport_client_refused_total", labels) == 1)
+            allow[0]()  # infer now admits web's key; web is not restarted
+            assert wait_for(lambda: send_parts(pub, encode_result(make_result("lobby"))) and web.store.received > 0, timeout=15)
+        finally:
+            web.stop()
+
+
+def test_a_key_still_refused_is_tried_again_after_a_wait_that_doubles(ctx: zmq.Context, no_monitor_left: None) -> None:
+    server_pub, server_sec = zmq.curve_keypair()
+    client_pub, client_sec = zmq.curve_keypair()
+    guard = CurveServer(ctx, [])
+    pull = open_socket(ctx, "pull", "tcp://127.0.0.1:0", bind=True, curve=CurveKeys(server_pub, server_sec))
+    endpoint = pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+    guard.watch(pull, "frames")
+    guard.start()
+    now = [0.0]
+    refused: list[str] = []
+    try:
+        with RefusalWatch(lambda socket, reason: refused.append(reason), clock=lambda: now[0]) as watch:
+            push = open_socket(ctx, "push", endpoint, bind=False, curve=CurveKeys(client_pub, client_sec, server_pub), watch=watch)
+            try:
+                for n, wait in enumerate([2.0, 4.0, 8.0], start=1):
+                    assert wait_for(lambda n=n: len(refused) == n), refused
+                    assert watch.refused == [("frames", endpoint)]
+                    assert watch.heal() == 0 and not wait_for(lambda n=n: len(refused) > n, timeout=0.5)  # libzmq alone: never again
+                    now[0] += wait - 0.01
+                    assert watch.heal() == 0
+                    now[0] += 0.01
+                    assert watch.heal() == 1
+                assert wait_for(lambda: len(refused) == 4)
+                guard.allowed = frozenset([client_pub])
+                now[0] += 16.0
+                assert watch.heal() == 1
+                assert wait_for(lambda: send_parts(push, [b"in"]) and pull.poll(100) > 0)
+                assert pull.recv() == b"in"
+                assert wait_for(lambda: watch.refused == [])  # its handshake cleared the wait
+            finally:
+                push.close(linger=0)
+    finally:
+        guard.stop()
+        pull.close(linger=0)
+    assert set(refused) == {"not_allowed"}
 
 
 def test_an_allowed_announcement_is_delivered_without_a_word(tmp_path: Path, keys: dict[str, str], ctx: zmq.Context,
