@@ -21,7 +21,6 @@ import argparse
 import errno
 import logging
 import re
-import signal
 import sys
 import threading
 import time
@@ -55,6 +54,7 @@ from streamer.backends import Backend, load_backend
 from streamer.crowd_metrics import CameraGeometry, compute_metrics
 from streamer.exporter import Metrics, MetricsServer
 from streamer.heartbeat import EXIT_FATAL, Heartbeat
+from streamer.shutdown import stop_on_signals
 
 log = logging.getLogger("crowdwatch.infer")
 
@@ -504,15 +504,6 @@ def not_transient(exc: BaseException) -> bool:
     return False
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum, _frame):
-        log.info("signal %s: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 def shard_arg(text: str) -> int:
     """A worker number, or a StatefulSet pod name ending in its ordinal (crowdwatch-infer-2)."""
     m = re.fullmatch(r"(?:.*-)?(\d+)", text)
@@ -559,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         print(f"crowdwatch infer: cannot start: {exc}", file=sys.stderr)
         return EXIT_FATAL if not_transient(exc) else 1
-    install_signal_handlers(stage.stop_event)
+    stop_on_signals(stage.stop_event, lambda signum: log.info("signal %s: stopping", signum))
     log.info("infer worker %d of %d: metrics on %s, cameras %s, backend %s", args.shard, config.server.infer_workers, server.url,
              ", ".join(stage.cameras) or "none", config.model.backend)
     heartbeat = Heartbeat.from_env()  # for crowdwatch run's stall detection; /healthz has server.beat

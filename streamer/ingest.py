@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +22,7 @@ from crowdwatch.config import CameraConfig, load_stage_config
 from crowdwatch.handshake import RefusalWatch
 from crowdwatch.wire import FrameMessage, client_curve, encode_frame, open_socket, send_parts
 from streamer.heartbeat import Heartbeat
+from streamer.shutdown import stop_on_signals
 from streamer.sources import Source, SourceConfig, SourceError, SourceStats
 
 log = logging.getLogger("crowdwatch.ingest")
@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = t.jpeg_quality if t.frame_encoding == "jpeg" else None
     curve = client_curve(t)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop_on_signals(stop)
     frames = config.endpoint("frames", config.shard_of(cam.name))  # its inference worker's
     log.info("ingest %s from %s -> %s", cam.name, cam.redacted_url(), frames)
     # The frame loop blocks inside the source while it reconnects; a hung decoder is

@@ -21,6 +21,8 @@ Notes:
   :func:`watch_parent` (started by ``streamer.cli`` in every stage) notices
   the new parent from a thread, sends the SIGTERM itself where no prctl did,
   and ends the process after the grace the supervisor gives a clean stop.
+  The stages stop through :func:`streamer.shutdown.stop_on_signals`, whose
+  handler cannot deadlock on a second signal.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ def watch_parent(grace_s: float = STOP_GRACE_S, poll_s: float = 0.2, environ: di
     def loop() -> None:
         while os.getppid() == supervisor:
             time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)  # a second one where PDEATHSIG sent it: the handlers only set a flag
+        if _PRCTL is None:  # else the kernel sent it already (PDEATHSIG); no second one close behind
+            os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         why = f"supervisor (pid {supervisor}) gone and this stage still running {grace_s:.0f} s after SIGTERM: exiting"
         try:  # stderr was the supervisor's pipe: it may be gone too

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -56,6 +55,7 @@ from . import overlay
 from .exporter import Metrics
 from .heartbeat import EXIT_FATAL, Heartbeat
 from .overlay import LIVE, NO_DATA, STALE, CameraView, Status
+from .shutdown import stop_on_signals
 
 log = logging.getLogger("crowdwatch.web")
 
@@ -723,11 +723,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from_config(config, host=args.host, port=args.port)
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s received, shutting down", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = stop_on_signals(stop, lambda signum: log.info("%s received, shutting down", signal.Signals(signum).name))
     try:
         try:
             server = WebServer(config, settings).start()

@@ -80,12 +80,12 @@ def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
     assert pdeath.die_with_parent(then=f) is f
 
 
-# A parent that starts one child (no prctl: only watch_parent ties them) and prints its pid.
+# A parent that starts one child as crowdwatch run does (PDEATHSIG where there is prctl) and prints its pid.
 ORPHAN_PARENT = textwrap.dedent("""
     import os, subprocess, sys, time
-    from streamer.pdeath import SUPERVISOR_ENV
+    from streamer.pdeath import SUPERVISOR_ENV, die_with_parent
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "CROWDWATCH_HEARTBEAT": sys.argv[2]}
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env)
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env, preexec_fn=die_with_parent())  # as crowdwatch run
     print(child.pid, flush=True)
     time.sleep(120)
 """)
@@ -106,7 +106,7 @@ ORPHAN_CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("kind", ["clean", "stuck"])
 def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kind):
-    """watch_parent alone (no PDEATHSIG): SIGTERM when the supervisor dies, then a hard exit after the grace."""
+    """SIGTERM when the supervisor dies (PDEATHSIG, else watch_parent's), then watch_parent's hard exit after the grace."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     marker = tmp_path / kind
     child_code = ORPHAN_CHILD.replace("sys.argv[1]", repr(str(marker)))
@@ -133,6 +133,30 @@ def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kin
             assert not stuck.exists()
     finally:
         _kill_all(proc, [child])
+
+
+def test_a_second_signal_during_the_first_handler_returns_at_once():
+    """The first handler may be inside Event.set(), holding its lock: a nested one must not call it again."""
+    from streamer.shutdown import stop_on_signals
+
+    stop, calls = threading.Event(), []
+
+    def on_signal(signum: int) -> None:
+        calls.append(signum)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered now, inside this handler
+        time.sleep(0.05)
+
+    previous = stop_on_signals(stop, on_signal)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop.is_set() and calls == [signal.SIGTERM]
+        os.kill(os.getpid(), signal.SIGINT)  # later signals: nothing more
+        time.sleep(0.05)
+        assert calls == [signal.SIGTERM]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def test_watch_parent_watches_only_the_supervisor_it_names():
