@@ -36,3 +36,22 @@ def stop_on_signals(stop: threading.Event, on_signal: Callable[[int], None] | No
         stop.set()
 
     return {s: signal.signal(s, handler) for s in signals}
+
+
+def set_on_signal(event: threading.Event, sig: int) -> object:
+    """Set ``event`` on every ``sig`` (SIGHUP: read the config again); a signal inside the handler returns at once.
+
+    Returns the handler it replaced.
+    """
+    busy = [False]
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        if busy[0]:
+            return  # the outer call is inside event.set(), holding its lock; the event is being set anyway
+        busy[0] = True
+        try:
+            event.set()
+        finally:
+            busy[0] = False
+
+    return signal.signal(sig, handler)

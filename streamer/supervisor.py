@@ -65,7 +65,7 @@ from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
 from streamer.pdeath import STOP_GRACE_S, SUPERVISOR_ENV, die_with_parent
-from streamer.shutdown import stop_on_signals
+from streamer.shutdown import set_on_signal, stop_on_signals
 
 if TYPE_CHECKING:
     from streamer.scheduler import CameraSchedule, Scheduler, UncertaintyFeed
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     stop, reload = threading.Event(), threading.Event()
     stop_on_signals(stop)
-    signal.signal(signal.SIGHUP, lambda *_: reload.set() if not reload.is_set() else None)  # read the config again, restart only what it touches
+    set_on_signal(reload, signal.SIGHUP)  # read the config again, restart only what it touches
     s = config.server
     files = f"; log files in {config.paths.var / 'log'}" if config.log.files else ""
     ports = f"{s.metrics_port}-{s.metrics_port + s.infer_workers - 1}" if s.infer_workers > 1 else str(s.metrics_port)

@@ -159,6 +159,21 @@ def test_a_second_signal_during_the_first_handler_returns_at_once():
             signal.signal(s, handler)
 
 
+def test_sighup_sets_the_reload_flag_every_time():
+    from streamer.shutdown import set_on_signal
+
+    reload = threading.Event()
+    previous = set_on_signal(reload, signal.SIGHUP)
+    try:
+        for _ in range(2):  # the supervisor clears the flag after each reload
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            assert reload.is_set()
+            reload.clear()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def test_watch_parent_watches_only_the_supervisor_it_names():
     assert pdeath.watch_parent(environ={}) is None  # started by hand or by an orchestrator
     assert pdeath.watch_parent(environ={pdeath.SUPERVISOR_ENV: str(os.getppid() + 1)}) is None  # a grandchild
