@@ -99,11 +99,12 @@ def watch_parent(grace_s: float = STOP_GRACE_S, poll_s: float = 0.2, environ: di
     exits at once with :data:`ORPHAN_EXIT_CODE`, leaving the stacks of its
     threads beside its heartbeat file (``<paths.run>/heartbeat/<stage>.stuck``).
     """
-    value = (os.environ if environ is None else environ).get(SUPERVISOR_ENV, "")
+    env = os.environ if environ is None else environ
+    value = env.get(SUPERVISOR_ENV, "")
     if not value.isdigit() or int(value) != os.getppid():
         return None
     supervisor = int(value)
-    heartbeat = (os.environ if environ is None else environ).get(HEARTBEAT_ENV)
+    heartbeat = env.get(HEARTBEAT_ENV)
     stuck_dump = f"{heartbeat.removesuffix('.beat')}.stuck" if heartbeat else None
 
     def loop() -> None:
