@@ -1,27 +1,32 @@
-"""Children that die with their parent: Linux ``prctl(PR_SET_PDEATHSIG)``.
+"""Stages that die with ``crowdwatch run``: Linux ``prctl(PR_SET_PDEATHSIG)`` and a watch thread.
 
-``crowdwatch run`` starts every stage (and the scheduler its adaptation jobs)
-with :func:`die_with_parent` as the ``preexec_fn``: in the child, between fork
-and exec, it asks the kernel to send SIGTERM when the parent dies, so a
-SIGKILL of the supervisor (which runs no cleanup) leaves no stage running
-under PID 1. The stages stop on SIGTERM as they do on ``crowdwatch run``'s
-own shutdown.
+``crowdwatch run`` names itself in :data:`SUPERVISOR_ENV` when it starts a
+stage, and the scheduler does the same for its adaptation jobs. Every
+``crowdwatch`` command calls :func:`watch_parent` first (``streamer.cli``),
+which, when that variable names its parent:
+- asks the kernel for SIGTERM when the parent dies, so a SIGKILL of the
+  supervisor (which runs no cleanup) leaves no stage running under PID 1;
+- watches the parent pid from a thread, because a signal is not enough on
+  its own: a stage whose main thread sits in a library call (a decoder, a
+  socket) runs its Python handler only when that call returns. Once the
+  parent is gone it sends the SIGTERM itself where the kernel did not, and
+  ends the process after the grace the supervisor gives a clean stop.
+
+Why not a ``preexec_fn``: Python code between fork and exec in a process
+with threads (the supervisor has one reader per child stream) can deadlock,
+and ``Popen`` then waits for that child forever. The price is a window of
+one interpreter start in which the supervisor may die unseen; the watch
+thread catches it (the parent pid is already not the one named).
 
 Notes:
-- The signal follows the *thread* that started the child: the supervisor
-  starts stages from its main thread, the scheduler its jobs from its own
-  long-lived thread.
-- If the parent died between fork and the ``prctl`` call, the child exits at
-  once (its parent pid is no longer the one that forked it).
-- Where ``prctl`` is unavailable (not Linux, no libc), :func:`die_with_parent`
-  returns the ``then`` callable unchanged (or None): children behave as before.
-- A signal is not enough on its own: a stage whose main thread sits in a
-  library call (a decoder, a socket) runs its Python handler only when that
-  call returns. The supervisor names itself in :data:`SUPERVISOR_ENV`, and
-  :func:`watch_parent` (started by ``streamer.cli`` in every stage) notices
-  the new parent from a thread, sends the SIGTERM itself where no prctl did,
-  and ends the process after the grace the supervisor gives a clean stop.
-  The stages stop through :func:`streamer.shutdown.stop_on_signals`, whose
+- The kernel's signal follows the *thread* that started the child: the
+  supervisor starts stages from one long-lived thread, the scheduler its jobs
+  from its own.
+- The variable is removed from this process's environment, so what a stage
+  starts in turn does not take the stage for its supervisor.
+- Where ``prctl`` is unavailable (not Linux, no libc) the watch thread alone
+  sends the SIGTERM, within its poll interval.
+- The stages stop through :func:`streamer.shutdown.stop_on_signals`, whose
   handler cannot deadlock on a second signal.
 """
 
@@ -35,7 +40,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 
@@ -58,62 +62,47 @@ def _load_prctl():
     return prctl
 
 
-# Resolved once, before any fork: the preexec_fn only calls it.
 _PRCTL = _load_prctl()
 
 
 def available() -> bool:
-    """True where children can be tied to their parent's life."""
+    """True where the kernel can tie a process to its parent's life."""
     return _PRCTL is not None
 
 
-def die_with_parent(sig: int = signal.SIGTERM, then: Callable[[], None] | None = None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive ``sig`` when this process dies.
-
-    ``then`` (e.g. ``lambda: os.nice(10)``) runs after it in the child. Returns
-    ``then`` itself where ``prctl`` is unavailable.
-    """
-    prctl = _PRCTL
-    if prctl is None:
-        return then
-    parent = os.getpid()
-    signum = int(sig)
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the prctl took effect
-            os._exit(1)
-        if then is not None:
-            then()
-
-    return preexec
+def _ask_kernel(sig: int, parent: int) -> bool:
+    """PR_SET_PDEATHSIG, then whether the parent was still ``parent`` after it (else it died first: no signal will come)."""
+    if _PRCTL is None or _PRCTL(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return False
+    return os.getppid() == parent
 
 
 def watch_parent(grace_s: float = STOP_GRACE_S, poll_s: float = 0.2, environ: dict[str, str] | None = None) -> threading.Thread | None:
-    """In a stage started by ``crowdwatch run``: end this process once that supervisor is gone.
+    """In a process started by ``crowdwatch run`` (or its scheduler): end it once that supervisor is gone.
 
-    Does nothing (returns None) without :data:`SUPERVISOR_ENV` naming this
-    process's parent: a stage started by hand or by an orchestrator has no
-    supervisor to outlive. Once the parent pid changes, the process gets
-    SIGTERM (its clean stop) and, if it is still running ``grace_s`` later,
-    exits at once with :data:`ORPHAN_EXIT_CODE`, leaving the stacks of its
-    threads beside its heartbeat file (``<paths.run>/heartbeat/<stage>.stuck``).
+    Does nothing (returns None) without :data:`SUPERVISOR_ENV`: a stage
+    started by hand or by an orchestrator has no supervisor to outlive. Else
+    the process gets SIGTERM (its clean stop) when the parent dies, from the
+    kernel or from the watch thread, and, if it is still running ``grace_s``
+    later, exits at once with :data:`ORPHAN_EXIT_CODE`, leaving the stacks of
+    its threads beside its heartbeat file (``<paths.run>/heartbeat/<stage>.stuck``).
     """
     env = os.environ if environ is None else environ
-    value = env.get(SUPERVISOR_ENV, "")
-    if not value.isdigit() or int(value) != os.getppid():
+    value = env.pop(SUPERVISOR_ENV, "")
+    if not value.isdigit():
         return None
     supervisor = int(value)
+    kernel_signals = _ask_kernel(signal.SIGTERM, supervisor)
     heartbeat = env.get(HEARTBEAT_ENV)
     stuck_dump = f"{heartbeat.removesuffix('.beat')}.stuck" if heartbeat else None
 
     def loop() -> None:
         while os.getppid() == supervisor:
             time.sleep(poll_s)
-        if _PRCTL is None:  # else the kernel sent it already (PDEATHSIG); no second one close behind
+        if not kernel_signals:  # else the kernel sent it already; no second one close behind
             os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
-        why = f"supervisor (pid {supervisor}) gone and this stage still running {grace_s:.0f} s after SIGTERM: exiting"
+        why = f"supervisor (pid {supervisor}) gone and this process still running {grace_s:.0f} s after SIGTERM: exiting"
         try:  # stderr was the supervisor's pipe: it may be gone too
             print(why, file=sys.stderr, flush=True)
         except (OSError, ValueError):

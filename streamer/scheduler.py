@@ -47,7 +47,7 @@ from adapt.store.runs import read_runs, record_run
 from crowdwatch import logs
 from crowdwatch.handshake import RefusalWatch
 from crowdwatch.wire import CurveKeys, LatestReceiver, decode_result, subscribe
-from streamer.pdeath import die_with_parent
+from streamer.pdeath import SUPERVISOR_ENV
 
 log = logging.getLogger("crowdwatch.scheduler")
 
@@ -223,6 +223,16 @@ class JobLog:
                     out.close()
 
 
+JOB_NICE = 10  # the online stages come first
+
+
+def lower_priority(pid: int, nice: int = JOB_NICE) -> None:
+    """Give a just-started job the lowest CPU priority. Linux's nice is per thread and new threads inherit it:
+    set right after exec, before the interpreter has started any thread, it covers the whole job."""
+    with contextlib.suppress(OSError):  # it may have exited already
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+
+
 def next_daily(after: float, hour: int, minute: int, tz: dt.tzinfo | None = None) -> float:
     """The first local ``hour:minute`` strictly after the timestamp ``after``."""
     base = dt.datetime.fromtimestamp(after, tz)
@@ -330,12 +340,12 @@ class Scheduler:
             # in this process's format. All of its output, stdout and stderr, is kept in job.log, and
             # its last non-JSON line (else its last logged error) is the run's detail.
             joblog = JobLog(report.parent / "job.log", on_line=self._relay)
-            env = {**os.environ, **logs.child_env(), logs.FORMAT_ENV: "json"}
+            # the job dies with the supervisor (pdeath.watch_parent)
+            env = {**os.environ, **logs.child_env(), logs.FORMAT_ENV: "json", SUPERVISOR_ENV: str(os.getpid())}
             with self._lock:
                 self.running = camera
-                # lowest CPU priority: the online stages come first; dies with the supervisor
-                self._proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                     env=env, preexec_fn=die_with_parent(then=lambda: os.nice(10)))
+                self._proc = proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                lower_priority(proc.pid)
             reader = threading.Thread(target=joblog.copy, args=(proc.stdout,), name=f"adapt-log-{camera}", daemon=True)
             reader.start()
             timed_out = False

@@ -64,7 +64,7 @@ from crowdwatch.wire import client_curve
 from streamer.heartbeat import ENV as HEARTBEAT_ENV
 from streamer.heartbeat import FATAL_EXIT_CODES
 from streamer.heartbeat import age as heartbeat_age
-from streamer.pdeath import STOP_GRACE_S, SUPERVISOR_ENV, die_with_parent
+from streamer.pdeath import STOP_GRACE_S, SUPERVISOR_ENV
 from streamer.shutdown import set_on_signal, stop_on_signals
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class Child:
     output: Output | None = None        # its stdout and stderr, passed on, last lines kept
 
     def start(self, now: float) -> None:
-        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}  # the stage's watch_parent outlives it by STOP_GRACE_S at most
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}  # the stage dies with this process (pdeath.watch_parent)
         if self.heartbeat is not None:
             self.heartbeat.parent.mkdir(parents=True, exist_ok=True)
             self.heartbeat.unlink(missing_ok=True)
@@ -201,9 +201,8 @@ class Child:
         # The child logs (crowdwatch.logs) to its stdout, and to its own rotated file under
         # <var>/log when [log] files is on; Output passes every line on to this process's
         # stdout/stderr and keeps the last ones for its last error line.
-        # die_with_parent: a SIGKILL of `crowdwatch run` takes its stages with it
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=die_with_parent(), env=env)
+                                     start_new_session=True, env=env)
         self.output = Output(self.name, self.proc)
         self.started = now
         self.started_wall = time.time()

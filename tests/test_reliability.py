@@ -145,11 +145,11 @@ min_free_bytes = 0
 {door}""", server=f'stall_restart = "{STALL_RESTART_S}s"', sections="[log]\nfiles = false", registry=self.root / "models"))
 
     def start(self) -> None:
-        limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))) if self.disk == "rlimit" else None
         self.proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "run", "--config", str(self.cfg), "--no-adapt",
                                       "--log-format", "json"], cwd=self.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
-                                     preexec_fn=limit)  # fmt: skip
+                                     env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})  # fmt: skip
+        if self.disk == "rlimit":  # set from here, not in a preexec_fn (unsafe in this threaded process); before it starts a stage
+            resource.prlimit(self.proc.pid, resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
         # a pipe, drained here: under RLIMIT_FSIZE the run could not write a log file of its own
         threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
 

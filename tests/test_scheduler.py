@@ -1,4 +1,5 @@
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -234,6 +235,17 @@ def test_the_whole_job_output_is_kept_in_a_bounded_rotating_log(tmp_path, monkey
     s.command = lambda cam, report: [sys.executable, "-c", "print('second run')"]
     s.run_one("lobby", "schedule")
     assert current.read_text() == "second run\n"
+
+
+def test_a_job_runs_at_low_priority_and_knows_its_supervisor(tmp_path):
+    """Nice 10 (the online stages come first), set with no preexec_fn; the supervisor named for pdeath.watch_parent."""
+    from streamer.pdeath import SUPERVISOR_ENV
+
+    nice_here = os.nice(0)
+    s, _ = make(tmp_path, f"import os; print(os.nice(0), os.environ[{SUPERVISOR_ENV!r}])")
+    assert s.run_one("lobby", "schedule") == "succeeded"
+    nice, supervisor = (tmp_path / "adapt" / "lobby" / "job.log").read_text().split()
+    assert int(nice) == max(nice_here, 10) and int(supervisor) == os.getpid()
 
 
 def test_a_jobs_json_lines_are_relayed_and_kept_in_its_log(tmp_path, caplog):

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent("""
     from streamer.scheduler import CameraSchedule, Scheduler
 
     tmp = Path(sys.argv[1])
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    sleeper = [sys.executable, "-c", "import time; from streamer.pdeath import watch_parent; watch_parent(); time.sleep(120)"]  # as streamer.cli
     supervisor.stage_argv = lambda stage, config_path, *extra: sleeper + [stage, *extra]
     config = parse_config({"paths": {"var": str(tmp / "var"), "run": str(tmp / "run")},
                            "cameras": {"east": {"url": "synthetic://?people=3"}, "west": {"url": "synthetic://?people=4"}}})
@@ -73,38 +73,33 @@ def _kill_all(proc: subprocess.Popen, kids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_without_prctl_the_preexec_fn_is_what_was_asked(monkeypatch):
-    monkeypatch.setattr(pdeath, "_PRCTL", None)
-    assert pdeath.die_with_parent() is None
-    f = lambda: None  # noqa: E731
-    assert pdeath.die_with_parent(then=f) is f
-
-
 # A parent that starts one child as crowdwatch run does (PDEATHSIG where there is prctl) and prints its pid.
 ORPHAN_PARENT = textwrap.dedent("""
     import os, subprocess, sys, time
-    from streamer.pdeath import SUPERVISOR_ENV, die_with_parent
+    from streamer.pdeath import SUPERVISOR_ENV
     env = {**os.environ, SUPERVISOR_ENV: str(os.getpid()), "CROWDWATCH_HEARTBEAT": sys.argv[2]}
-    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env, preexec_fn=die_with_parent())  # as crowdwatch run
+    child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env)  # as crowdwatch run
     print(child.pid, flush=True)
     time.sleep(120)
 """)
 ORPHAN_CHILD = textwrap.dedent("""
     import signal, sys, time
     from pathlib import Path
-    from streamer.pdeath import watch_parent
+    from streamer import pdeath
     marker = Path(sys.argv[1])
     def on_term(*_):
         marker.write_text("SIGTERM")
         sys.exit(0)
-    signal.signal(signal.SIGTERM, on_term if marker.name == "clean" else signal.SIG_IGN)  # SIG_IGN: a stage that never stops
-    assert watch_parent(grace_s=1.0, poll_s=0.05) is not None
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if marker.name == "stuck" else on_term)  # SIG_IGN: a stage that never stops
+    if marker.name == "clean-without-prctl":
+        pdeath._PRCTL = None  # as on a system without it: the watch thread sends the SIGTERM
+    assert pdeath.watch_parent(grace_s=1.0, poll_s=0.05) is not None
     marker.with_suffix(".ready").write_text("")
     time.sleep(120)
 """)
 
 
-@pytest.mark.parametrize("kind", ["clean", "stuck"])
+@pytest.mark.parametrize("kind", ["clean", "clean-without-prctl", "stuck"])
 def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kind):
     """SIGTERM when the supervisor dies (PDEATHSIG, else watch_parent's), then watch_parent's hard exit after the grace."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -124,7 +119,7 @@ def test_a_stage_outlives_its_dead_supervisor_by_the_grace_at_most(tmp_path, kin
         while pid_alive(child) and time.monotonic() - t0 < 20:
             time.sleep(0.05)
         assert not pid_alive(child), "the child outlived its supervisor"
-        assert marker.exists() == (kind == "clean")  # the clean one stopped on the SIGTERM
+        assert marker.exists() == kind.startswith("clean")  # the clean one stopped on the SIGTERM
         stuck = tmp_path / "child.stuck"
         if kind == "stuck":  # it says why it went, and where its main thread was
             text = stuck.read_text()
@@ -174,10 +169,20 @@ def test_sighup_sets_the_reload_flag_every_time():
         signal.signal(signal.SIGHUP, previous)
 
 
-def test_watch_parent_watches_only_the_supervisor_it_names():
+def test_a_stage_whose_supervisor_died_before_it_watched_stops_at_once(tmp_path):
+    """The window between exec and watch_parent: the parent is already not the supervisor it was started by."""
+    marker = tmp_path / "clean"
+    code = ORPHAN_CHILD.replace("sys.argv[1]", repr(str(marker)))
+    env = {**os.environ, "PYTHONPATH": str(REPO), pdeath.SUPERVISOR_ENV: str(os.getppid())}  # not the child's parent
+    done = subprocess.run([sys.executable, "-c", code], env=env, timeout=30)
+    assert done.returncode == 0 and marker.read_text() == "SIGTERM"
+
+
+def test_watch_parent_needs_a_supervisor_and_keeps_it_from_what_the_stage_starts():
     assert pdeath.watch_parent(environ={}) is None  # started by hand or by an orchestrator
-    assert pdeath.watch_parent(environ={pdeath.SUPERVISOR_ENV: str(os.getppid() + 1)}) is None  # a grandchild
-    assert pdeath.watch_parent(environ={pdeath.SUPERVISOR_ENV: "not a pid"}) is None
+    env = {pdeath.SUPERVISOR_ENV: "not a pid"}
+    assert pdeath.watch_parent(environ=env) is None
+    assert env == {}  # removed: a stage's own children do not take it for their supervisor
 
 
 # A minimal real stage: beats its heartbeat from its loop, as infer, web and ingest do.
