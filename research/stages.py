@@ -67,9 +67,9 @@ def research_config(cfg, cls, **overrides):
 
 def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
-    parent: CrowdCounter | None = None,
+    parent: CrowdCounter | None = None, **kw,
 ) -> dict:
-    """The product's flip stage with the research switches; ``parent`` is needed for ``anchor_weight``."""
+    """The product's flip stage with the research switches; ``parent`` is needed for ``anchor_weight``; ``kw`` as the product's."""
     synth_count_weight = getattr(cfg, "synth_count_weight", 0.0)
     anchor_weight = getattr(cfg, "anchor_weight", 0.0)
     if anchor_weight and parent is None:
@@ -89,28 +89,28 @@ def run_flip_stage(
 
     return product_flip.run_flip_stage(model, synth_batches, real_batches, cfg, device, parent,
                                        extra=extra if synth_count_weight or anchor_weight else None,
-                                       warmup=getattr(cfg, "warmup_steps", 0))
+                                       warmup=getattr(cfg, "warmup_steps", 0), **kw)
 
 
 def finetune_round(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
-    on_step: Callable[[int, dict], None] | None = None,
+    on_step: Callable[[int, dict], None] | None = None, **kw,
 ) -> dict:
-    """The product's pseudo-label round with the research switches; ``on_step(step, losses)`` watches it."""
+    """The product's pseudo-label round with the research switches; ``on_step(step, losses)`` watches it; ``kw`` as the product's."""
     count_weight = getattr(cfg, "count_weight", 0.0)
 
     def extra(pred: torch.Tensor, real: dict) -> dict[str, torch.Tensor]:
         return {"count": count_weight * count_loss(pred, real["count"].to(device))}
 
     return product_pseudo.finetune_round(model, synth_batches, real_batches, cfg, device, on_step,
-                                         extra=extra if count_weight else None, warmup=getattr(cfg, "warmup_steps", 0))
+                                         extra=extra if count_weight else None, warmup=getattr(cfg, "warmup_steps", 0), **kw)
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device,
-                           seed: int = 0, scene=None) -> list[dict]:
+                           seed: int = 0, scene=None, **kw) -> list[dict]:
     """The product's rounds, with the research config's ``crop`` and :func:`finetune_round`."""
     return product_pseudo.run_pseudo_label_stage(model, synth_batches, frame_paths, cfg, device, seed, scene,
-                                                 crop=getattr(cfg, "crop", None), finetune=finetune_round)
+                                                 crop=getattr(cfg, "crop", None), finetune=finetune_round, **kw)
 
 
 def install() -> None:

@@ -242,7 +242,32 @@ def test_research_switches_run_through_the_product_loops(setup):
     real = loop_forever(DataLoader(PseudoLabelled(labels, max_side=128), batch_size=4))
     pcfg = ResearchPseudoConfig(steps_per_round=2, count_weight=0.5, max_side=128)
     losses = finetune_round(model, synth, real, pcfg, torch.device("cpu"))
-    assert set(losses) == {"loss_s", "loss_pseudo", "loss_count"} and all(np.isfinite(v) for v in losses.values())
+    assert set(losses) == {"steps", "loss_s", "loss_pseudo", "loss_count"} and all(np.isfinite(v) for v in losses.values())
+
+
+def test_a_flip_stage_out_of_time_stops_and_says_how_far_it_got(setup):
+    from torch.utils.data import DataLoader
+
+    from adapt.data.crowd_dataset import AugmentConfig, FrameFolder, collate
+    from adapt.selfsup.adaptation import synthetic_batches
+    from adapt.selfsup.flip_stage import run_flip_stage
+    from adapt.training.engine import loop_forever
+
+    frames = FrameFolder(sorted((setup / "frames").glob("*.jpg")), AugmentConfig(crop=(64, 64)), seed=0)
+    real = loop_forever(DataLoader(frames, batch_size=4, collate_fn=collate))
+    checks = iter([False, False, True])
+    stats = run_flip_stage(perturbed_model(), synthetic_batches(setup / "synth", 4, 64, 0), real, FlipStageConfig(steps=5),
+                           torch.device("cpu"), time_up=lambda: next(checks))
+    assert stats["steps"] == 2 and stats["stopped"] == "time budget: 2 of 5 steps" and stats["final_loss_s"] > 0
+
+
+def test_a_run_out_of_time_still_ends_with_a_verdict_and_never_publishes_an_untrained_model(setup):
+    report = adapt_camera(tiny_config(setup, camera="late", time_budget_s=1e-3))
+    assert report["time_budget_s"] == 1e-3
+    assert report["flip_stage"]["steps"] == 0 and report["flip_stage"]["stopped"] == "time budget: 0 of 3 steps"
+    assert report["pseudo_label_rounds"][0]["stopped"].startswith("time budget")
+    assert report["validation"]["verdict"] == "reject" and report["published"] is None
+    assert "the time budget ran out before the first training step" in report["validation"]["reasons"]
 
 
 def test_adaptation_runs_gates_and_publishes_only_if_accepted(setup):

@@ -28,6 +28,7 @@ url = "synthetic://?people=10"
 [cameras.lobby.adapt]
 keep_count = false
 labels = "lobby-labels"
+time_budget = "40m"
 
 [cameras.lobby.adapt.gate]
 min_count_ratio = 0.5
@@ -73,7 +74,12 @@ def test_adapt_builds_its_run_from_the_cameras_settings(config_file: Path) -> No
     assert run.buffer.max_frames == 2500 and run.buffer.retention_days == 14  # [cameras.lobby.buffer] over [defaults.buffer]
     assert (run.registry_root, run.buffer_root) == (site / "data" / "models", site / "data" / "var" / "buffer")
     assert run.scene_root == site / "data" / "var" / "scene"
-    # flags override the config
+    assert run.time_budget_s == 2400 and AdaptConfig.time_budget_s == 1500
+    # flags override the config; "none" lifts the time budget
+    for flag, seconds in (("10m", 600), ("none", None)):
+        assert build_config(build_parser().parse_args(["--camera", "lobby", "--time-budget", flag]), config).time_budget_s == seconds
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--camera", "lobby", "--time-budget", "soon"])
     args = build_parser().parse_args(["--camera", "lobby", "--keep-count", "--min-count-ratio", "0.6", "--models", "m", "--buffer", "b"])
     run = build_config(args, config)
     assert run.keep_count is True and run.gate.min_count_ratio == 0.6

@@ -136,6 +136,8 @@ def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
         ("cameras.lobby.shard", 1, "cameras.lobby.shard", "a shard in 0..0 ([server] infer_workers = 1)"),
         ("cameras.lobby.shard", -1, "cameras.lobby.shard", "an integer in [0, 63]"),
         ("server.liveness_timeout", "500ms", "server.liveness_timeout", "at least"),
+        ("cameras.lobby.adapt.time_budget", "7h", "cameras.lobby.adapt.time_budget", "shorter than adapt.timeout (21600 s)"),
+        ("cameras.lobby.adapt.time_budget", "1m", "cameras.lobby.adapt.time_budget", "at least"),
         ("transport.frames", "tcp://host", "transport.frames", "tcp://HOST:PORT"),
         ("transport.frames", "inproc://x", "transport.frames", "ipc://PATH"),
         ("transport.frames", "ipc:///" + "x" * 120, "transport.frames", "at most 107 bytes"),

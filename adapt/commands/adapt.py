@@ -21,6 +21,7 @@ from adapt.store.names import InvalidCameraName, validate_camera_name
 from adapt.store.registry import RegistryError
 from crowdwatch import logs
 from crowdwatch.config import CAMERA_NAME_RE, CONFIG_HELP, Config, ConfigError, load_command_config
+from crowdwatch.config.units import parse_duration
 
 log = logging.getLogger("crowdwatch.adapt")
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the empty-scene gate (default: the camera's adapt.scene, {'on' if AdaptConfig.scene else 'off'}; docs/ADAPTATION.md)")
     p.add_argument("--keep-count", action=argparse.BooleanOptionalAction, default=None,
                    help=f"hold the parent's mean count on the training frames (default: the camera's adapt.keep_count, {'on' if AdaptConfig.keep_count else 'off'}; docs/ADAPTATION.md)")
+    p.add_argument("--time-budget", type=budget_arg, default=None, metavar="DURATION",
+                   help='wall time the run may take, e.g. "25m"; "none": every step (default: the camera\'s adapt.time_budget)')
     p.add_argument("--flip-steps", type=int, default=None)
     p.add_argument("--rounds", type=int, default=None, help="pseudo-label rounds at most (K)")
     p.add_argument("--steps-per-round", type=int, default=None)
@@ -79,22 +82,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NO_BUDGET = float("inf")
+
+
+def budget_arg(text: str) -> float:
+    """--time-budget: a duration, or "none" (every step runs)."""
+    if text.strip().lower() == "none":
+        return NO_BUDGET
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a duration such as "25m" or "none", found {text!r}') from None
+
+
 def build_config(args: argparse.Namespace, config: Config | None) -> AdaptConfig:
     """The run's AdaptConfig: the camera's settings in ``config`` (adaptation_config), then the flags given."""
     if config is not None and args.camera not in config.cameras and args.frames is None:
         raise AdaptError(f"camera {args.camera!r} is not in {config.source}: add [cameras.{args.camera}], or give --frames for a one-off run")
     pseudo = {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "keep_fraction": args.keep_fraction,
               "rule": args.pseudo_rule, "max_side": args.max_side}
-    return adaptation_config(
+    cfg = adaptation_config(
         config, args.camera,
         frames=args.frames, base=args.base, labels=args.labels, device=args.device, seed=args.seed, publish=not args.no_publish,
         save_candidate=args.save_candidate, stages=tuple(s for s in args.stages.split(",") if s), keep_count=args.keep_count,
         scene=args.scene, min_count_ratio=args.min_count_ratio, max_count_ratio=args.max_count_ratio,
         per_person_uncertainty=args.per_person_uncertainty, max_side=args.max_side, max_frames=args.max_frames,
-        registry_root=args.models, buffer_root=args.buffer, synthetic=args.synthetic,
+        registry_root=args.models, buffer_root=args.buffer, synthetic=args.synthetic, time_budget_s=args.time_budget,
         flip=FlipStageConfig() if args.flip_steps is None else replace(FlipStageConfig(), steps=args.flip_steps),
         pseudo=replace(PseudoLabelConfig(), **{k: v for k, v in pseudo.items() if v is not None}),
     )  # fmt: skip
+    return replace(cfg, time_budget_s=None) if args.time_budget == NO_BUDGET else cfg
 
 
 def main(argv: list[str] | None = None) -> int:

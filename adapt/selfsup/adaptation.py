@@ -15,7 +15,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
+from adapt.selfsup.budget import FLIP_SHARE, TimeBudget
 from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
 from adapt.selfsup.gate import GateConfig, frame_stats, gate, scene_stats
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, run_pseudo_label_stage, scene_labelled
@@ -36,6 +37,7 @@ STAGES = ("flip", "pseudo")
 MIN_FRAMES = 8
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".m4v", ".ts", ".webm", ".h264", ".mpg"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PUBLISH_RESERVE_S = 30.0  # ONNX export and the registry's write, with room
 _SETTINGS = AdaptSettings()  # [cameras.X.adapt]: the defaults of the settings a camera may change
 
 
@@ -74,6 +76,8 @@ class AdaptConfig:
     device: str = "auto"
     seed: int = 0
     publish: bool = True
+    # the whole run's wall time: the stages stop at their share of it (adapt/selfsup/budget.py); None: every step runs
+    time_budget_s: float | None = _SETTINGS.time_budget_s
     save_candidate: Path | None = None   # keep the candidate checkpoint whatever the verdict (benchmarks)
     flip: FlipStageConfig = field(default_factory=FlipStageConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
@@ -233,6 +237,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     from adapt.training.engine import seed_everything, select_device
 
     t0 = time.time()
+    budget = TimeBudget(cfg.time_budget_s)
     camera = validate_camera_name(cfg.camera)
     unknown = set(cfg.stages) - set(STAGES)
     if unknown:
@@ -264,7 +269,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
-        "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
+        "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)}, "time_budget_s": cfg.time_budget_s,
         "config": json.loads(json.dumps(asdict(cfg), default=_jsonable)),
     }
     usable = scene is not None and scene.model.usable
@@ -272,6 +277,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         report["scene"] = scene.summary()
         if not usable:
             report["scene"]["fallback"] = "the paper's two stages alone: " + "; ".join(scene.model.problems or ["no ground plane"])
+    stats_started = time.monotonic()
     parent_stats = frame_stats(parent_model, held_loader, device)
     report["parent_stats"] = asdict(parent_stats)
     scene_parent = None
@@ -281,6 +287,8 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         held_comp = whole_frames(scene.held_composites, cfg.max_side)
         scene_parent = scene_stats(parent_model, static, empties, held_loader, held_comp, device)
         report["scene_parent"] = asdict(scene_parent)
+    # the candidate's statistics take as long again; publishing (ONNX export) a little more
+    budget.reserve_s = 2 * (time.monotonic() - stats_started) + PUBLISH_RESERVE_S
     model = copy.deepcopy(parent_model)
     if "flip" in cfg.stages:
         known = None
@@ -288,11 +296,12 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
             scene_frames = PseudoLabelled(scene_labelled(scene.model, train_paths, cfg.max_side), None, cfg.max_side, seed=cfg.seed)
             known = loop_forever(DataLoader(scene_frames, batch_size=cfg.flip.real_batch, shuffle=True, drop_last=True, num_workers=0,
                                             generator=torch.Generator().manual_seed(cfg.seed)))
+        share = FLIP_SHARE if "pseudo" in cfg.stages else 1.0
         report["flip_stage"] = run_flip_stage(model, synth, loop_forever(real_loader), cfg.flip, device, parent=parent_model,
-                                              scene_batches=known)
+                                              scene_batches=known, time_up=budget.time_up(share))
     if "pseudo" in cfg.stages:
         report["pseudo_label_rounds"] = run_pseudo_label_stage(model, synth, train_paths, cfg.pseudo, device, seed=cfg.seed,
-                                                               scene=scene.model if usable else None)
+                                                               scene=scene.model if usable else None, budget=budget)
     moved = None
     if cfg.keep_count and usable:
         # the composites carry exact labels on this camera: the level they teach is the camera's own evidence
@@ -312,6 +321,9 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
         scene_pair = (scene_parent, scene_stats(model, static, empties, held_loader, held_comp, device))
         report["scene_candidate"] = asdict(scene_pair[1])
     verdict = gate(parent_stats, cand_stats, cfg.gate.for_stages(cfg.stages), labelled, count_ratio_before_keep=moved, scene=scene_pair)
+    trained = report.get("flip_stage", {}).get("steps", 0) + sum(r.get("steps", 0) for r in report.get("pseudo_label_rounds", []))
+    if not trained:
+        verdict = replace(verdict, verdict="reject", reasons=[*verdict.reasons, "the time budget ran out before the first training step"])
     report["validation"] = verdict.to_dict()
     if cfg.save_candidate is not None:
         save_checkpoint(cfg.save_candidate, model, {"version": "candidate", "parent": parent_version, "camera": camera, "recipe": report["config"]})

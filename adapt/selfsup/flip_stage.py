@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from adapt.data.crowd_dataset import readable_batches
 from adapt.model.network import CrowdCounter, training_mode
+from adapt.selfsup.budget import TimeUp, steps_within, stopped_early
 from adapt.training.engine import (
     ParameterEMA,
     check_step_settings,
@@ -80,7 +81,7 @@ ExtraLoss = Callable[[torch.Tensor, dict, torch.Tensor | None], dict[str, torch.
 def run_flip_stage(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: FlipStageConfig, device: torch.device,
     parent: CrowdCounter | None = None, *, scene_batches: Iterator[dict] | None = None, extra: ExtraLoss | None = None,
-    warmup: int = 0,
+    warmup: int = 0, time_up: TimeUp | None = None,
 ) -> dict:
     """Train in place; returns loss and flip-accuracy statistics.
 
@@ -92,16 +93,16 @@ def run_flip_stage(
     model knows (``cfg.scene_weight``).
     ``extra(synth density, synth batch, real images)`` returns more weighted
     loss terms by name, and ``warmup`` warms the learning rate up: both are for
-    research/stages.py.
+    research/stages.py. ``time_up()`` ends the stage before ``cfg.steps`` (``budget.TimeBudget``).
     """
     model.set_flip_rows(cfg.head_rows)
     training_mode(model.to(device), cfg.freeze_bn)
     opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
     ema = ParameterEMA(model, cfg.ema_decay)
     sums: dict[str, float] = {"loss_s": 0.0, "loss_a": 0.0, "flip_acc": 0.0}
-    tail = dict(sums)  # last quarter: how the stage ended
-    tail_from = cfg.steps - max(1, cfg.steps // 4)
-    bar = progress(range(cfg.steps), "flip stage")
+    tails: list[dict[str, float]] = []  # the last quarter of the steps run: how the stage ended
+    done = 0
+    bar = progress(steps_within(cfg.steps, time_up), "flip stage", total=cfg.steps)
     for step in bar:
         synth = next(synth_batches)
         density = model.forward_train(synth["image"].to(device))
@@ -134,15 +135,16 @@ def run_flip_stage(
         values = {"loss_s": loss_s.item(), "loss_a": loss_a.item(), "flip_acc": acc} | {f"loss_{k}": v.item() for k, v in terms.items()}
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
-            if step >= tail_from:
-                tail[k] = tail.get(k, 0.0) + v
+        tails.append(values)
+        done = step + 1
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_a=f"{loss_a.item():.3f}", acc=f"{acc:.2f}")
     ema.apply(model)
-    n_tail = cfg.steps - tail_from
+    tails = tails[len(tails) - max(1, len(tails) // 4):] if tails else []
     return {
-        "steps": cfg.steps,
-        **{f"mean_{k}": v / max(cfg.steps, 1) for k, v in sums.items()},
-        **{f"final_{k}": v / max(n_tail, 1) for k, v in tail.items()},
+        "steps": done,
+        **stopped_early(done, cfg.steps),
+        **{f"mean_{k}": v / max(done, 1) for k, v in sums.items()},
+        **{f"final_{k}": sum(t.get(k, 0.0) for t in tails) / max(len(tails), 1) for k in sums},
     }
 
 

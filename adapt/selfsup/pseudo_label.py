@@ -25,6 +25,7 @@ every pseudo-label round moves the count").
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from adapt.data.images import BadImage, load_image
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
 from adapt.scene.motion import CELL_FOREGROUND, cell_occupancy, static_on_grid
+from adapt.selfsup.budget import MIN_ROUND_FRACTION, TimeBudget, TimeUp, steps_within, stopped_early
 from adapt.training.engine import (
     ParameterEMA,
     check_step_settings,
@@ -336,18 +338,20 @@ class PseudoLabelled(Dataset):
 def finetune_round(
     model: CrowdCounter, synth_batches: Iterator[dict], real_batches: Iterator[dict], cfg: PseudoLabelConfig, device: torch.device,
     on_step: Callable[[int, dict], None] | None = None, *,
-    extra: Callable[[torch.Tensor, dict], dict[str, torch.Tensor]] | None = None, warmup: int = 0,
+    extra: Callable[[torch.Tensor, dict], dict[str, torch.Tensor]] | None = None, warmup: int = 0, time_up: TimeUp | None = None,
 ) -> dict:
     """One round of fine-tuning; ``on_step(step, losses)`` lets a benchmark watch the round.
 
     ``extra(real density, real batch)`` returns more weighted loss terms by
     name, and ``warmup`` warms the learning rate up: both are for research/stages.py.
+    ``time_up()`` ends the round before ``cfg.steps_per_round`` (``budget.TimeBudget``).
     """
     training_mode(model.to(device), cfg.freeze_bn)
     opt, schedule = make_optimizer(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay, warmup)
     ema = ParameterEMA(model, cfg.ema_decay)
     totals: dict[str, float] = {"loss_s": 0.0, "loss_pseudo": 0.0}
-    bar = progress(range(cfg.steps_per_round), "fine-tune", leave=False)
+    done = 0
+    bar = progress(steps_within(cfg.steps_per_round, time_up), "fine-tune", total=cfg.steps_per_round, leave=False)
     for step in bar:
         synth, real = next(synth_batches), next(real_batches)
         scale = model.config.density_scale
@@ -367,16 +371,19 @@ def finetune_round(
             totals[k] = totals.get(k, 0.0) + v
         if on_step is not None:
             on_step(step, values)
+        done = step + 1
         bar.set_postfix(L_s=f"{loss_s.item():.3f}", L_pl=f"{loss_r.item():.3f}")
     ema.apply(model)
-    n = max(cfg.steps_per_round, 1)
-    return {k: v / n for k, v in totals.items()}
+    return {"steps": done, **stopped_early(done, cfg.steps_per_round), **{k: v / max(done, 1) for k, v in totals.items()}}
 
 
 def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], frame_paths: list[Path], cfg: PseudoLabelConfig, device: torch.device, seed: int = 0,
-                           scene: SceneModel | None = None, crop: int | None = None, finetune: Callable[..., dict] | None = None) -> list[dict]:
+                           scene: SceneModel | None = None, crop: int | None = None, finetune: Callable[..., dict] | None = None,
+                           budget: TimeBudget | None = None) -> list[dict]:
     """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``scene``: see predict_frames.
 
+    ``budget``: each round stops at its share of the time left (``TimeBudget.round_time_up``),
+    and a round that could not run ``MIN_ROUND_FRACTION`` of its steps is not started.
     ``crop`` (real views in pixels instead of whole frames) and ``finetune`` (another
     round function with finetune_round's arguments) are for research/stages.py.
     """
@@ -385,7 +392,14 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
         raise ValueError(f"real_batch must be a multiple of the number of masks ({model.config.masks})")
     rounds: list[dict] = []
     previous = None
+    step_s = None  # a fine-tune step's wall time, once a round has run
     for r in range(cfg.rounds):
+        share = TimeBudget.round_share(r)
+        if budget is not None:
+            need = 0.0 if step_s is None else MIN_ROUND_FRACTION * cfg.steps_per_round * step_s
+            if share * budget.left() <= need:
+                rounds.append({"round": r + 1, "stopped": f"time budget: {max(budget.left(), 0):.0f} s left"})
+                break
         labels = predict_frames(model, frame_paths, device, cfg, scene)
         if not labels.paths:
             raise ValueError("no readable frames to pseudo-label")
@@ -412,7 +426,10 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
         )
         if len(loader) == 0:
             raise ValueError(f"need at least {cfg.real_batch} frames for a pseudo-label batch, have {len(labels.paths)}")
-        stats.update(finetune(model, synth_batches, loop_forever(loader), cfg, device))
+        started = time.monotonic()
+        stats.update(finetune(model, synth_batches, loop_forever(loader), cfg, device,
+                              time_up=budget.time_up(share) if budget is not None else None))
+        step_s = (time.monotonic() - started) / max(stats["steps"], 1)
         rounds.append(stats)
         previous = mean_count
     return rounds

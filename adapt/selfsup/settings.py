@@ -36,7 +36,8 @@ def adaptation_config(config: Config | None, camera: str, **overrides: Any) -> A
     settings = camera_settings(config, camera)
     adapt = settings.adapt
     gate = GateConfig.from_settings(adapt.gate, **{k: overrides.pop(k) for k in GATE_KEYS if k in overrides})
-    fields: dict[str, Any] = {"camera": camera, "labels": adapt.labels, "keep_count": adapt.keep_count, "scene": adapt.scene, "gate": gate, "buffer": settings.buffer}
+    fields: dict[str, Any] = {"camera": camera, "labels": adapt.labels, "keep_count": adapt.keep_count, "scene": adapt.scene, "gate": gate, "buffer": settings.buffer,
+                           "time_budget_s": adapt.time_budget_s}
     if settings.calibration is not None:
         fields["calibration"] = (settings.calibration.image, settings.calibration.ground)
     if config is not None:

@@ -63,6 +63,11 @@ class AdaptConfig(Section):
         6 * 3600.0, ge=60, le=7 * 86400, alias="timeout",
         description="an adaptation job still running after this long is stopped and recorded as failed",
     )  # fmt: skip
+    time_budget_s: Duration = Field(
+        25 * 60.0, ge=120, le=7 * 86400, alias="time_budget",
+        description="wall time one adaptation may take: on a slower machine or with larger frames its stages run fewer "
+        "steps to fit (the report says how many); must be shorter than timeout",
+    )  # fmt: skip
     max_age_s: Duration = Field(3 * 86400.0, ge=60, alias="max_age", description="last successful adaptation older than this -> alert")
     max_failures_per_day: Integer = Field(0, ge=0, le=1000, description="more failed runs than this within a day -> alert")
     labels: OptionalPath = Field(None, description="a few JSON-points frames of this camera (crowdwatch label): MAE on them decides the gate")
@@ -75,6 +80,13 @@ class AdaptConfig(Section):
         "composites on its empty scene, empty static cells, moving people as labels, the empty-scene gate"
     )
     gate: GateSettings = Field(default_factory=GateSettings, description="the label-free gate")
+
+    @model_validator(mode="after")
+    def _budget_within_timeout(self) -> AdaptConfig:
+        if self.time_budget_s >= self.timeout_s:
+            raise fail(f"a time budget shorter than adapt.timeout ({self.timeout_s:.0f} s), which stops the job",
+                       f"{self.time_budget_s:.0f} s", key="time_budget")
+        return self
 
     @model_validator(mode="before")
     @classmethod
