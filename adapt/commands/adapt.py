@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                f" ({'; '.join(v['reasons'])})" if v["reasons"] else "",
                f"published {report['published']}" if report["published"] else "nothing published", camera=report["camera"])
     record(args, config, "succeeded" if v["verdict"] == "accept" and (report["published"] or not cfg.publish) else "rejected", "; ".join(v["reasons"]) or (report["published"] or ""))
-    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published"))
+    cuts = report.get("time_budget", {}).get("cut")
+    print(f"{report['camera']}: {v['verdict']}" + (f" ({'; '.join(v['reasons'])})" if v["reasons"] else "") + (f"; published {report['published']}" if report["published"] else "; nothing published")
+          + (f"; cut short by the time budget: {', '.join(cuts)}" if cuts else ""))
     return 0 if v["verdict"] == "accept" else 3
 
 

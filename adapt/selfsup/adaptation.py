@@ -269,7 +269,7 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
 
     report: dict = {
         "camera": camera, "parent": parent_version, "parent_checkpoint": str(parent_path), "device": str(device),
-        "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)}, "time_budget_s": cfg.time_budget_s,
+        "stages": list(cfg.stages), "frames": {"train": len(train_paths), "held_out": len(held_paths)},
         "config": json.loads(json.dumps(asdict(cfg), default=_jsonable)),
     }
     usable = scene is not None and scene.model.usable
@@ -330,8 +330,17 @@ def adapt_camera(cfg: AdaptConfig) -> dict:
     report["published"] = None
     if verdict.accepted and cfg.publish:
         report["published"] = publish(registry, camera, model, parent_version, report)
+    report["time_budget"] = {"seconds": cfg.time_budget_s, "cut": budget_cuts(report)}
     report["seconds"] = round(time.time() - t0, 1)
     return report
+
+
+def budget_cuts(report: dict) -> list[str]:
+    """The stages the time budget cut short, as the summary line says them."""
+    flip = report.get("flip_stage", {})
+    cuts = [f"flip stage ({flip['stopped']})"] if "stopped" in flip else []
+    return cuts + [f"round {r['round']} ({r['stopped']})" for r in report.get("pseudo_label_rounds", [])
+                   if str(r.get("stopped", "")).startswith("time budget")]
 
 
 def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:
