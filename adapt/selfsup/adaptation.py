@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from adapt.model.checkpoint import load_checkpoint, save_checkpoint
 from adapt.model.network import MAX_COUNT_SCALE, MIN_COUNT_SCALE, CrowdCounter
-from adapt.selfsup.budget import FLIP_SHARE, TimeBudget
+from adapt.selfsup.budget import FLIP_SHARE, STOPPED, TimeBudget
 from adapt.selfsup.flip_stage import FlipStageConfig, run_flip_stage
 from adapt.selfsup.gate import GateConfig, frame_stats, gate, scene_stats
 from adapt.selfsup.pseudo_label import PseudoLabelConfig, PseudoLabelled, run_pseudo_label_stage, scene_labelled
@@ -340,7 +340,7 @@ def budget_cuts(report: dict) -> list[str]:
     flip = report.get("flip_stage", {})
     cuts = [f"flip stage ({flip['stopped']})"] if "stopped" in flip else []
     return cuts + [f"round {r['round']} ({r['stopped']})" for r in report.get("pseudo_label_rounds", [])
-                   if str(r.get("stopped", "")).startswith("time budget")]
+                   if str(r.get("stopped", "")).startswith(STOPPED)]
 
 
 def publish(registry: Registry, camera: str, model, parent_version: str | None, report: dict) -> str:

@@ -42,7 +42,7 @@ from adapt.data.images import BadImage, load_image
 from adapt.model.network import STRIDE, CrowdCounter, ensemble_mean_std, training_mode
 from adapt.scene.model import SceneModel
 from adapt.scene.motion import CELL_FOREGROUND, cell_occupancy, static_on_grid
-from adapt.selfsup.budget import MIN_ROUND_FRACTION, TimeBudget, TimeUp, steps_within, stopped_early
+from adapt.selfsup.budget import MIN_ROUND_FRACTION, TimeBudget, TimeUp, steps_within, stopped_by_budget, stopped_early
 from adapt.training.engine import (
     ParameterEMA,
     check_step_settings,
@@ -382,7 +382,7 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
                            budget: TimeBudget | None = None) -> list[dict]:
     """Rounds of pseudo labelling and fine-tuning; returns per-round statistics. ``scene``: see predict_frames.
 
-    ``budget``: each round stops at its share of the time left (``TimeBudget.round_time_up``),
+    ``budget``: each round stops at its share of the time left (``TimeBudget.round_share``),
     and a round that could not run ``MIN_ROUND_FRACTION`` of its steps is not started.
     ``crop`` (real views in pixels instead of whole frames) and ``finetune`` (another
     round function with finetune_round's arguments) are for research/stages.py.
@@ -398,7 +398,7 @@ def run_pseudo_label_stage(model: CrowdCounter, synth_batches: Iterator[dict], f
         if budget is not None:
             need = 0.0 if step_s is None else MIN_ROUND_FRACTION * cfg.steps_per_round * step_s
             if share * budget.left() <= need:
-                rounds.append({"round": r + 1, "stopped": f"time budget: {max(budget.left(), 0):.0f} s left"})
+                rounds.append({"round": r + 1, **stopped_by_budget(f"{max(budget.left(), 0):.0f} s left")})
                 break
         labels = predict_frames(model, frame_paths, device, cfg, scene)
         if not labels.paths:
