@@ -65,9 +65,9 @@ def table(root: Path, fmt: str, limit: int) -> None:
         groups[kind].append((people_per_cell(p), nearest_neighbour(p), s))
     for kind, rows in sorted(groups.items()):
         cells = np.concatenate([r[0] for r in rows])
+        q = np.percentile(cells, [50, 90, 99])
+        print(f"| {root} | {kind} | all | {len(cells)} | {q[0]:.0f} (90th {q[1]:.0f}, 99th {q[2]:.0f}) | - |")
         if any(r[2] is None for r in rows):
-            q = np.percentile(cells, [50, 90, 99])
-            print(f"| {root} | {kind} | all | {len(cells)} | {q[0]:.0f} (90th {q[1]:.0f}, 99th {q[2]:.0f}) | - |")
             continue
         nn, sizes = np.concatenate([r[1] for r in rows]), np.concatenate([r[2] for r in rows])
         for lo, hi in HEAD_BINS:
