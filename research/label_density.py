@@ -6,9 +6,9 @@ A density network reads appearance and answers with people per pixel. If renders
 twice as many labelled heads in a patch as real crowds that look the same, the network
 learns to count real crowds twice. Per rendered scene kind, by apparent head width
 (the renderer's exact ``head_sizes``): the people in the same 32-pixel cell (the median
-over people) and the nearest labelled neighbour in head widths. The real set has no
-head sizes, so it gets the cell figure only, at the longer side of 1024 that
-``crowdwatch eval`` uses.
+over people) and the nearest labelled neighbour in head widths. Every set also gets
+one row over all its heads; a real set has no head sizes, so that row is all it gets.
+Real images are measured at the size ``crowdwatch eval`` feeds the network.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from adapt.data.crowd_dataset import fit_max_side
 from adapt.data.datasets import read_dataset
 from adapt.data.images import load_image
 from adapt.training.train import parse_dataset_spec
 
 CELL = 32
+EVAL_MAX_SIDE = 1024  # crowdwatch eval --max-side default
 HEAD_BINS = ((2, 4), (4, 6), (6, 9), (9, 14), (14, 25), (25, 60))
 
 
@@ -44,7 +46,7 @@ def nearest_neighbour(points: np.ndarray) -> np.ndarray:
 
 
 def kinds_of(root: Path) -> dict[str, str]:
-    """Image name -> scene kind ("empty" for empty renders; "real" when the set has no crowdwatch meta.json)."""
+    """Image name -> scene kind, "empty" for empty renders; {} for a set without a crowdwatch meta.json."""
     meta = root / "meta.json"
     if not meta.is_file():
         return {}
@@ -52,14 +54,15 @@ def kinds_of(root: Path) -> dict[str, str]:
 
 
 def table(root: Path, fmt: str, limit: int) -> None:
-    """One row per scene kind and head-width bin (one row per set when head sizes are unknown)."""
+    """Per scene kind: a row over all heads, then one per head-width bin where head sizes are known."""
     kinds = kinds_of(root)
     groups: dict[str, list] = {}
     for ann in read_dataset(root, fmt).items:
         kind = kinds.get(ann.image_path.name, "real")
         if kind == "empty" or len(groups.setdefault(kind, [])) >= limit:
             continue
-        scale = min(1.0, 1024 / max(load_image(ann.image_path).shape[:2]))  # what crowdwatch eval feeds the network
+        hw = load_image(ann.image_path).shape[:2]
+        scale = fit_max_side(hw, EVAL_MAX_SIDE)[0] / hw[0]
         p = np.asarray(ann.points, float).reshape(-1, 2) * scale
         s = None if ann.head_sizes is None else np.asarray(ann.head_sizes, float) * scale
         groups[kind].append((people_per_cell(p), nearest_neighbour(p), s))
